@@ -1,0 +1,260 @@
+//! DynamoDB adapters. Key schema (see docs/architecture.md):
+//!
+//! registry table  pk                 sk          kind    item_id
+//!   issuer        ISSUER#<iss>       #ISSUER     issuer  <iss>
+//!   grant         ISSUER#<iss>       GRANT#<id>  grant   <id>       (one Query loads issuer + grants)
+//!   target        TARGET#<id>        #TARGET     target  <id>
+//! leases table    pk                 sk
+//!   lease         LEASE#<lease_id>   LEASE       + grant_id, target, subject_key, active_shard, expires_at, ttl
+//! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
+
+use crate::audit::{AuditChain, ChainLink};
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Target};
+use crate::error::{BrokerError, Result};
+use crate::ports::{LeaseLedger, PolicyStore};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Lease records outlive their expiry for inventory and investigations, then DynamoDB TTL drops them.
+pub const LEASE_RETENTION_SECONDS: i64 = 90 * 24 * 3600;
+/// Active leases are spread over this many partitions of the sparse expiry index.
+pub const ACTIVE_SHARDS: u32 = 8;
+
+/// Key builders: the only place key formats are spelled out.
+pub mod keys {
+    pub fn issuer_pk(iss: &str) -> String {
+        format!("ISSUER#{iss}")
+    }
+    pub const ISSUER_SK: &str = "#ISSUER";
+    pub fn grant_sk(id: &str) -> String {
+        format!("GRANT#{id}")
+    }
+    pub fn target_pk(id: &str) -> String {
+        format!("TARGET#{id}")
+    }
+    pub const TARGET_SK: &str = "#TARGET";
+    pub fn lease_pk(id: &str) -> String {
+        format!("LEASE#{id}")
+    }
+    pub const LEASE_SK: &str = "LEASE";
+    pub fn subject_key(iss: &str, sub: &str) -> String {
+        format!("{iss}#{sub}")
+    }
+    /// Shard of the sparse active-by-expiry index, stable per lease.
+    pub fn active_shard(lease_id: &str) -> String {
+        let h = lease_id.bytes().fold(0u32, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u32));
+        format!("ACTIVE#{}", h % super::ACTIVE_SHARDS)
+    }
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// A domain value as an item, plus its key and index attributes.
+pub fn to_item<T: Serialize>(value: &T, extra: impl IntoIterator<Item = (&'static str, AttributeValue)>) -> Result<Item> {
+    let mut item: Item = serde_dynamo::to_item(value).map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?;
+    // Absent, not NULL: index key attributes must be missing or typed.
+    item.retain(|_, v| !matches!(v, AttributeValue::Null(_)));
+    for (k, v) in extra {
+        item.insert(k.to_string(), v);
+    }
+    Ok(item)
+}
+
+pub fn from_item<T: DeserializeOwned>(item: Item, what: &str) -> Result<T> {
+    serde_dynamo::from_item(item).map_err(|e| BrokerError::CorruptRecord(format!("{what}: {e}")))
+}
+
+pub struct DynamoRegistry {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoRegistry {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    async fn put(&self, item: Item, operation: &'static str) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", operation, &e))?;
+        Ok(())
+    }
+
+    pub async fn put_issuer(&self, issuer: &Issuer) -> Result<()> {
+        let item = to_item(issuer, [
+            ("pk", s(keys::issuer_pk(&issuer.issuer))),
+            ("sk", s(keys::ISSUER_SK)),
+            ("kind", s("issuer")),
+            ("item_id", s(&issuer.issuer)),
+        ])?;
+        self.put(item, "PutItem").await
+    }
+
+    pub async fn put_grant(&self, grant: &Grant) -> Result<()> {
+        let item = to_item(grant, [
+            ("pk", s(keys::issuer_pk(&grant.issuer))),
+            ("sk", s(keys::grant_sk(&grant.id))),
+            ("kind", s("grant")),
+            ("item_id", s(&grant.id)),
+        ])?;
+        self.put(item, "PutItem").await
+    }
+
+    pub async fn put_target(&self, target: &Target) -> Result<()> {
+        let item = to_item(target, [
+            ("pk", s(keys::target_pk(&target.id))),
+            ("sk", s(keys::TARGET_SK)),
+            ("kind", s("target")),
+            ("item_id", s(&target.id)),
+        ])?;
+        self.put(item, "PutItem").await
+    }
+}
+
+#[async_trait]
+impl PolicyStore for DynamoRegistry {
+    async fn issuer_with_grants(&self, issuer: &str) -> Result<Option<(Issuer, Vec<Grant>)>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(keys::issuer_pk(issuer)))
+            .into_paginator()
+            .items()
+            .send();
+        let mut found_issuer = None;
+        let mut grants = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+            match item.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) {
+                Some(keys::ISSUER_SK) => found_issuer = Some(from_item::<Issuer>(item, "issuer")?),
+                Some(sk) if sk.starts_with("GRANT#") => grants.push(from_item::<Grant>(item, "grant")?),
+                _ => {}
+            }
+        }
+        Ok(found_issuer.map(|i| (i, grants)))
+    }
+
+    async fn target(&self, id: &str) -> Result<Option<Target>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::target_pk(id)))
+            .key("sk", s(keys::TARGET_SK))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
+        output.item.map(|item| from_item(item, "target")).transpose()
+    }
+}
+
+pub struct DynamoLedger {
+    client: aws_sdk_dynamodb::Client,
+    leases_table: String,
+    audit_table: String,
+    chain: AuditChain,
+}
+
+impl DynamoLedger {
+    pub fn new(client: aws_sdk_dynamodb::Client, leases_table: impl Into<String>, audit_table: impl Into<String>) -> Self {
+        Self { client, leases_table: leases_table.into(), audit_table: audit_table.into(), chain: AuditChain::default() }
+    }
+
+    fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
+        to_item(event, [
+            ("chain", s(&link.chain)),
+            ("seq", n(link.seq)),
+            ("prev_hash", s(&link.prev_hash)),
+            ("hash", s(&link.hash)),
+        ])
+    }
+
+    fn lease_item(lease: &Lease) -> Result<Item> {
+        let mut extra = vec![
+            ("pk", s(keys::lease_pk(&lease.lease_id))),
+            ("sk", s(keys::LEASE_SK)),
+            ("subject_key", s(keys::subject_key(&lease.issuer, &lease.subject))),
+            ("ttl", n(lease.expires_at + LEASE_RETENTION_SECONDS)),
+        ];
+        if lease.status == LeaseStatus::Active {
+            extra.push(("active_shard", s(keys::active_shard(&lease.lease_id))));
+        }
+        to_item(lease, extra)
+    }
+}
+
+#[async_trait]
+impl LeaseLedger for DynamoLedger {
+    async fn record_release(&self, lease: &Lease, event: &AuditEvent) -> Result<()> {
+        let mut chain = self.chain.lock().await;
+        let link = chain.next_link(event);
+        let put = |table: &str, item: Item, key_attr: &str| -> Result<TransactWriteItem> {
+            let put = Put::builder()
+                .table_name(table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", key_attr)
+                .build()
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            Ok(TransactWriteItem::builder().put(put).build())
+        };
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(put(&self.leases_table, Self::lease_item(lease)?, "pk")?)
+            .transact_items(put(&self.audit_table, Self::audit_item(event, &link)?, "chain")?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                chain.advance(link);
+                Ok(())
+            }
+            Err(e) => {
+                chain.restart();
+                Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e))
+            }
+        }
+    }
+
+    async fn record_denial(&self, event: &AuditEvent) -> Result<()> {
+        let mut chain = self.chain.lock().await;
+        let link = chain.next_link(event);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.audit_table)
+            .set_item(Some(Self::audit_item(event, &link)?))
+            .condition_expression("attribute_not_exists(chain)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                chain.advance(link);
+                Ok(())
+            }
+            Err(e) => {
+                chain.restart();
+                Err(BrokerError::aws("dynamodb", "PutItem", &e))
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! AWS adapters behind the domain ports. Clients come from `aws_config` defaults, so the standard
+//! `AWS_ENDPOINT_URL` (and profile/region) settings point them anywhere without code changes.
+
+pub mod dynamo;
+pub mod kms;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::exchange::{ExchangeService, ExchangeSettings};
+use crate::http_api::BrokerApi;
+use crate::jwks::HttpIssuerKeys;
+use crate::ports::SystemClock;
+use std::sync::Arc;
+
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+}
+
+/// The exchange API wired to DynamoDB, KMS and HTTPS JWKS. Built once per execution environment.
+pub fn broker_api(config: &Config, sdk: &aws_config::SdkConfig) -> Result<BrokerApi> {
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    let kms = aws_sdk_kms::Client::new(sdk);
+    Ok(BrokerApi::new(ExchangeService {
+        policy: Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
+        ledger: Arc::new(dynamo::DynamoLedger::new(dynamo, &config.leases_table, &config.audit_table)),
+        signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
+        issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
+        clock: Arc::new(SystemClock),
+        settings: ExchangeSettings {
+            broker_issuer: config.broker_issuer.clone(),
+            max_token_ttl_seconds: config.max_token_ttl_seconds,
+            clock_leeway_seconds: config.clock_leeway_seconds,
+        },
+    }))
+}

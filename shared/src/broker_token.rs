@@ -1,0 +1,62 @@
+//! Broker-issued JWTs: ES256, signed through the `TokenSigner` port (KMS in production).
+//! Follows the JWT access token profile (RFC 9068): `typ: at+jwt`, `client_id` = grant id.
+
+use crate::domain::UnixTime;
+use crate::error::{BrokerError, Result};
+use crate::ports::TokenSigner;
+use crate::redact::SecretString;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+/// KMS signs at most 4096 bytes with `MessageType=RAW`; larger inputs are refused up front.
+pub const MAX_SIGNING_INPUT_BYTES: usize = 4096;
+
+/// Who the token was issued for, by which identity provider (RFC 8693 section 4.1 `act`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorClaim {
+    pub iss: String,
+    pub sub: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: UnixTime,
+    pub iat: UnixTime,
+    pub nbf: UnixTime,
+    /// Equals the lease id.
+    pub jti: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub scope: String,
+    /// The grant the token was issued under.
+    pub client_id: String,
+    pub act: ActorClaim,
+    /// Environment of the target, so relying parties can refuse cross-environment use.
+    pub env: String,
+}
+
+#[derive(Serialize)]
+struct Header<'a> {
+    alg: &'static str,
+    typ: &'static str,
+    kid: &'a str,
+}
+
+/// Sign `claims` into a compact JWS.
+pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims) -> Result<SecretString> {
+    let header = Header { alg: "ES256", typ: "at+jwt", kid: signer.key_id() };
+    let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(claims)?);
+    if signing_input.len() > MAX_SIGNING_INPUT_BYTES {
+        return Err(BrokerError::Internal("token claims exceed the KMS RAW signing limit".into()));
+    }
+    let signature = signer.sign_es256(signing_input.as_bytes()).await?;
+    Ok(SecretString::new(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))))
+}
+
+fn b64_json<T: Serialize>(value: &T) -> Result<String> {
+    let json = serde_json::to_vec(value).map_err(|e| BrokerError::Internal(e.to_string()))?;
+    Ok(URL_SAFE_NO_PAD.encode(json))
+}

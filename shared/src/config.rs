@@ -1,0 +1,131 @@
+//! One typed configuration, read from the environment once at start-up. Missing or invalid
+//! settings fail start-up with a message naming every offending variable.
+
+use crate::error::BrokerError;
+use crate::jwks::JwksSettings;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `iss` of broker-issued tokens: the broker's public base URL.
+    pub broker_issuer: String,
+    pub registry_table: String,
+    pub leases_table: String,
+    pub audit_table: String,
+    /// KMS key id (not alias) of the active ES256 signing key; also the `kid` of issued tokens.
+    pub signing_key_id: String,
+    pub max_token_ttl_seconds: i64,
+    pub clock_leeway_seconds: i64,
+    pub jwks: JwksSettings,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, BrokerError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, BrokerError> {
+        let mut problems = Vec::new();
+        let mut required = |name: &str| match lookup(name).filter(|v| !v.trim().is_empty()) {
+            Some(v) => v,
+            None => {
+                problems.push(format!("{name} is required"));
+                String::new()
+            }
+        };
+        let broker_issuer = required("NHI_BROKER_ISSUER");
+        let registry_table = required("NHI_REGISTRY_TABLE");
+        let leases_table = required("NHI_LEASES_TABLE");
+        let audit_table = required("NHI_AUDIT_TABLE");
+        let signing_key_id = required("NHI_SIGNING_KEY_ID");
+        let mut int = |name: &str, default: i64, min: i64, max: i64| match lookup(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<i64>() {
+                Ok(v) if (min..=max).contains(&v) => v,
+                _ => {
+                    problems.push(format!("{name} must be an integer in {min}..={max}"));
+                    default
+                }
+            },
+        };
+        let max_token_ttl_seconds = int("NHI_MAX_TOKEN_TTL_SECONDS", 3600, 60, 43_200);
+        let clock_leeway_seconds = int("NHI_CLOCK_LEEWAY_SECONDS", 30, 0, 300);
+        let jwks_cache = int("NHI_JWKS_CACHE_SECONDS", 600, 0, 86_400);
+        let jwks_refresh = int("NHI_JWKS_MIN_REFRESH_SECONDS", 30, 0, 3600);
+        let jwks_timeout_ms = int("NHI_JWKS_TIMEOUT_MS", 3000, 100, 10_000);
+
+        if !broker_issuer.is_empty() && !broker_issuer.starts_with("https://") && !broker_issuer.starts_with("http://127.0.0.1") && !broker_issuer.starts_with("http://localhost") {
+            problems.push("NHI_BROKER_ISSUER must be an https URL (http only for loopback)".into());
+        }
+        if signing_key_id.starts_with("alias/") {
+            problems.push("NHI_SIGNING_KEY_ID must be a key id or key ARN, not an alias".into());
+        }
+        if !problems.is_empty() {
+            return Err(BrokerError::Config(problems.join("; ")));
+        }
+        // `kid` is the bare key id even when configured as an ARN.
+        let signing_key_id = signing_key_id.rsplit('/').next().unwrap_or_default().to_string();
+        Ok(Self {
+            broker_issuer: broker_issuer.trim_end_matches('/').to_string(),
+            registry_table,
+            leases_table,
+            audit_table,
+            signing_key_id,
+            max_token_ttl_seconds,
+            clock_leeway_seconds,
+            jwks: JwksSettings {
+                cache_ttl: Duration::from_secs(jwks_cache as u64),
+                min_refresh_interval: Duration::from_secs(jwks_refresh as u64),
+                timeout: Duration::from_millis(jwks_timeout_ms as u64),
+                ..JwksSettings::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const FULL: &[(&str, &str)] = &[
+        ("NHI_BROKER_ISSUER", "https://broker.example/"),
+        ("NHI_REGISTRY_TABLE", "r"),
+        ("NHI_LEASES_TABLE", "l"),
+        ("NHI_AUDIT_TABLE", "a"),
+        ("NHI_SIGNING_KEY_ID", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+    ];
+
+    #[test]
+    fn reads_required_and_defaults() {
+        let c = Config::from_lookup(lookup(FULL)).unwrap();
+        assert_eq!(c.broker_issuer, "https://broker.example");
+        assert_eq!(c.signing_key_id, "1234abcd-12ab-34cd-56ef-1234567890ab");
+        assert_eq!(c.max_token_ttl_seconds, 3600);
+        assert_eq!(c.clock_leeway_seconds, 30);
+    }
+
+    #[test]
+    fn names_every_problem() {
+        let err = Config::from_lookup(lookup(&[("NHI_MAX_TOKEN_TTL_SECONDS", "0")])).unwrap_err();
+        let msg = err.to_string();
+        for name in ["NHI_BROKER_ISSUER", "NHI_REGISTRY_TABLE", "NHI_SIGNING_KEY_ID", "NHI_MAX_TOKEN_TTL_SECONDS"] {
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn refuses_plain_http_issuer_and_aliases() {
+        let mut pairs = FULL.to_vec();
+        pairs[0] = ("NHI_BROKER_ISSUER", "http://broker.example");
+        pairs[4] = ("NHI_SIGNING_KEY_ID", "alias/signing");
+        let msg = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        assert!(msg.contains("https") && msg.contains("alias"), "{msg}");
+    }
+}

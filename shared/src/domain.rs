@@ -1,0 +1,172 @@
+//! The broker's data model. Plain data: storage layout lives in the adapters, rules in `policy`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Unix time in seconds.
+pub type UnixTime = i64;
+
+/// Token type URIs (RFC 8693 section 3).
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// How the broker obtains an issuer's public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JwksSource {
+    /// Fetched over HTTPS (plain HTTP only to loopback, for local runs), cached in memory.
+    Url { url: String },
+    /// Stored with the issuer, for private clusters that publish no JWKS endpoint. A JSON JWK Set.
+    Static { jwks: String },
+}
+
+/// A trusted identity provider whose tokens the broker accepts as subject tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuer {
+    /// The exact `iss` value its tokens carry; also the issuer's identity in the registry.
+    pub issuer: String,
+    /// Human-friendly name ("github-actions", "prod-eks").
+    pub name: String,
+    /// Tokens must name one of these in `aud` (the broker's audience at this issuer).
+    pub audiences: Vec<String>,
+    pub jwks: JwksSource,
+    /// Signature algorithms accepted from this issuer. Asymmetric only; see `tokens::ALLOWED_ALGS`.
+    pub algorithms: Vec<String>,
+    pub enabled: bool,
+}
+
+/// What kind of credential a target is released as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A broker-signed JWT whose `aud` is the target id.
+    Jwt,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+        }
+    }
+}
+
+/// Something the broker issues credentials for: for JWTs, an audience (an API, a service).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// The `audience`/`resource` value callers ask for.
+    pub id: String,
+    pub kind: TargetKind,
+    /// The environment the target lives in ("prod", "staging"); grants must be for the same one.
+    pub environment: String,
+    pub owner: String,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantStatus {
+    Active,
+    Revoked,
+}
+
+/// Who may obtain what. A grant matches a subject token when the issuer and `sub` match exactly and
+/// every listed claim has one of its allowed values. Nothing matches by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    /// The issuer (`iss`) whose subjects this grant is for.
+    pub issuer: String,
+    /// Exact `sub` of the workload.
+    pub subject: String,
+    /// Extra claim conditions: each claim must be a string equal to one of the values.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
+    pub environment: String,
+    /// Target ids this grant allows.
+    pub targets: Vec<String>,
+    /// Scopes this grant allows; requested scopes must be a subset. Empty: no scope may be requested.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub max_ttl_seconds: i64,
+    /// The approval for this access ends here; nothing is issued past it, and TTLs are cut to it.
+    pub approval_expires_at: UnixTime,
+    pub owner: String,
+    pub justification: String,
+    pub status: GrantStatus,
+    pub created_at: UnixTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl LeaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// One credential released to one subject: the unit of inventory, revocation and expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Also the `jti` of the broker JWT, so a token maps to its lease without an index.
+    pub lease_id: String,
+    pub kind: TargetKind,
+    pub issuer: String,
+    pub subject: String,
+    pub grant_id: String,
+    pub target: String,
+    pub environment: String,
+    pub scope: Vec<String>,
+    /// Fingerprint of the subject token that was exchanged (never the token).
+    pub subject_token_fingerprint: String,
+    /// Signing key (`kid`) of the issued token.
+    pub key_id: String,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+    pub status: LeaseStatus,
+}
+
+/// What happened, for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    TokenExchange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Released,
+    Denied,
+}
+
+/// One audit event, as the domain sees it. The ledger adds the chain position and hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub event_id: String,
+    pub at: UnixTime,
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
+    /// `iss` of the actor, if the subject token got far enough to name one.
+    pub actor_issuer: Option<String>,
+    pub actor_subject: Option<String>,
+    pub target: Option<String>,
+    pub grant_id: Option<String>,
+    pub lease_id: Option<String>,
+    /// Stable reason code for denials (`token_expired`, `policy_no_grant`...).
+    pub reason: Option<String>,
+    /// SHA-256 fingerprint of the presented subject token.
+    pub token_fingerprint: Option<String>,
+}

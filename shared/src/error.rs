@@ -1,0 +1,298 @@
+//! The one error type of the broker, with its single mapping to OAuth error responses (RFC 6749
+//! section 5.2, RFC 8693 section 2.2.2), HTTP status codes, and retryability.
+//!
+//! Client-facing text is fixed per variant and written by us; it never contains a token, a key or
+//! an AWS error message. AWS errors keep only their service, operation and error code.
+
+use http::StatusCode;
+
+/// Why a subject token was not accepted. Fixed descriptions; never the token itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    Malformed,
+    TooLarge,
+    UnsupportedAlgorithm,
+    UntrustedIssuer,
+    UnknownKey,
+    KeyAlgorithmMismatch,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    MissingClaim,
+    WrongIssuer,
+    WrongAudience,
+}
+
+impl TokenRejection {
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Malformed => "subject_token is not a well-formed JWT",
+            Self::TooLarge => "subject_token is too large",
+            Self::UnsupportedAlgorithm => "subject_token algorithm is not allowed",
+            Self::UntrustedIssuer => "subject_token issuer is not trusted",
+            Self::UnknownKey => "subject_token signing key is unknown to its issuer",
+            Self::KeyAlgorithmMismatch => "subject_token algorithm does not match its signing key",
+            Self::BadSignature => "subject_token signature is invalid",
+            Self::Expired => "subject_token has expired",
+            Self::NotYetValid => "subject_token is not yet valid (nbf)",
+            Self::IssuedInFuture => "subject_token was issued in the future (iat)",
+            Self::MissingClaim => "subject_token lacks a required claim (iss, sub, aud, exp)",
+            Self::WrongIssuer => "subject_token issuer does not match",
+            Self::WrongAudience => "subject_token audience is not accepted by the broker",
+        }
+    }
+
+    /// Stable machine-readable reason for audit records and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Malformed => "token_malformed",
+            Self::TooLarge => "token_too_large",
+            Self::UnsupportedAlgorithm => "token_alg_not_allowed",
+            Self::UntrustedIssuer => "token_untrusted_issuer",
+            Self::UnknownKey => "token_unknown_kid",
+            Self::KeyAlgorithmMismatch => "token_alg_key_mismatch",
+            Self::BadSignature => "token_bad_signature",
+            Self::Expired => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::IssuedInFuture => "token_iat_in_future",
+            Self::MissingClaim => "token_missing_claim",
+            Self::WrongIssuer => "token_wrong_issuer",
+            Self::WrongAudience => "token_wrong_audience",
+        }
+    }
+}
+
+/// Why policy refused an authenticated subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDenial {
+    NoGrant,
+    EnvironmentMismatch,
+    ApprovalExpired,
+    GrantRevoked,
+    ScopeNotGranted,
+}
+
+impl PolicyDenial {
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::NoGrant => "no grant allows this subject to obtain a token for this target",
+            Self::EnvironmentMismatch => "the matching grant is for another environment than the target",
+            Self::ApprovalExpired => "the matching grant's approval has expired",
+            Self::GrantRevoked => "the matching grant has been revoked",
+            Self::ScopeNotGranted => "the requested scope is not allowed by any matching grant",
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NoGrant => "policy_no_grant",
+            Self::EnvironmentMismatch => "policy_environment_mismatch",
+            Self::ApprovalExpired => "policy_approval_expired",
+            Self::GrantRevoked => "policy_grant_revoked",
+            Self::ScopeNotGranted => "policy_scope_not_granted",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Malformed request: the text is a fixed description written by the broker.
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    #[error("unsupported grant_type")]
+    UnsupportedGrantType,
+    #[error("invalid target: {0}")]
+    InvalidTarget(&'static str),
+    #[error("invalid scope: {0}")]
+    InvalidScope(&'static str),
+    #[error("subject token rejected: {}", .0.code())]
+    TokenRejected(TokenRejection),
+    #[error("policy denied: {}", .0.code())]
+    PolicyDenied(PolicyDenial),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// An AWS call failed. Only the error code is kept: messages can echo request data.
+    #[error("aws {service}.{operation} failed: {code}")]
+    Aws {
+        service: &'static str,
+        operation: &'static str,
+        code: String,
+        retryable: bool,
+    },
+    /// The issuer's JWKS could not be fetched or parsed.
+    #[error("jwks unavailable: {0}")]
+    JwksUnavailable(&'static str),
+    /// Stored data that does not parse: a bug or a hand-edited item.
+    #[error("corrupt record: {0}")]
+    CorruptRecord(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// What a client is told: an OAuth error code, a fixed description and an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: &'static str,
+}
+
+impl BrokerError {
+    pub fn client_error(&self) -> ClientError {
+        let (status, error, description) = match self {
+            Self::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", *d),
+            Self::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            Self::InvalidTarget(d) => (StatusCode::BAD_REQUEST, "invalid_target", *d),
+            Self::InvalidScope(d) => (StatusCode::BAD_REQUEST, "invalid_scope", *d),
+            // RFC 8693 2.2.2: an invalid or unacceptable subject token is invalid_request.
+            Self::TokenRejected(r) => (StatusCode::BAD_REQUEST, "invalid_request", r.description()),
+            Self::PolicyDenied(PolicyDenial::ScopeNotGranted) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                PolicyDenial::ScopeNotGranted.description(),
+            ),
+            Self::PolicyDenied(d) => (StatusCode::BAD_REQUEST, "invalid_request", d.description()),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body is too large",
+            ),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "method not allowed on this endpoint",
+            ),
+            Self::JwksUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the subject token issuer's keys could not be retrieved; retry later",
+            ),
+            Self::Aws { retryable: true, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the broker is temporarily unable to serve this request; retry later",
+            ),
+            Self::Aws { .. } | Self::CorruptRecord(_) | Self::Config(_) | Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error",
+            ),
+        };
+        ClientError { status, error, description }
+    }
+
+    /// Whether retrying the same work later may succeed (drives batch item failures and DLQs).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Aws { retryable, .. } => *retryable,
+            Self::JwksUnavailable(_) | Self::Internal(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this is the caller's fault (logged at info) rather than ours (logged at error).
+    pub fn is_client_error(&self) -> bool {
+        self.client_error().status.is_client_error()
+    }
+
+    /// Build from any AWS SDK error, keeping only its code.
+    pub fn aws<E>(service: &'static str, operation: &'static str, err: &aws_sdk_dynamodb::error::SdkError<E>) -> Self
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+    {
+        use aws_sdk_dynamodb::error::SdkError;
+        let (code, retryable) = match err {
+            SdkError::ServiceError(ctx) => {
+                let code = ctx.err().code().unwrap_or("Unknown").to_string();
+                let status = ctx.raw().status().as_u16();
+                let retryable = status >= 500 || is_throttling(&code);
+                (code, retryable)
+            }
+            SdkError::TimeoutError(_) => ("TimeoutError".to_string(), true),
+            SdkError::DispatchFailure(_) => ("DispatchFailure".to_string(), true),
+            SdkError::ResponseError(_) => ("ResponseError".to_string(), true),
+            SdkError::ConstructionFailure(_) => ("ConstructionFailure".to_string(), false),
+            _ => ("Unknown".to_string(), true),
+        };
+        Self::Aws { service, operation, code, retryable }
+    }
+
+    /// The AWS error code, if this is an AWS error.
+    pub fn aws_code(&self) -> Option<&str> {
+        match self {
+            Self::Aws { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+fn is_throttling(code: &str) -> bool {
+    matches!(
+        code,
+        "ThrottlingException"
+            | "Throttling"
+            | "ProvisionedThroughputExceededException"
+            | "RequestLimitExceeded"
+            | "TransactionConflictException"
+            | "LimitExceededException"
+            | "KMSInternalException"
+            | "DependencyTimeoutException"
+            | "InternalServerError"
+    )
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_rejections_are_invalid_request_per_rfc8693() {
+        let e = BrokerError::TokenRejected(TokenRejection::Expired).client_error();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.error, "invalid_request");
+        assert_eq!(e.description, "subject_token has expired");
+    }
+
+    #[test]
+    fn internal_errors_never_expose_details() {
+        let e = BrokerError::Internal("secret detail at line 42".into()).client_error();
+        assert_eq!(e.error, "server_error");
+        assert_eq!(e.description, "internal error");
+        let e = BrokerError::Aws {
+            service: "kms",
+            operation: "Sign",
+            code: "AccessDeniedException".into(),
+            retryable: false,
+        }
+        .client_error();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.description.contains("AccessDenied"));
+    }
+
+    #[test]
+    fn throttling_is_retryable_and_unavailable() {
+        let e = BrokerError::Aws {
+            service: "dynamodb",
+            operation: "Query",
+            code: "ThrottlingException".into(),
+            retryable: true,
+        };
+        assert!(e.is_retryable());
+        assert_eq!(e.client_error().status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.client_error().error, "temporarily_unavailable");
+    }
+}

@@ -1,0 +1,161 @@
+//! In-memory fakes of every port, for fast unit tests. The AWS adapters are tested against moto.
+
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, Target, UnixTime};
+use crate::error::{BrokerError, Result};
+use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, TokenSigner};
+use async_trait::async_trait;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::JwkSet;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+#[derive(Default)]
+pub struct InMemoryPolicy {
+    pub issuers: Mutex<HashMap<String, Issuer>>,
+    pub grants: Mutex<Vec<Grant>>,
+    pub targets: Mutex<HashMap<String, Target>>,
+}
+
+impl InMemoryPolicy {
+    pub fn with(issuers: Vec<Issuer>, grants: Vec<Grant>, targets: Vec<Target>) -> Self {
+        Self {
+            issuers: Mutex::new(issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect()),
+            grants: Mutex::new(grants),
+            targets: Mutex::new(targets.into_iter().map(|t| (t.id.clone(), t)).collect()),
+        }
+    }
+}
+
+#[async_trait]
+impl PolicyStore for InMemoryPolicy {
+    async fn issuer_with_grants(&self, issuer: &str) -> Result<Option<(Issuer, Vec<Grant>)>> {
+        let issuers = self.issuers.lock().unwrap();
+        Ok(issuers.get(issuer).map(|i| {
+            let grants = self.grants.lock().unwrap().iter().filter(|g| g.issuer == issuer).cloned().collect();
+            (i.clone(), grants)
+        }))
+    }
+
+    async fn target(&self, id: &str) -> Result<Option<Target>> {
+        Ok(self.targets.lock().unwrap().get(id).cloned())
+    }
+}
+
+#[derive(Default)]
+pub struct InMemoryLedger {
+    pub leases: Mutex<Vec<Lease>>,
+    pub events: Mutex<Vec<AuditEvent>>,
+    /// When set, every write fails as DynamoDB would under throttling.
+    pub fail_writes: std::sync::atomic::AtomicBool,
+}
+
+impl InMemoryLedger {
+    fn check(&self) -> Result<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(BrokerError::Aws {
+                service: "dynamodb",
+                operation: "TransactWriteItems",
+                code: "ThrottlingException".into(),
+                retryable: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LeaseLedger for InMemoryLedger {
+    async fn record_release(&self, lease: &Lease, event: &AuditEvent) -> Result<()> {
+        self.check()?;
+        self.leases.lock().unwrap().push(lease.clone());
+        self.events.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+
+    async fn record_denial(&self, event: &AuditEvent) -> Result<()> {
+        self.check()?;
+        self.events.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+/// A local ES256 key standing in for KMS.
+pub struct LocalSigner {
+    key_id: String,
+    pair: EcdsaKeyPair,
+}
+
+impl LocalSigner {
+    pub fn generate(key_id: &str) -> Self {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .expect("P-256 key generation");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("own pkcs8");
+        Self { key_id: key_id.to_string(), pair }
+    }
+}
+
+#[async_trait]
+impl TokenSigner for LocalSigner {
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    async fn sign_es256(&self, signing_input: &[u8]) -> Result<[u8; 64]> {
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), signing_input)
+            .map_err(|_| BrokerError::Internal("signing failed".into()))?;
+        let mut out = [0u8; 64];
+        out.copy_from_slice(sig.as_ref());
+        Ok(out)
+    }
+
+    async fn public_jwks(&self) -> Result<JwkSet> {
+        let point = self.pair.public_key().as_ref();
+        serde_json::from_value(serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.key_id,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        }]}))
+        .map_err(|e| BrokerError::Internal(e.to_string()))
+    }
+}
+
+/// Issuer keys from a fixed map, counting lookups and refreshes.
+#[derive(Default)]
+pub struct StaticIssuerKeys {
+    pub sets: Mutex<HashMap<String, JwkSet>>,
+    pub refreshes: AtomicI64,
+}
+
+#[async_trait]
+impl IssuerKeys for StaticIssuerKeys {
+    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<JwkSet> {
+        if refresh {
+            self.refreshes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.sets
+            .lock()
+            .unwrap()
+            .get(&issuer.issuer)
+            .cloned()
+            .ok_or(BrokerError::JwksUnavailable("no keys for issuer"))
+    }
+}
+
+pub struct FixedClock(pub AtomicI64);
+
+impl FixedClock {
+    pub fn at(now: UnixTime) -> Self {
+        Self(AtomicI64::new(now))
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> UnixTime {
+        self.0.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,254 @@
+//! HTTP surface of the exchange function, shared by the Lambda binary and the local server.
+//!
+//! `handle` never fails and never panics on input: every outcome is a response in the standard
+//! shape (RFC 6749 5.2 / RFC 8693 2.2.2 for the token endpoint), and no response or log line
+//! carries a token.
+
+use crate::domain::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
+use crate::error::{BrokerError, Result};
+use crate::exchange::{ExchangeRequest, ExchangeService};
+use crate::redact::SecretString;
+use http::{HeaderValue, Method, StatusCode, header};
+use lambda_http::{Body, Request, Response};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Bodies above this are refused before parsing.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+const MAX_TARGET_BYTES: usize = 2048;
+const MAX_SCOPE_BYTES: usize = 1024;
+
+pub struct BrokerApi {
+    pub exchange: ExchangeService,
+}
+
+impl BrokerApi {
+    pub fn new(exchange: ExchangeService) -> Self {
+        Self { exchange }
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let result = match (path.as_str(), &method) {
+            ("/token", &Method::POST) => self.token(&request).await,
+            ("/.well-known/jwks.json", &Method::GET) => self.jwks().await,
+            ("/token", _) | ("/.well-known/jwks.json", _) => Err(BrokerError::MethodNotAllowed),
+            _ => Err(BrokerError::NotFound),
+        };
+        let response = result.unwrap_or_else(|err| error_response(&err));
+        tracing::info!(
+            %method,
+            path = %path,
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn token(&self, request: &Request) -> Result<Response<Body>> {
+        let exchange_request = parse_token_request(request)?;
+        let issued = self.exchange.exchange(exchange_request).await?;
+        let mut body = serde_json::json!({
+            "access_token": issued.access_token.expose(),
+            "issued_token_type": issued.issued_token_type,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+        });
+        if !issued.scope.is_empty() {
+            body["scope"] = issued.scope.join(" ").into();
+        }
+        Ok(json_response(StatusCode::OK, &body, "no-store"))
+    }
+
+    async fn jwks(&self) -> Result<Response<Body>> {
+        let jwks = self.exchange.signer.public_jwks().await?;
+        let body = serde_json::to_value(&jwks).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        Ok(json_response(StatusCode::OK, &body, "public, max-age=300"))
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value, cache_control: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::Text(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    if cache_control == "no-store" {
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
+    response
+}
+
+/// The one place errors become responses: fixed text to the client, details to the log.
+pub fn error_response(err: &BrokerError) -> Response<Body> {
+    let client = err.client_error();
+    if client.status.is_server_error() {
+        tracing::error!(error = %err, "request failed");
+    } else {
+        tracing::info!(error = %err, "request refused");
+    }
+    let body = serde_json::json!({ "error": client.error, "error_description": client.description });
+    let mut response = json_response(client.status, &body, "no-store");
+    if client.status == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, GET"));
+    }
+    response
+}
+
+fn body_bytes(body: &Body) -> &[u8] {
+    match body {
+        Body::Empty => &[],
+        Body::Text(text) => text.as_bytes(),
+        Body::Binary(bytes) => bytes,
+        _ => &[],
+    }
+}
+
+/// Parse and validate an RFC 8693 token request. Repeated parameters are refused (RFC 6749 3.2
+/// forbids them); unknown parameters are ignored as RFC 6749 requires.
+pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(BrokerError::InvalidRequest("content type must be application/x-www-form-urlencoded"));
+    }
+    let bytes = body_bytes(request.body());
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(BrokerError::PayloadTooLarge);
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
+        .map_err(|_| BrokerError::InvalidRequest("request body is not valid form encoding"))?;
+    let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in pairs {
+        params.entry(name).or_default().push(value);
+    }
+    let mut single = |name: &str| -> Result<Option<String>> {
+        match params.remove(name) {
+            None => Ok(None),
+            Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
+            Some(_) => Err(BrokerError::InvalidRequest("a request parameter was repeated")),
+        }
+    };
+
+    match single("grant_type")?.as_deref() {
+        None => return Err(BrokerError::InvalidRequest("grant_type is required")),
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
+        Some(_) => return Err(BrokerError::UnsupportedGrantType),
+    }
+    let subject_token = single("subject_token")?
+        .map(SecretString::new)
+        .ok_or(BrokerError::InvalidRequest("subject_token is required"))?;
+    match single("subject_token_type")?.as_deref() {
+        None => return Err(BrokerError::InvalidRequest("subject_token_type is required")),
+        Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN) => {}
+        Some(_) => return Err(BrokerError::InvalidRequest("unsupported subject_token_type")),
+    }
+    if single("actor_token")?.is_some() || single("actor_token_type")?.is_some() {
+        return Err(BrokerError::InvalidRequest("actor_token (delegation) is not supported"));
+    }
+    match single("requested_token_type")?.as_deref() {
+        None | Some(TOKEN_TYPE_JWT) => {}
+        Some(_) => return Err(BrokerError::InvalidRequest("unsupported requested_token_type")),
+    }
+    let requested_ttl_seconds = match single("requested_expires_in")? {
+        None => None,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(v) if (1..=43_200).contains(&v) => Some(v),
+            _ => return Err(BrokerError::InvalidRequest("requested_expires_in must be an integer in 1..=43200")),
+        },
+    };
+    let scope = match single("scope")? {
+        None => Vec::new(),
+        Some(raw) => parse_scope(&raw)?,
+    };
+    let mut targets: Vec<String> = params.remove("audience").unwrap_or_default();
+    targets.extend(params.remove("resource").unwrap_or_default());
+    let target = match targets.as_slice() {
+        [] => return Err(BrokerError::InvalidRequest("audience or resource is required")),
+        [one] if !one.is_empty() && one.len() <= MAX_TARGET_BYTES => one.clone(),
+        [_] => return Err(BrokerError::InvalidTarget("the target is empty or too long")),
+        _ => return Err(BrokerError::InvalidTarget("exactly one audience or resource is supported")),
+    };
+    Ok(ExchangeRequest { subject_token, target, scope, requested_ttl_seconds })
+}
+
+/// RFC 6749 3.3: space-delimited scope-tokens of NQCHAR (%x21 / %x23-5B / %x5D-7E).
+fn parse_scope(raw: &str) -> Result<Vec<String>> {
+    if raw.len() > MAX_SCOPE_BYTES {
+        return Err(BrokerError::InvalidScope("scope is too long"));
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    for token in raw.split(' ') {
+        let valid = !token.is_empty()
+            && token.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if !valid {
+            return Err(BrokerError::InvalidScope("scope is malformed"));
+        }
+        if !scopes.iter().any(|s| s == token) {
+            scopes.push(token.to_string());
+        }
+    }
+    Ok(scopes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(body: &str) -> Request {
+        http::Request::builder()
+            .method("POST")
+            .uri("/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::Text(body.to_string()))
+            .unwrap()
+    }
+
+    const BASE: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+        &subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt";
+
+    fn code(body: &str) -> &'static str {
+        parse_token_request(&form(body)).unwrap_err().client_error().error
+    }
+
+    #[test]
+    fn parses_a_complete_request() {
+        let r = parse_token_request(&form(&format!("{BASE}&audience=https%3A%2F%2Fapi&scope=read%20write%20read&requested_expires_in=60"))).unwrap();
+        assert_eq!(r.target, "https://api");
+        assert_eq!(r.scope, vec!["read", "write"]);
+        assert_eq!(r.requested_ttl_seconds, Some(60));
+        assert_eq!(r.subject_token.expose(), "a.b.c");
+    }
+
+    #[test]
+    fn refuses_bad_requests_with_the_right_code() {
+        assert_eq!(code("grant_type=password&audience=x"), "unsupported_grant_type");
+        assert_eq!(code("audience=x"), "invalid_request");
+        assert_eq!(code(&format!("{BASE}")), "invalid_request");
+        assert_eq!(code(&format!("{BASE}&audience=a&audience=b")), "invalid_target");
+        assert_eq!(code(&format!("{BASE}&audience=a&resource=b")), "invalid_target");
+        assert_eq!(code(&format!("{BASE}&audience=a&scope=bad%22quote")), "invalid_scope");
+        assert_eq!(code(&format!("{BASE}&audience=a&grant_type=x")), "invalid_request");
+        assert_eq!(code(&format!("{BASE}&audience=a&requested_token_type=urn%3Aother")), "invalid_request");
+        assert_eq!(code(&format!("{BASE}&audience=a&requested_expires_in=-5")), "invalid_request");
+        assert_eq!(code(&format!("{BASE}&audience=a&actor_token=x")), "invalid_request");
+        assert_eq!(code("%%%not-form"), "invalid_request");
+    }
+
+    #[test]
+    fn refuses_wrong_content_type_and_oversized_bodies() {
+        let mut r = form(BASE);
+        r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        assert_eq!(parse_token_request(&r).unwrap_err().client_error().error, "invalid_request");
+        let big = format!("{BASE}&audience={}", "a".repeat(MAX_BODY_BYTES));
+        let err = parse_token_request(&form(&big)).unwrap_err();
+        assert_eq!(err.client_error().status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

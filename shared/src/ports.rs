@@ -1,0 +1,59 @@
+//! Narrow ports owned by the domain. Each has an in-memory fake (`crate::fakes`) for unit tests and
+//! an AWS adapter (`crate::aws`) tested against moto.
+
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, Target, UnixTime};
+use crate::error::Result;
+use async_trait::async_trait;
+use jsonwebtoken::jwk::JwkSet;
+
+/// Read side of the registry that exchange needs: an issuer with every grant for its subjects, and targets.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// The issuer and all of its grants, in one read.
+    async fn issuer_with_grants(&self, issuer: &str) -> Result<Option<(Issuer, Vec<Grant>)>>;
+    async fn target(&self, id: &str) -> Result<Option<Target>>;
+}
+
+/// Where releases and denials are recorded. A release is the lease and its audit event written
+/// atomically: both or neither.
+#[async_trait]
+pub trait LeaseLedger: Send + Sync {
+    async fn record_release(&self, lease: &Lease, event: &AuditEvent) -> Result<()>;
+    async fn record_denial(&self, event: &AuditEvent) -> Result<()>;
+}
+
+/// The broker's token signing key (ES256), held in KMS in production.
+#[async_trait]
+pub trait TokenSigner: Send + Sync {
+    /// The `kid` placed in token headers.
+    fn key_id(&self) -> &str;
+    /// Sign a JWS signing input; returns the 64-byte `r || s` signature JWS ES256 expects.
+    async fn sign_es256(&self, signing_input: &[u8]) -> Result<[u8; 64]>;
+    /// The public keys relying parties verify broker tokens with.
+    async fn public_jwks(&self) -> Result<JwkSet>;
+}
+
+/// Public keys of subject-token issuers.
+#[async_trait]
+pub trait IssuerKeys: Send + Sync {
+    /// The issuer's JWK Set; `refresh` asks for a fresh copy (rate-limited by the implementation)
+    /// because the token names a `kid` the cached copy lacks.
+    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<JwkSet>;
+}
+
+/// Time, injectable so tests can move it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> UnixTime;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> UnixTime {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+}

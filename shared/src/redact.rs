@@ -1,0 +1,81 @@
+//! Types that keep secret material out of logs, errors and `Debug` output.
+//!
+//! Anything that is a credential (a subject token, an issued token, a secret value) is held in a
+//! [`SecretString`] from the moment it enters the process. Its `Debug`/`Display` print only a
+//! SHA-256 fingerprint, and its memory is zeroed on drop.
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// Short, stable SHA-256 fingerprint for correlating a credential across logs and audit without
+/// revealing it: `sha256:` followed by the first 16 hex digits (64 bits) of the digest.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    format!("sha256:{}", hex::encode(&digest[..8]))
+}
+
+/// A secret string: zeroized on drop, never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(Zeroizing<String>);
+
+impl SecretString {
+    pub fn new(value: String) -> Self {
+        Self(Zeroizing::new(value))
+    }
+
+    /// The secret itself. Call sites are few and deliberate: signing, verification, the response body.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.0.as_bytes())
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(value: String) -> Self {
+        Self::new(value)
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretString([REDACTED {}])", self.fingerprint())
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[REDACTED {}]", self.fingerprint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
+        let s = SecretString::new("hunter2-very-secret".into());
+        let shown = format!("{s:?} {s} {:?}", Some(&s));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(&fingerprint(b"hunter2-very-secret")));
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_short() {
+        assert_eq!(fingerprint(b"abc"), "sha256:ba7816bf8f01cfea");
+        assert_eq!(fingerprint(b"abc"), fingerprint(b"abc"));
+        assert_ne!(fingerprint(b"abc"), fingerprint(b"abd"));
+    }
+}
