@@ -33,8 +33,13 @@ struct Hashed<'a> {
 /// SHA-256 over a canonical JSON of position, previous hash and event (field order is fixed by
 /// the struct definitions).
 pub fn link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> String {
-    let canonical = serde_json::to_vec(&Hashed { chain, seq, prev_hash, event })
-        .expect("audit events serialize: plain strings and integers");
+    let canonical = serde_json::to_vec(&Hashed {
+        chain,
+        seq,
+        prev_hash,
+        event,
+    })
+    .expect("audit events serialize: plain strings and integers");
     hex::encode(Sha256::digest(canonical))
 }
 
@@ -127,7 +132,10 @@ mod tests {
         // Any change to the event changes its hash.
         let mut edited = event("a");
         edited.reason = Some("policy_no_grant".into());
-        assert_ne!(link_hash(&first.chain, 0, GENESIS_HASH, &edited), first.hash);
+        assert_ne!(
+            link_hash(&first.chain, 0, GENESIS_HASH, &edited),
+            first.hash
+        );
         state.restart();
         assert_eq!(state.next_link(&event("c")).seq, 0);
     }

@@ -47,13 +47,22 @@ struct Header<'a> {
 
 /// Sign `claims` into a compact JWS.
 pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims) -> Result<SecretString> {
-    let header = Header { alg: "ES256", typ: "at+jwt", kid: signer.key_id() };
+    let header = Header {
+        alg: "ES256",
+        typ: "at+jwt",
+        kid: signer.key_id(),
+    };
     let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(claims)?);
     if signing_input.len() > MAX_SIGNING_INPUT_BYTES {
-        return Err(BrokerError::Internal("token claims exceed the KMS RAW signing limit".into()));
+        return Err(BrokerError::Internal(
+            "token claims exceed the KMS RAW signing limit".into(),
+        ));
     }
     let signature = signer.sign_es256(signing_input.as_bytes()).await?;
-    Ok(SecretString::new(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))))
+    Ok(SecretString::new(format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature)
+    )))
 }
 
 fn b64_json<T: Serialize>(value: &T) -> Result<String> {

@@ -54,7 +54,11 @@ impl Config {
         let jwks_refresh = int("NHI_JWKS_MIN_REFRESH_SECONDS", 30, 0, 3600);
         let jwks_timeout_ms = int("NHI_JWKS_TIMEOUT_MS", 3000, 100, 10_000);
 
-        if !broker_issuer.is_empty() && !broker_issuer.starts_with("https://") && !broker_issuer.starts_with("http://127.0.0.1") && !broker_issuer.starts_with("http://localhost") {
+        if !broker_issuer.is_empty()
+            && !broker_issuer.starts_with("https://")
+            && !broker_issuer.starts_with("http://127.0.0.1")
+            && !broker_issuer.starts_with("http://localhost")
+        {
             problems.push("NHI_BROKER_ISSUER must be an https URL (http only for loopback)".into());
         }
         if signing_key_id.starts_with("alias/") {
@@ -64,7 +68,11 @@ impl Config {
             return Err(BrokerError::Config(problems.join("; ")));
         }
         // `kid` is the bare key id even when configured as an ARN.
-        let signing_key_id = signing_key_id.rsplit('/').next().unwrap_or_default().to_string();
+        let signing_key_id = signing_key_id
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         Ok(Self {
             broker_issuer: broker_issuer.trim_end_matches('/').to_string(),
             registry_table,
@@ -89,8 +97,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -99,7 +109,10 @@ mod tests {
         ("NHI_REGISTRY_TABLE", "r"),
         ("NHI_LEASES_TABLE", "l"),
         ("NHI_AUDIT_TABLE", "a"),
-        ("NHI_SIGNING_KEY_ID", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+        (
+            "NHI_SIGNING_KEY_ID",
+            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        ),
     ];
 
     #[test]
@@ -115,7 +128,12 @@ mod tests {
     fn names_every_problem() {
         let err = Config::from_lookup(lookup(&[("NHI_MAX_TOKEN_TTL_SECONDS", "0")])).unwrap_err();
         let msg = err.to_string();
-        for name in ["NHI_BROKER_ISSUER", "NHI_REGISTRY_TABLE", "NHI_SIGNING_KEY_ID", "NHI_MAX_TOKEN_TTL_SECONDS"] {
+        for name in [
+            "NHI_BROKER_ISSUER",
+            "NHI_REGISTRY_TABLE",
+            "NHI_SIGNING_KEY_ID",
+            "NHI_MAX_TOKEN_TTL_SECONDS",
+        ] {
             assert!(msg.contains(name), "{msg}");
         }
     }

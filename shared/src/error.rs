@@ -77,7 +77,9 @@ impl PolicyDenial {
     pub fn description(self) -> &'static str {
         match self {
             Self::NoGrant => "no grant allows this subject to obtain a token for this target",
-            Self::EnvironmentMismatch => "the matching grant is for another environment than the target",
+            Self::EnvironmentMismatch => {
+                "the matching grant is for another environment than the target"
+            }
             Self::ApprovalExpired => "the matching grant's approval has expired",
             Self::GrantRevoked => "the matching grant has been revoked",
             Self::ScopeNotGranted => "the requested scope is not allowed by any matching grant",
@@ -179,7 +181,9 @@ impl BrokerError {
                 "temporarily_unavailable",
                 "the subject token issuer's keys could not be retrieved; retry later",
             ),
-            Self::Aws { retryable: true, .. } => (
+            Self::Aws {
+                retryable: true, ..
+            } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the broker is temporarily unable to serve this request; retry later",
@@ -190,7 +194,11 @@ impl BrokerError {
                 "internal error",
             ),
         };
-        ClientError { status, error, description }
+        ClientError {
+            status,
+            error,
+            description,
+        }
     }
 
     /// Whether retrying the same work later may succeed (drives batch item failures and DLQs).
@@ -208,7 +216,11 @@ impl BrokerError {
     }
 
     /// Build from any AWS SDK error, keeping only its code.
-    pub fn aws<E>(service: &'static str, operation: &'static str, err: &aws_sdk_dynamodb::error::SdkError<E>) -> Self
+    pub fn aws<E>(
+        service: &'static str,
+        operation: &'static str,
+        err: &aws_sdk_dynamodb::error::SdkError<E>,
+    ) -> Self
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
     {
@@ -226,7 +238,12 @@ impl BrokerError {
             SdkError::ConstructionFailure(_) => ("ConstructionFailure".to_string(), false),
             _ => ("Unknown".to_string(), true),
         };
-        Self::Aws { service, operation, code, retryable }
+        Self::Aws {
+            service,
+            operation,
+            code,
+            retryable,
+        }
     }
 
     /// The AWS error code, if this is an AWS error.

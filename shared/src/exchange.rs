@@ -75,17 +75,26 @@ impl ExchangeService {
             keys: self.issuer_keys.as_ref(),
             leeway_seconds: self.settings.clock_leeway_seconds,
         };
-        let (subject, grants) = verifier.verify(&request.subject_token, now, context).await?;
+        let (subject, grants) = verifier
+            .verify(&request.subject_token, now, context)
+            .await?;
 
         let target = match self.policy.target(&request.target).await? {
             Some(t) if t.enabled && t.kind == TargetKind::Jwt => t,
-            _ => return Err(BrokerError::InvalidTarget("the broker does not issue tokens for this target")),
+            _ => {
+                return Err(BrokerError::InvalidTarget(
+                    "the broker does not issue tokens for this target",
+                ));
+            }
         };
         let decision = policy::evaluate(
             &grants,
             &subject,
             &target,
-            &PolicyRequest { scope: &request.scope, requested_ttl_seconds: request.requested_ttl_seconds },
+            &PolicyRequest {
+                scope: &request.scope,
+                requested_ttl_seconds: request.requested_ttl_seconds,
+            },
             now,
             self.settings.max_token_ttl_seconds,
         )
@@ -103,7 +112,10 @@ impl ExchangeService {
             jti: lease_id.clone(),
             scope: decision.scope.join(" "),
             client_id: decision.grant.id.clone(),
-            act: ActorClaim { iss: subject.issuer.issuer.clone(), sub: subject.subject.clone() },
+            act: ActorClaim {
+                iss: subject.issuer.issuer.clone(),
+                sub: subject.subject.clone(),
+            },
             env: target.environment.clone(),
         };
         let access_token = broker_token::mint(self.signer.as_ref(), &claims).await?;
@@ -156,7 +168,13 @@ impl ExchangeService {
         })
     }
 
-    async fn audit_denial(&self, request: &ExchangeRequest, context: &UnverifiedContext, err: &BrokerError, now: i64) {
+    async fn audit_denial(
+        &self,
+        request: &ExchangeRequest,
+        context: &UnverifiedContext,
+        err: &BrokerError,
+        now: i64,
+    ) {
         let reason = match err {
             BrokerError::TokenRejected(r) => r.code(),
             BrokerError::PolicyDenied(d) => d.code(),

@@ -35,7 +35,14 @@ impl PolicyStore for InMemoryPolicy {
     async fn issuer_with_grants(&self, issuer: &str) -> Result<Option<(Issuer, Vec<Grant>)>> {
         let issuers = self.issuers.lock().unwrap();
         Ok(issuers.get(issuer).map(|i| {
-            let grants = self.grants.lock().unwrap().iter().filter(|g| g.issuer == issuer).cloned().collect();
+            let grants = self
+                .grants
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|g| g.issuer == issuer)
+                .cloned()
+                .collect();
             (i.clone(), grants)
         }))
     }
@@ -91,10 +98,15 @@ pub struct LocalSigner {
 
 impl LocalSigner {
     pub fn generate(key_id: &str) -> Self {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .expect("P-256 key generation");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("own pkcs8");
-        Self { key_id: key_id.to_string(), pair }
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .expect("P-256 key generation");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .expect("own pkcs8");
+        Self {
+            key_id: key_id.to_string(),
+            pair,
+        }
     }
 }
 

@@ -70,12 +70,22 @@ impl BrokerApi {
     }
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value, cache_control: &'static str) -> Response<Body> {
+fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    cache_control: &'static str,
+) -> Response<Body> {
     let mut response = Response::new(Body::Text(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     if cache_control == "no-store" {
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     }
@@ -90,10 +100,13 @@ pub fn error_response(err: &BrokerError) -> Response<Body> {
     } else {
         tracing::info!(error = %err, "request refused");
     }
-    let body = serde_json::json!({ "error": client.error, "error_description": client.description });
+    let body =
+        serde_json::json!({ "error": client.error, "error_description": client.description });
     let mut response = json_response(client.status, &body, "no-store");
     if client.status == StatusCode::METHOD_NOT_ALLOWED {
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, GET"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST, GET"));
     }
     response
 }
@@ -117,7 +130,9 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
         .unwrap_or_default();
     let media_type = content_type.split(';').next().unwrap_or_default().trim();
     if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        return Err(BrokerError::InvalidRequest("content type must be application/x-www-form-urlencoded"));
+        return Err(BrokerError::InvalidRequest(
+            "content type must be application/x-www-form-urlencoded",
+        ));
     }
     let bytes = body_bytes(request.body());
     if bytes.len() > MAX_BODY_BYTES {
@@ -133,7 +148,9 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
         match params.remove(name) {
             None => Ok(None),
             Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
-            Some(_) => Err(BrokerError::InvalidRequest("a request parameter was repeated")),
+            Some(_) => Err(BrokerError::InvalidRequest(
+                "a request parameter was repeated",
+            )),
         }
     };
 
@@ -146,22 +163,40 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
         .map(SecretString::new)
         .ok_or(BrokerError::InvalidRequest("subject_token is required"))?;
     match single("subject_token_type")?.as_deref() {
-        None => return Err(BrokerError::InvalidRequest("subject_token_type is required")),
+        None => {
+            return Err(BrokerError::InvalidRequest(
+                "subject_token_type is required",
+            ));
+        }
         Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN) => {}
-        Some(_) => return Err(BrokerError::InvalidRequest("unsupported subject_token_type")),
+        Some(_) => {
+            return Err(BrokerError::InvalidRequest(
+                "unsupported subject_token_type",
+            ));
+        }
     }
     if single("actor_token")?.is_some() || single("actor_token_type")?.is_some() {
-        return Err(BrokerError::InvalidRequest("actor_token (delegation) is not supported"));
+        return Err(BrokerError::InvalidRequest(
+            "actor_token (delegation) is not supported",
+        ));
     }
     match single("requested_token_type")?.as_deref() {
         None | Some(TOKEN_TYPE_JWT) => {}
-        Some(_) => return Err(BrokerError::InvalidRequest("unsupported requested_token_type")),
+        Some(_) => {
+            return Err(BrokerError::InvalidRequest(
+                "unsupported requested_token_type",
+            ));
+        }
     }
     let requested_ttl_seconds = match single("requested_expires_in")? {
         None => None,
         Some(raw) => match raw.parse::<i64>() {
             Ok(v) if (1..=43_200).contains(&v) => Some(v),
-            _ => return Err(BrokerError::InvalidRequest("requested_expires_in must be an integer in 1..=43200")),
+            _ => {
+                return Err(BrokerError::InvalidRequest(
+                    "requested_expires_in must be an integer in 1..=43200",
+                ));
+            }
         },
     };
     let scope = match single("scope")? {
@@ -171,12 +206,29 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
     let mut targets: Vec<String> = params.remove("audience").unwrap_or_default();
     targets.extend(params.remove("resource").unwrap_or_default());
     let target = match targets.as_slice() {
-        [] => return Err(BrokerError::InvalidRequest("audience or resource is required")),
+        [] => {
+            return Err(BrokerError::InvalidRequest(
+                "audience or resource is required",
+            ));
+        }
         [one] if !one.is_empty() && one.len() <= MAX_TARGET_BYTES => one.clone(),
-        [_] => return Err(BrokerError::InvalidTarget("the target is empty or too long")),
-        _ => return Err(BrokerError::InvalidTarget("exactly one audience or resource is supported")),
+        [_] => {
+            return Err(BrokerError::InvalidTarget(
+                "the target is empty or too long",
+            ));
+        }
+        _ => {
+            return Err(BrokerError::InvalidTarget(
+                "exactly one audience or resource is supported",
+            ));
+        }
     };
-    Ok(ExchangeRequest { subject_token, target, scope, requested_ttl_seconds })
+    Ok(ExchangeRequest {
+        subject_token,
+        target,
+        scope,
+        requested_ttl_seconds,
+    })
 }
 
 /// RFC 6749 3.3: space-delimited scope-tokens of NQCHAR (%x21 / %x23-5B / %x5D-7E).
@@ -187,7 +239,9 @@ fn parse_scope(raw: &str) -> Result<Vec<String>> {
     let mut scopes: Vec<String> = Vec::new();
     for token in raw.split(' ') {
         let valid = !token.is_empty()
-            && token.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+            && token
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
         if !valid {
             return Err(BrokerError::InvalidScope("scope is malformed"));
         }
@@ -215,12 +269,18 @@ mod tests {
         &subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt";
 
     fn code(body: &str) -> &'static str {
-        parse_token_request(&form(body)).unwrap_err().client_error().error
+        parse_token_request(&form(body))
+            .unwrap_err()
+            .client_error()
+            .error
     }
 
     #[test]
     fn parses_a_complete_request() {
-        let r = parse_token_request(&form(&format!("{BASE}&audience=https%3A%2F%2Fapi&scope=read%20write%20read&requested_expires_in=60"))).unwrap();
+        let r = parse_token_request(&form(&format!(
+            "{BASE}&audience=https%3A%2F%2Fapi&scope=read%20write%20read&requested_expires_in=60"
+        )))
+        .unwrap();
         assert_eq!(r.target, "https://api");
         assert_eq!(r.scope, vec!["read", "write"]);
         assert_eq!(r.requested_ttl_seconds, Some(60));
@@ -229,24 +289,54 @@ mod tests {
 
     #[test]
     fn refuses_bad_requests_with_the_right_code() {
-        assert_eq!(code("grant_type=password&audience=x"), "unsupported_grant_type");
+        assert_eq!(
+            code("grant_type=password&audience=x"),
+            "unsupported_grant_type"
+        );
         assert_eq!(code("audience=x"), "invalid_request");
         assert_eq!(code(&format!("{BASE}")), "invalid_request");
-        assert_eq!(code(&format!("{BASE}&audience=a&audience=b")), "invalid_target");
-        assert_eq!(code(&format!("{BASE}&audience=a&resource=b")), "invalid_target");
-        assert_eq!(code(&format!("{BASE}&audience=a&scope=bad%22quote")), "invalid_scope");
-        assert_eq!(code(&format!("{BASE}&audience=a&grant_type=x")), "invalid_request");
-        assert_eq!(code(&format!("{BASE}&audience=a&requested_token_type=urn%3Aother")), "invalid_request");
-        assert_eq!(code(&format!("{BASE}&audience=a&requested_expires_in=-5")), "invalid_request");
-        assert_eq!(code(&format!("{BASE}&audience=a&actor_token=x")), "invalid_request");
+        assert_eq!(
+            code(&format!("{BASE}&audience=a&audience=b")),
+            "invalid_target"
+        );
+        assert_eq!(
+            code(&format!("{BASE}&audience=a&resource=b")),
+            "invalid_target"
+        );
+        assert_eq!(
+            code(&format!("{BASE}&audience=a&scope=bad%22quote")),
+            "invalid_scope"
+        );
+        assert_eq!(
+            code(&format!("{BASE}&audience=a&grant_type=x")),
+            "invalid_request"
+        );
+        assert_eq!(
+            code(&format!(
+                "{BASE}&audience=a&requested_token_type=urn%3Aother"
+            )),
+            "invalid_request"
+        );
+        assert_eq!(
+            code(&format!("{BASE}&audience=a&requested_expires_in=-5")),
+            "invalid_request"
+        );
+        assert_eq!(
+            code(&format!("{BASE}&audience=a&actor_token=x")),
+            "invalid_request"
+        );
         assert_eq!(code("%%%not-form"), "invalid_request");
     }
 
     #[test]
     fn refuses_wrong_content_type_and_oversized_bodies() {
         let mut r = form(BASE);
-        r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-        assert_eq!(parse_token_request(&r).unwrap_err().client_error().error, "invalid_request");
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        assert_eq!(
+            parse_token_request(&r).unwrap_err().client_error().error,
+            "invalid_request"
+        );
         let big = format!("{BASE}&audience={}", "a".repeat(MAX_BODY_BYTES));
         let err = parse_token_request(&form(&big)).unwrap_err();
         assert_eq!(err.client_error().status, StatusCode::PAYLOAD_TOO_LARGE);

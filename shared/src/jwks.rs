@@ -55,7 +55,11 @@ impl HttpIssuerKeys {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| BrokerError::Config(format!("http client: {e}")))?;
-        Ok(Self { client, settings, cache: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            client,
+            settings,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     async fn fetch(&self, url: &str) -> Result<JwkSet> {
@@ -70,7 +74,10 @@ impl HttpIssuerKeys {
         if !response.status().is_success() {
             return Err(BrokerError::JwksUnavailable("non-success status"));
         }
-        if response.content_length().is_some_and(|n| n as usize > self.settings.max_bytes) {
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > self.settings.max_bytes)
+        {
             return Err(BrokerError::JwksUnavailable("response too large"));
         }
         let mut body = Vec::new();
@@ -90,7 +97,8 @@ impl HttpIssuerKeys {
 
 /// HTTPS only, except plain HTTP to loopback for local runs and tests.
 pub fn check_jwks_url(url: &str) -> Result<()> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| BrokerError::JwksUnavailable("invalid jwks url"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| BrokerError::JwksUnavailable("invalid jwks url"))?;
     let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match parsed.scheme() {
         "https" => Ok(()),
@@ -114,14 +122,22 @@ impl IssuerKeys for HttpIssuerKeys {
         let now = Instant::now();
         if let Some(c) = cache.get(url) {
             let fresh = now.duration_since(c.fetched_at) < self.settings.cache_ttl;
-            let recently_tried = now.duration_since(c.last_attempt) < self.settings.min_refresh_interval;
+            let recently_tried =
+                now.duration_since(c.last_attempt) < self.settings.min_refresh_interval;
             if (fresh && !refresh) || recently_tried {
                 return Ok(c.jwks.clone());
             }
         }
         match self.fetch(url).await {
             Ok(jwks) => {
-                cache.insert(url.clone(), Cached { jwks: jwks.clone(), fetched_at: now, last_attempt: now });
+                cache.insert(
+                    url.clone(),
+                    Cached {
+                        jwks: jwks.clone(),
+                        fetched_at: now,
+                        last_attempt: now,
+                    },
+                );
                 Ok(jwks)
             }
             Err(e) => match cache.get_mut(url) {
@@ -142,7 +158,9 @@ mod tests {
 
     #[test]
     fn jwks_urls_must_be_https_except_loopback() {
-        assert!(check_jwks_url("https://token.actions.githubusercontent.com/.well-known/jwks").is_ok());
+        assert!(
+            check_jwks_url("https://token.actions.githubusercontent.com/.well-known/jwks").is_ok()
+        );
         assert!(check_jwks_url("http://127.0.0.1:9000/jwks.json").is_ok());
         assert!(check_jwks_url("http://localhost:9000/jwks.json").is_ok());
         assert!(check_jwks_url("http://idp.example/jwks.json").is_err());

@@ -43,12 +43,16 @@ pub fn evaluate(
         })
         .collect();
     narrow(&mut candidates, PolicyDenial::NoGrant, |_| true)?;
-    narrow(&mut candidates, PolicyDenial::GrantRevoked, |g| g.status == GrantStatus::Active)?;
+    narrow(&mut candidates, PolicyDenial::GrantRevoked, |g| {
+        g.status == GrantStatus::Active
+    })?;
     narrow(&mut candidates, PolicyDenial::EnvironmentMismatch, |g| {
         g.environment == target.environment
     })?;
     // At least one whole second of validity must remain for anything to be issued.
-    narrow(&mut candidates, PolicyDenial::ApprovalExpired, |g| g.approval_expires_at > now)?;
+    narrow(&mut candidates, PolicyDenial::ApprovalExpired, |g| {
+        g.approval_expires_at > now
+    })?;
     narrow(&mut candidates, PolicyDenial::ScopeNotGranted, |g| {
         request.scope.iter().all(|s| g.scopes.contains(s))
     })?;
@@ -70,7 +74,11 @@ pub fn evaluate(
     } else {
         request.scope.to_vec()
     };
-    Ok(Decision { grant, ttl_seconds: ttl, scope })
+    Ok(Decision {
+        grant,
+        ttl_seconds: ttl,
+        scope,
+    })
 }
 
 fn narrow(
@@ -79,7 +87,11 @@ fn narrow(
     keep: impl Fn(&Grant) -> bool,
 ) -> Result<(), PolicyDenial> {
     candidates.retain(|g| keep(g));
-    if candidates.is_empty() { Err(denial) } else { Ok(()) }
+    if candidates.is_empty() {
+        Err(denial)
+    } else {
+        Ok(())
+    }
 }
 
 fn claims_match(grant: &Grant, subject: &VerifiedSubject) -> bool {
@@ -106,7 +118,9 @@ mod tests {
                 issuer: "https://idp.example".into(),
                 name: "idp".into(),
                 audiences: vec!["nhi-broker".into()],
-                jwks: JwksSource::Static { jwks: "{\"keys\":[]}".into() },
+                jwks: JwksSource::Static {
+                    jwks: "{\"keys\":[]}".into(),
+                },
                 algorithms: vec!["ES256".into()],
                 enabled: true,
             },
@@ -144,9 +158,23 @@ mod tests {
         }
     }
 
-    fn eval(grants: &[Grant], scope: &[String], ttl: Option<i64>) -> Result<Decision, PolicyDenial> {
-        let req = PolicyRequest { scope, requested_ttl_seconds: ttl };
-        evaluate(grants, &subject(serde_json::json!({})), &target(), &req, NOW, 3600)
+    fn eval(
+        grants: &[Grant],
+        scope: &[String],
+        ttl: Option<i64>,
+    ) -> Result<Decision, PolicyDenial> {
+        let req = PolicyRequest {
+            scope,
+            requested_ttl_seconds: ttl,
+        };
+        evaluate(
+            grants,
+            &subject(serde_json::json!({})),
+            &target(),
+            &req,
+            NOW,
+            3600,
+        )
     }
 
     #[test]
@@ -179,7 +207,10 @@ mod tests {
         assert_eq!(eval(&[g], &[], None), Err(PolicyDenial::GrantRevoked));
         let mut g = grant("g");
         g.environment = "staging".into();
-        assert_eq!(eval(&[g], &[], None), Err(PolicyDenial::EnvironmentMismatch));
+        assert_eq!(
+            eval(&[g], &[], None),
+            Err(PolicyDenial::EnvironmentMismatch)
+        );
         let mut g = grant("g");
         g.approval_expires_at = NOW;
         assert_eq!(eval(&[g], &[], None), Err(PolicyDenial::ApprovalExpired));

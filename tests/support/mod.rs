@@ -1,1 +1,288 @@
+//! Test harness: the real exchange API wired to moto (through `AWS_ENDPOINT_URL`, as provisioned
+//! by `make test` from template.yaml), a demo issuer whose JWKS is served over loopback HTTP, and
+//! a log capture that lets tests prove no secret reaches a log line.
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use jsonwebtoken::jwk::JwkSet;
+use lambda_http::{Body, Request};
+use nhi_broker::aws::dynamo::{DynamoRegistry, Item};
+use nhi_broker::config::Config;
+use nhi_broker::demo_issuer::DemoIssuer;
+use nhi_broker::domain::{Grant, GrantStatus, Issuer, JwksSource, Target, TargetKind};
+use nhi_broker::http_api::BrokerApi;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const AUDIENCE: &str = "nhi-broker";
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Config from the environment `make test` exports; a clear failure when run outside it.
+pub fn config() -> Config {
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        panic!(
+            "integration tests need the moto stack: run `make test` (it starts moto and exports the environment)"
+        );
+    }
+    Config::from_env().expect("environment written by infra/local/provision.py")
+}
+
+pub struct Harness {
+    pub config: Config,
+    pub api: BrokerApi,
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub registry: DynamoRegistry,
+    pub issuer: Arc<DemoIssuer>,
+    /// Unique per harness so tests sharing the tables never see each other's records.
+    pub id: String,
+    pub subject: String,
+    pub target: String,
+    pub staging_target: String,
+    pub grant_id: String,
+    _stop_issuer: watch::Sender<bool>,
+}
+
+impl Harness {
+    /// A registered issuer (JWKS over loopback HTTP), a prod target, a staging target, and a prod
+    /// grant for `subject` listing both targets.
+    pub async fn new() -> Self {
+        let config = config();
+        let sdk = nhi_broker::aws::sdk_config().await;
+        let api = nhi_broker::aws::broker_api(&config, &sdk).expect("api");
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let registry = DynamoRegistry::new(dynamo.clone(), &config.registry_table);
+
+        let listener = nhi_local::bind_loopback(0).await.expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let issuer_url = format!("http://127.0.0.1:{port}");
+        let issuer = Arc::new(DemoIssuer::generate(&issuer_url).unwrap());
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(nhi_local::serve_demo_issuer(
+            issuer.clone(),
+            listener,
+            stopped,
+        ));
+
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let h = Self {
+            subject: format!("repo:org/app-{id}:ref:refs/heads/main"),
+            target: format!("https://api-{id}.prod.test"),
+            staging_target: format!("https://api-{id}.staging.test"),
+            grant_id: format!("grant-{id}"),
+            config,
+            api,
+            dynamo,
+            registry,
+            issuer,
+            id,
+            _stop_issuer: stop,
+        };
+        h.registry
+            .put_issuer(&Issuer {
+                issuer: issuer_url.clone(),
+                name: "test-issuer".into(),
+                audiences: vec![AUDIENCE.into()],
+                jwks: JwksSource::Url {
+                    url: format!("{issuer_url}/jwks.json"),
+                },
+                algorithms: vec!["ES256".into(), "RS256".into()],
+                enabled: true,
+            })
+            .await
+            .unwrap();
+        for (target, env) in [(&h.target, "prod"), (&h.staging_target, "staging")] {
+            h.registry
+                .put_target(&Target {
+                    id: target.clone(),
+                    kind: TargetKind::Jwt,
+                    environment: env.into(),
+                    owner: "team".into(),
+                    enabled: true,
+                })
+                .await
+                .unwrap();
+        }
+        let grant = h.grant(&h.grant_id, &h.subject, now() + 86_400);
+        h.registry.put_grant(&grant).await.unwrap();
+        h
+    }
+
+    pub fn grant(&self, id: &str, subject: &str, approval_expires_at: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            issuer: self.issuer.issuer.clone(),
+            subject: subject.into(),
+            claims: Default::default(),
+            environment: "prod".into(),
+            targets: vec![self.target.clone(), self.staging_target.clone()],
+            scopes: vec!["read".into(), "deploy".into()],
+            max_ttl_seconds: 600,
+            approval_expires_at,
+            owner: "team".into(),
+            justification: "tests".into(),
+            status: GrantStatus::Active,
+            created_at: now(),
+        }
+    }
+
+    pub fn claims(&self) -> serde_json::Value {
+        self.issuer
+            .workload_claims(&self.subject, AUDIENCE, now(), 300)
+    }
+
+    pub fn token(&self, claims: &serde_json::Value) -> String {
+        self.issuer.mint(claims).unwrap().expose().to_string()
+    }
+
+    pub fn form(&self, subject_token: &str, target: &str) -> Vec<(String, String)> {
+        vec![
+            ("grant_type".into(), GRANT_TYPE.into()),
+            ("subject_token_type".into(), JWT_TYPE.into()),
+            ("subject_token".into(), subject_token.into()),
+            ("audience".into(), target.into()),
+        ]
+    }
+
+    /// POST /token through the same handler the Lambda runs.
+    pub async fn post_token(&self, form: &[(String, String)]) -> (u16, serde_json::Value) {
+        let body = serde_urlencoded::to_string(form).unwrap();
+        self.call(post_form("/token", body)).await
+    }
+
+    pub async fn call(&self, request: Request) -> (u16, serde_json::Value) {
+        let response = self.api.handle(request).await;
+        let status = response.status().as_u16();
+        let body = match response.body() {
+            Body::Text(t) => serde_json::from_str(t).unwrap_or(serde_json::Value::Null),
+            _ => serde_json::Value::Null,
+        };
+        (status, body)
+    }
+
+    pub async fn broker_jwks(&self) -> JwkSet {
+        let request = http::Request::builder()
+            .method("GET")
+            .uri("/.well-known/jwks.json")
+            .body(Body::Empty)
+            .unwrap();
+        let (status, body) = self.call(request).await;
+        assert_eq!(status, 200);
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Every lease for this harness' targets or subject (a scan: tests only).
+    pub async fn leases(&self) -> Vec<Item> {
+        self.scan(
+            &self.config.leases_table,
+            "target = :t OR target = :s OR subject = :sub",
+            &[
+                (":t", &self.target),
+                (":s", &self.staging_target),
+                (":sub", &self.subject),
+            ],
+        )
+        .await
+    }
+
+    pub async fn audit_events(&self) -> Vec<Item> {
+        self.scan(
+            &self.config.audit_table,
+            "target = :t OR target = :s OR actor_subject = :sub",
+            &[
+                (":t", &self.target),
+                (":s", &self.staging_target),
+                (":sub", &self.subject),
+            ],
+        )
+        .await
+    }
+
+    pub async fn scan(&self, table: &str, filter: &str, values: &[(&str, &str)]) -> Vec<Item> {
+        let mut request = self
+            .dynamo
+            .scan()
+            .table_name(table)
+            .filter_expression(filter);
+        for (k, v) in values {
+            request = request.expression_attribute_values(*k, AttributeValue::S(v.to_string()));
+        }
+        let mut items = Vec::new();
+        let mut pages = request.into_paginator().items().send();
+        while let Some(item) = pages.next().await {
+            items.push(item.expect("scan"));
+        }
+        items
+    }
+}
+
+pub fn post_form(path: &str, body: String) -> Request {
+    http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::Text(body))
+        .unwrap()
+}
+
+pub fn attr<'a>(item: &'a Item, name: &str) -> &'a str {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+/// Every log line written while the guard lives, at TRACE for all targets (the AWS SDK and HTTP
+/// clients included). Install on a current-thread runtime so spawned tasks log into it too.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let sink = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Fail if any secret, or its signature segment alone, appears in the captured logs.
+    pub fn assert_free_of(&self, secrets: &[String]) {
+        let logs = self.text();
+        for secret in secrets.iter().filter(|s| s.len() >= 16) {
+            assert!(
+                !logs.contains(secret.as_str()),
+                "a secret reached the logs: {}",
+                nhi_broker::redact::fingerprint(secret.as_bytes())
+            );
+            if let Some(signature) = secret.rsplit('.').next().filter(|s| s.len() >= 16) {
+                assert!(
+                    !logs.contains(signature),
+                    "a token signature reached the logs"
+                );
+            }
+        }
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,1 +1,80 @@
-fn main() {}
+//! `nhi-local serve`: the exchange API and a demo issuer on 127.0.0.1, against whatever AWS
+//! endpoint `AWS_ENDPOINT_URL` names (moto, under `make local`).
+
+use clap::Parser;
+use nhi_broker::aws::dynamo::DynamoRegistry;
+use nhi_broker::config::Config;
+use nhi_broker::demo_issuer::DemoIssuer;
+use nhi_broker::ports::{Clock, SystemClock};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(about = "Run the nhi-broker exchange API and a demo OIDC issuer on loopback")]
+struct Args {
+    /// Port of the exchange API on 127.0.0.1.
+    #[arg(long, env = "NHI_LOCAL_PORT", default_value_t = 8787)]
+    port: u16,
+    /// Port of the demo issuer (JWKS and token minting) on 127.0.0.1.
+    #[arg(long, env = "NHI_LOCAL_ISSUER_PORT", default_value_t = 8788)]
+    issuer_port: u16,
+}
+
+#[tokio::main]
+async fn main() {
+    nhi_broker::telemetry::init();
+    if let Err(message) = run(Args::parse()).await {
+        eprintln!("nhi-local: {message}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let sdk = nhi_broker::aws::sdk_config().await;
+    let api = Arc::new(nhi_broker::aws::broker_api(&config, &sdk).map_err(|e| e.to_string())?);
+
+    let issuer_listener = nhi_local::bind_loopback(args.issuer_port)
+        .await
+        .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", args.issuer_port))?;
+    let api_listener = nhi_local::bind_loopback(args.port)
+        .await
+        .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", args.port))?;
+    let issuer_url = format!("http://127.0.0.1:{}", args.issuer_port);
+    let issuer = Arc::new(DemoIssuer::generate(&issuer_url).map_err(|e| e.to_string())?);
+    let registry = DynamoRegistry::new(aws_sdk_dynamodb::Client::new(&sdk), &config.registry_table);
+    nhi_local::bootstrap_demo(
+        &registry,
+        &issuer,
+        &format!("{issuer_url}/jwks.json"),
+        SystemClock.now(),
+    )
+    .await
+    .map_err(|e| format!("bootstrap of demo issuer and grant failed: {e}"))?;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let issuer_task = tokio::spawn(nhi_local::serve_demo_issuer(
+        issuer,
+        issuer_listener,
+        stopped.clone(),
+    ));
+    let api_task = tokio::spawn(nhi_local::serve_broker(api, api_listener, stopped));
+
+    let base = format!("http://127.0.0.1:{}", args.port);
+    println!(
+        "\nnhi-broker exchange API: {base}\n  POST {base}/token\n  GET  {base}/.well-known/jwks.json\n\
+demo issuer: {issuer_url} (JWKS at {issuer_url}/jwks.json)\n\nTry it:\n\
+  TOKEN=$(curl -s {issuer_url}/token)\n\
+  curl -s {base}/token \\\n\
+    -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n\
+    -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\\n\
+    --data-urlencode subject_token=\"$TOKEN\" \\\n\
+    --data-urlencode audience={target} \\\n\
+    -d scope=deploy\n\nCtrl-C stops everything.\n",
+        target = nhi_local::DEMO_TARGET
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop.send(true);
+    let _ = tokio::join!(issuer_task, api_task);
+    println!("nhi-local stopped");
+    Ok(())
+}

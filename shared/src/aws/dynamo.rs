@@ -1,6 +1,6 @@
 //! DynamoDB adapters. Key schema (see docs/architecture.md):
 //!
-//! registry table  pk                 sk          kind    item_id
+//! registry table  pk                 sk          item_type item_id
 //!   issuer        ISSUER#<iss>       #ISSUER     issuer  <iss>
 //!   grant         ISSUER#<iss>       GRANT#<id>  grant   <id>       (one Query loads issuer + grants)
 //!   target        TARGET#<id>        #TARGET     target  <id>
@@ -47,7 +47,9 @@ pub mod keys {
     }
     /// Shard of the sparse active-by-expiry index, stable per lease.
     pub fn active_shard(lease_id: &str) -> String {
-        let h = lease_id.bytes().fold(0u32, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u32));
+        let h = lease_id
+            .bytes()
+            .fold(0u32, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u32));
         format!("ACTIVE#{}", h % super::ACTIVE_SHARDS)
     }
 }
@@ -61,8 +63,12 @@ fn n(value: i64) -> AttributeValue {
 }
 
 /// A domain value as an item, plus its key and index attributes.
-pub fn to_item<T: Serialize>(value: &T, extra: impl IntoIterator<Item = (&'static str, AttributeValue)>) -> Result<Item> {
-    let mut item: Item = serde_dynamo::to_item(value).map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?;
+pub fn to_item<T: Serialize>(
+    value: &T,
+    extra: impl IntoIterator<Item = (&'static str, AttributeValue)>,
+) -> Result<Item> {
+    let mut item: Item = serde_dynamo::to_item(value)
+        .map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?;
     // Absent, not NULL: index key attributes must be missing or typed.
     item.retain(|_, v| !matches!(v, AttributeValue::Null(_)));
     for (k, v) in extra {
@@ -82,7 +88,10 @@ pub struct DynamoRegistry {
 
 impl DynamoRegistry {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     async fn put(&self, item: Item, operation: &'static str) -> Result<()> {
@@ -97,32 +106,41 @@ impl DynamoRegistry {
     }
 
     pub async fn put_issuer(&self, issuer: &Issuer) -> Result<()> {
-        let item = to_item(issuer, [
-            ("pk", s(keys::issuer_pk(&issuer.issuer))),
-            ("sk", s(keys::ISSUER_SK)),
-            ("kind", s("issuer")),
-            ("item_id", s(&issuer.issuer)),
-        ])?;
+        let item = to_item(
+            issuer,
+            [
+                ("pk", s(keys::issuer_pk(&issuer.issuer))),
+                ("sk", s(keys::ISSUER_SK)),
+                ("item_type", s("issuer")),
+                ("item_id", s(&issuer.issuer)),
+            ],
+        )?;
         self.put(item, "PutItem").await
     }
 
     pub async fn put_grant(&self, grant: &Grant) -> Result<()> {
-        let item = to_item(grant, [
-            ("pk", s(keys::issuer_pk(&grant.issuer))),
-            ("sk", s(keys::grant_sk(&grant.id))),
-            ("kind", s("grant")),
-            ("item_id", s(&grant.id)),
-        ])?;
+        let item = to_item(
+            grant,
+            [
+                ("pk", s(keys::issuer_pk(&grant.issuer))),
+                ("sk", s(keys::grant_sk(&grant.id))),
+                ("item_type", s("grant")),
+                ("item_id", s(&grant.id)),
+            ],
+        )?;
         self.put(item, "PutItem").await
     }
 
     pub async fn put_target(&self, target: &Target) -> Result<()> {
-        let item = to_item(target, [
-            ("pk", s(keys::target_pk(&target.id))),
-            ("sk", s(keys::TARGET_SK)),
-            ("kind", s("target")),
-            ("item_id", s(&target.id)),
-        ])?;
+        let item = to_item(
+            target,
+            [
+                ("pk", s(keys::target_pk(&target.id))),
+                ("sk", s(keys::TARGET_SK)),
+                ("item_type", s("target")),
+                ("item_id", s(&target.id)),
+            ],
+        )?;
         self.put(item, "PutItem").await
     }
 }
@@ -143,9 +161,15 @@ impl PolicyStore for DynamoRegistry {
         let mut grants = Vec::new();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-            match item.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) {
+            match item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+            {
                 Some(keys::ISSUER_SK) => found_issuer = Some(from_item::<Issuer>(item, "issuer")?),
-                Some(sk) if sk.starts_with("GRANT#") => grants.push(from_item::<Grant>(item, "grant")?),
+                Some(sk) if sk.starts_with("GRANT#") => {
+                    grants.push(from_item::<Grant>(item, "grant")?)
+                }
                 _ => {}
             }
         }
@@ -162,7 +186,10 @@ impl PolicyStore for DynamoRegistry {
             .send()
             .await
             .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
-        output.item.map(|item| from_item(item, "target")).transpose()
+        output
+            .item
+            .map(|item| from_item(item, "target"))
+            .transpose()
     }
 }
 
@@ -174,24 +201,39 @@ pub struct DynamoLedger {
 }
 
 impl DynamoLedger {
-    pub fn new(client: aws_sdk_dynamodb::Client, leases_table: impl Into<String>, audit_table: impl Into<String>) -> Self {
-        Self { client, leases_table: leases_table.into(), audit_table: audit_table.into(), chain: AuditChain::default() }
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        leases_table: impl Into<String>,
+        audit_table: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            leases_table: leases_table.into(),
+            audit_table: audit_table.into(),
+            chain: AuditChain::default(),
+        }
     }
 
     fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
-        to_item(event, [
-            ("chain", s(&link.chain)),
-            ("seq", n(link.seq)),
-            ("prev_hash", s(&link.prev_hash)),
-            ("hash", s(&link.hash)),
-        ])
+        to_item(
+            event,
+            [
+                ("chain", s(&link.chain)),
+                ("seq", n(link.seq)),
+                ("prev_hash", s(&link.prev_hash)),
+                ("hash", s(&link.hash)),
+            ],
+        )
     }
 
     fn lease_item(lease: &Lease) -> Result<Item> {
         let mut extra = vec![
             ("pk", s(keys::lease_pk(&lease.lease_id))),
             ("sk", s(keys::LEASE_SK)),
-            ("subject_key", s(keys::subject_key(&lease.issuer, &lease.subject))),
+            (
+                "subject_key",
+                s(keys::subject_key(&lease.issuer, &lease.subject)),
+            ),
             ("ttl", n(lease.expires_at + LEASE_RETENTION_SECONDS)),
         ];
         if lease.status == LeaseStatus::Active {
@@ -220,7 +262,11 @@ impl LeaseLedger for DynamoLedger {
             .client
             .transact_write_items()
             .transact_items(put(&self.leases_table, Self::lease_item(lease)?, "pk")?)
-            .transact_items(put(&self.audit_table, Self::audit_item(event, &link)?, "chain")?)
+            .transact_items(put(
+                &self.audit_table,
+                Self::audit_item(event, &link)?,
+                "chain",
+            )?)
             .send()
             .await;
         match result {

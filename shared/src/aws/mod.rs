@@ -13,7 +13,9 @@ use crate::ports::SystemClock;
 use std::sync::Arc;
 
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
 }
 
 /// The exchange API wired to DynamoDB, KMS and HTTPS JWKS. Built once per execution environment.
@@ -21,8 +23,15 @@ pub fn broker_api(config: &Config, sdk: &aws_config::SdkConfig) -> Result<Broker
     let dynamo = aws_sdk_dynamodb::Client::new(sdk);
     let kms = aws_sdk_kms::Client::new(sdk);
     Ok(BrokerApi::new(ExchangeService {
-        policy: Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
-        ledger: Arc::new(dynamo::DynamoLedger::new(dynamo, &config.leases_table, &config.audit_table)),
+        policy: Arc::new(dynamo::DynamoRegistry::new(
+            dynamo.clone(),
+            &config.registry_table,
+        )),
+        ledger: Arc::new(dynamo::DynamoLedger::new(
+            dynamo,
+            &config.leases_table,
+            &config.audit_table,
+        )),
         signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
         issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
         clock: Arc::new(SystemClock),

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Provision the local AWS emulator from template.yaml, the one source of truth.
+
+Creates every AWS::DynamoDB::Table (keys, GSIs, streams, TTL, PITR) and AWS::KMS::Key (spec and
+usage) the template declares, then resolves each function's Environment.Variables against what it
+created and writes them, with the emulator's endpoint and dummy credentials, as a shell env file.
+
+Usage: provision.py --endpoint http://127.0.0.1:PORT --prefix NAME --env-file PATH
+                    [--param Name=Value ...]
+"""
+
+import argparse
+import shlex
+import sys
+
+import boto3
+import yaml
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML loader that turns CloudFormation short-form tags (!Ref, !GetAtt, !Sub...) into the
+    long form ({"Ref": ...}, {"Fn::GetAtt": ...})."""
+
+
+def _construct_tag(loader, tag_suffix, node):
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if tag_suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def load_template(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+def table_spec(name, props):
+    spec = {
+        "TableName": name,
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "KeySchema": props["KeySchema"],
+        "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+    }
+    if props.get("GlobalSecondaryIndexes"):
+        spec["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    stream = props.get("StreamSpecification")
+    if stream:
+        spec["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
+    return spec
+
+
+def provision(template, endpoint, prefix, region):
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region
+    )
+    dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+    kms = session.client("kms", endpoint_url=endpoint)
+    refs = {}
+    for logical_id, resource in template["Resources"].items():
+        kind, props = resource["Type"], resource.get("Properties", {})
+        if kind == "AWS::DynamoDB::Table":
+            name = f"{prefix}-{logical_id}"
+            dynamodb.create_table(**table_spec(name, props))
+            dynamodb.get_waiter("table_exists").wait(TableName=name)
+            ttl = props.get("TimeToLiveSpecification")
+            if ttl and ttl.get("Enabled"):
+                dynamodb.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+                )
+            pitr = props.get("PointInTimeRecoverySpecification", {})
+            if pitr.get("PointInTimeRecoveryEnabled"):
+                dynamodb.update_continuous_backups(
+                    TableName=name,
+                    PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+                )
+            refs[logical_id] = name
+        elif kind == "AWS::KMS::Key":
+            key = kms.create_key(
+                Description=f"{prefix} {props.get('Description', logical_id)}",
+                KeySpec=props.get("KeySpec", "SYMMETRIC_DEFAULT"),
+                KeyUsage=props.get("KeyUsage", "ENCRYPT_DECRYPT"),
+            )["KeyMetadata"]
+            refs[logical_id] = key["KeyId"]
+    return refs
+
+
+def resolve(value, refs, params, logical_id, var):
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(value, dict) and "Ref" in value:
+        name = value["Ref"]
+        if name in refs:
+            return refs[name]
+        if name in params:
+            return params[name]
+    raise SystemExit(
+        f"provision: cannot resolve {logical_id}.Environment.{var} = {value!r} locally; "
+        "pass --param Name=Value for template parameters"
+    )
+
+
+def function_environment(template, refs, params):
+    env = {}
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
+        for var, value in variables.items():
+            resolved = resolve(value, refs, params, logical_id, var)
+            if env.get(var, resolved) != resolved:
+                raise SystemExit(f"provision: {var} differs between functions; local runs need one value")
+            env[var] = resolved
+    return env
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--template", default="template.yaml")
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--env-file", required=True)
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--param", action="append", default=[], help="template parameter Name=Value")
+    args = parser.parse_args(argv)
+
+    template = load_template(args.template)
+    params = {
+        name: str(spec["Default"])
+        for name, spec in template.get("Parameters", {}).items()
+        if "Default" in spec
+    }
+    for pair in args.param:
+        name, _, value = pair.partition("=")
+        params[name] = value
+
+    refs = provision(template, args.endpoint, args.prefix, args.region)
+    env = {
+        "AWS_ENDPOINT_URL": args.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": args.region,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **{f"NHI_LOCAL_{k.upper()}": v for k, v in refs.items()},
+        **function_environment(template, refs, params),
+    }
+    with open(args.env_file, "w", encoding="utf-8") as f:
+        for k, v in env.items():
+            f.write(f"export {k}={shlex.quote(v)}\n")
+    print(f"provisioned {len(refs)} resources from {args.template}; environment in {args.env_file}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Local stack: moto on 127.0.0.1, resources provisioned from template.yaml, then either
+#   stack.sh local   serve the exchange API and demo issuer on loopback until Ctrl-C
+#   stack.sh test    run every test against it
+# moto is always stopped on exit. Nothing listens beyond 127.0.0.1.
+set -euo pipefail
+mode=${1:?usage: stack.sh local|test}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+venv="$root/.venv"
+state="$root/.local"
+mkdir -p "$state"
+
+free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+moto_pid=""
+stop_moto() {
+  if [ -n "$moto_pid" ] && kill -0 "$moto_pid" 2>/dev/null; then
+    kill "$moto_pid" 2>/dev/null || true
+    wait "$moto_pid" 2>/dev/null || true
+  fi
+}
+trap stop_moto EXIT
+trap 'exit 130' INT TERM
+
+start_moto() {
+  local port=$1
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$state/moto-$mode.log" 2>&1 &
+  moto_pid=$!
+  for _ in $(seq 1 100); do
+    if "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$moto_pid" 2>/dev/null || { echo "moto failed to start; see $state/moto-$mode.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "moto did not become ready on 127.0.0.1:$port" >&2
+  exit 1
+}
+
+case "$mode" in
+  local)
+    port=${NHI_LOCAL_PORT:-8787}
+    moto_port=${NHI_MOTO_PORT:-$(free_port)}
+    echo "building nhi-local..."
+    cargo build -p nhi-local
+    start_moto "$moto_port"
+    echo "moto (emulated AWS) on http://127.0.0.1:$moto_port"
+    "$venv/bin/python" infra/local/provision.py --endpoint "http://127.0.0.1:$moto_port" \
+      --prefix nhi-local --env-file "$state/local.env" --param "BrokerIssuerUrl=http://127.0.0.1:$port"
+    # shellcheck disable=SC1091
+    source "$state/local.env"
+    export NHI_LOCAL_PORT=$port
+    "$root/target/debug/nhi-local" &
+    app_pid=$!
+    trap 'kill -INT $app_pid 2>/dev/null; wait $app_pid 2>/dev/null; exit 0' INT TERM
+    wait "$app_pid"
+    ;;
+  test)
+    moto_port=$(free_port)
+    start_moto "$moto_port"
+    "$venv/bin/python" infra/local/provision.py --endpoint "http://127.0.0.1:$moto_port" \
+      --prefix nhi-test --env-file "$state/test.env" --param "BrokerIssuerUrl=http://127.0.0.1:8787"
+    # shellcheck disable=SC1091
+    source "$state/test.env"
+    cargo test --workspace --all-targets
+    ;;
+  *)
+    echo "usage: stack.sh local|test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,423 @@
+//! The exchange endpoint against moto: DynamoDB (registry, leases, audit) and KMS (ES256 signing)
+//! are real API implementations; the subject-token issuer serves its JWKS over loopback HTTP.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use nhi_broker::demo_issuer::DemoIssuer;
+use nhi_tests::{AUDIENCE, Harness, LogCapture, attr, now, post_form};
+use serde_json::json;
+
+fn verify_broker_token(
+    token: &str,
+    jwks: &jsonwebtoken::jwk::JwkSet,
+    h: &Harness,
+) -> serde_json::Value {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::ES256);
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let kid = header.kid.expect("kid");
+    assert_eq!(kid, h.config.signing_key_id);
+    let jwk = jwks.find(&kid).expect("signing key published in JWKS");
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_issuer(&[&h.config.broker_issuer]);
+    validation.set_audience(&[&h.target]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    )
+    .expect("broker token verifies against the broker JWKS")
+    .claims
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn valid_exchange_releases_a_verifiable_token_with_one_lease_and_one_audit_event() {
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let h = Harness::new().await;
+    let subject_token = h.token(&h.claims());
+    let mut form = h.form(&subject_token, &h.target);
+    form.push(("scope".into(), "deploy".into()));
+    form.push(("requested_expires_in".into(), "120".into()));
+
+    let (status, body) = h.post_token(&form).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 120);
+    assert_eq!(body["scope"], "deploy");
+    let access_token = body["access_token"].as_str().unwrap().to_string();
+
+    let claims = verify_broker_token(&access_token, &h.broker_jwks().await, &h);
+    assert_eq!(claims["sub"], h.subject);
+    assert_eq!(claims["aud"], h.target);
+    assert_eq!(claims["scope"], "deploy");
+    assert_eq!(claims["client_id"], h.grant_id);
+    assert_eq!(claims["env"], "prod");
+    assert_eq!(claims["act"]["iss"], h.issuer.issuer);
+    assert_eq!(claims["act"]["sub"], h.subject);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        120
+    );
+    let jti = claims["jti"].as_str().unwrap();
+
+    let leases = h.leases().await;
+    assert_eq!(leases.len(), 1, "exactly one lease");
+    assert_eq!(attr(&leases[0], "lease_id"), jti);
+    assert_eq!(attr(&leases[0], "status"), "active");
+    assert_eq!(attr(&leases[0], "grant_id"), h.grant_id);
+    let events = h.audit_events().await;
+    assert_eq!(events.len(), 1, "exactly one audit event");
+    assert_eq!(attr(&events[0], "outcome"), "released");
+    assert_eq!(attr(&events[0], "lease_id"), jti);
+    assert_eq!(
+        attr(&events[0], "token_fingerprint"),
+        nhi_broker::redact::fingerprint(subject_token.as_bytes())
+    );
+    assert_eq!(attr(&events[0], "hash").len(), 64);
+
+    logs.assert_free_of(&[subject_token.clone(), access_token]);
+    assert!(
+        logs.text().contains("token released"),
+        "the capture saw the release log line"
+    );
+}
+
+/// One request that must be refused with `error` and release nothing.
+struct Case {
+    name: &'static str,
+    form: Vec<(String, String)>,
+    content_type: &'static str,
+    status: u16,
+    error: &'static str,
+    reason: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    form: Vec<(String, String)>,
+    error: &'static str,
+    reason: &'static str,
+) -> Case {
+    Case {
+        name,
+        form,
+        content_type: "application/x-www-form-urlencoded",
+        status: 400,
+        error,
+        reason: Some(reason),
+    }
+}
+
+fn unsigned(header: serde_json::Value, claims: &serde_json::Value) -> String {
+    let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.", enc(&header), enc(claims))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let h = Harness::new().await;
+    let now = now();
+    let base = h.claims();
+    let with = |patch: serde_json::Value| {
+        let mut claims = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    };
+
+    // A grant whose approval has lapsed, for its own subject.
+    let lapsed_subject = format!("repo:org/lapsed-{}:ref:refs/heads/main", h.id);
+    h.registry
+        .put_grant(&h.grant(&format!("lapsed-{}", h.id), &lapsed_subject, now - 1))
+        .await
+        .unwrap();
+
+    let mut hs256_header = Header::new(Algorithm::HS256);
+    hs256_header.kid = Some(h.issuer.kid.clone());
+    let hs256 = |secret: &[u8]| {
+        jsonwebtoken::encode(&hs256_header, &base, &EncodingKey::from_secret(secret)).unwrap()
+    };
+    let mut unknown_kid = Header::new(Algorithm::ES256);
+    unknown_kid.kid = Some("no-such-key".into());
+    let impostor = DemoIssuer::generate(&h.issuer.issuer).unwrap();
+    let mut same_kid = Header::new(Algorithm::ES256);
+    same_kid.kid = Some(h.issuer.kid.clone());
+
+    let tokens = vec![
+        (
+            "expired token",
+            h.token(&with(
+                json!({"exp": now - 120, "iat": now - 400, "nbf": now - 400}),
+            )),
+            "token_expired",
+        ),
+        (
+            "future nbf",
+            h.token(&with(json!({"nbf": now + 600}))),
+            "token_not_yet_valid",
+        ),
+        (
+            "wrong iss",
+            h.token(&with(json!({"iss": "https://not-registered.example"}))),
+            "token_untrusted_issuer",
+        ),
+        (
+            "wrong aud",
+            h.token(&with(json!({"aud": "someone-else"}))),
+            "token_wrong_audience",
+        ),
+        (
+            "alg none",
+            unsigned(json!({"alg": "none", "kid": h.issuer.kid}), &base),
+            "token_alg_not_allowed",
+        ),
+        (
+            "HS256 with the issuer's public key",
+            hs256(&h.issuer.public_key_bytes()),
+            "token_alg_not_allowed",
+        ),
+        (
+            "HS256 with the issuer's JWKS",
+            hs256(h.issuer.jwks_json().to_string().as_bytes()),
+            "token_alg_not_allowed",
+        ),
+        (
+            "unknown kid",
+            h.issuer
+                .mint_with_header(&unknown_kid, &base)
+                .unwrap()
+                .expose()
+                .to_string(),
+            "token_unknown_kid",
+        ),
+        (
+            "bad signature",
+            impostor
+                .mint_with_header(&same_kid, &base)
+                .unwrap()
+                .expose()
+                .to_string(),
+            "token_bad_signature",
+        ),
+        ("not a JWT", "not-a-jwt".to_string(), "token_malformed"),
+    ];
+    let valid = h.token(&base);
+    let mut secrets: Vec<String> = tokens.iter().map(|(_, t, _)| t.clone()).collect();
+    secrets.push(valid.clone());
+
+    let mut cases: Vec<Case> = tokens
+        .iter()
+        .map(|(name, token, reason)| {
+            case(name, h.form(token, &h.target), "invalid_request", reason)
+        })
+        .collect();
+    cases.push(case(
+        "unknown target",
+        h.form(&valid, "https://unregistered.example"),
+        "invalid_target",
+        "invalid_target",
+    ));
+    let other_subject = h.token(&with(
+        json!({"sub": "repo:org/someone-else:ref:refs/heads/main"}),
+    ));
+    secrets.push(other_subject.clone());
+    cases.push(case(
+        "no grant",
+        h.form(&other_subject, &h.target),
+        "invalid_request",
+        "policy_no_grant",
+    ));
+    cases.push(case(
+        "grant for another environment",
+        h.form(&valid, &h.staging_target),
+        "invalid_request",
+        "policy_environment_mismatch",
+    ));
+    let lapsed = h.token(&with(json!({"sub": lapsed_subject})));
+    secrets.push(lapsed.clone());
+    cases.push(case(
+        "expired approval",
+        h.form(&lapsed, &h.target),
+        "invalid_request",
+        "policy_approval_expired",
+    ));
+    let mut scoped = h.form(&valid, &h.target);
+    scoped.push(("scope".into(), "admin".into()));
+    cases.push(case(
+        "scope not granted",
+        scoped,
+        "invalid_scope",
+        "policy_scope_not_granted",
+    ));
+    let mut wrong_grant_type = h.form(&valid, &h.target);
+    wrong_grant_type[0].1 = "client_credentials".into();
+    cases.push(Case {
+        reason: None,
+        ..case(
+            "wrong grant_type",
+            wrong_grant_type,
+            "unsupported_grant_type",
+            "",
+        )
+    });
+    cases.push(Case {
+        reason: None,
+        ..case(
+            "malformed body",
+            vec![("%%%".into(), "%%%".into())],
+            "invalid_request",
+            "",
+        )
+    });
+    cases.push(Case {
+        content_type: "application/json",
+        reason: None,
+        ..case(
+            "JSON body",
+            h.form(&valid, &h.target),
+            "invalid_request",
+            "",
+        )
+    });
+
+    for c in &cases {
+        let body = if c.name == "malformed body" {
+            "{\"grant_type\": [1, 2".to_string()
+        } else {
+            serde_urlencoded::to_string(&c.form).unwrap()
+        };
+        let mut request = post_form("/token", body);
+        request
+            .headers_mut()
+            .insert("content-type", c.content_type.parse().unwrap());
+        let (status, body) = h.call(request).await;
+        assert_eq!(status, c.status, "{}: {body}", c.name);
+        assert_eq!(body["error"], c.error, "{}: {body}", c.name);
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(
+            !description.is_empty(),
+            "{}: error_description says which check failed",
+            c.name
+        );
+        assert!(body.get("access_token").is_none(), "{}", c.name);
+        assert!(
+            h.leases().await.is_empty(),
+            "{}: no lease may be written",
+            c.name
+        );
+    }
+
+    // Each policy or token denial is audited with its reason and the token's fingerprint only.
+    let events = h.audit_events().await;
+    assert!(events.iter().all(|e| attr(e, "outcome") == "denied"));
+    for c in cases.iter().filter(|c| c.reason.is_some()) {
+        let reason = c.reason.unwrap();
+        let token = &c.form.iter().find(|(k, _)| k == "subject_token").unwrap().1;
+        let fp = nhi_broker::redact::fingerprint(token.as_bytes());
+        assert!(
+            events
+                .iter()
+                .any(|e| attr(e, "reason") == reason && attr(e, "token_fingerprint") == fp),
+            "{}: denial audited with reason {reason}",
+            c.name
+        );
+    }
+
+    logs.assert_free_of(&secrets);
+    assert!(
+        logs.text().contains("token exchange denied"),
+        "the capture saw the denials"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unknown_kid_triggers_one_rate_limited_jwks_refresh_then_accepts_rotated_issuer_keys() {
+    let h = Harness::new().await;
+    // A token signed by a key the issuer has not published yet is refused...
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("rotated-key".into());
+    let token = h
+        .issuer
+        .mint_with_header(&header, &h.claims())
+        .unwrap()
+        .expose()
+        .to_string();
+    let (status, body) = h.post_token(&h.form(&token, &h.target)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // ...and the valid key still works from cache right after.
+    let (status, _) = h
+        .post_token(&h.form(&h.token(&h.claims()), &h.target))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn local_server_serves_the_same_handler_over_loopback_http() {
+    let h = Harness::new().await;
+    let sdk = nhi_broker::aws::sdk_config().await;
+    let api = std::sync::Arc::new(nhi_broker::aws::broker_api(&h.config, &sdk).unwrap());
+    let listener = nhi_local::bind_loopback(0).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    assert!(addr.ip().is_loopback());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(nhi_local::serve_broker(api, listener, stopped));
+
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let subject_token = h.token(&h.claims());
+    let response = client
+        .post(format!("{base}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(h.form(&subject_token, &h.target)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = response.json().await.unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = client
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    verify_broker_token(body["access_token"].as_str().unwrap(), &jwks, &h);
+
+    let oversized = "a".repeat(nhi_broker::http_api::MAX_BODY_BYTES + 10);
+    let response = client
+        .post(format!("{base}/token"))
+        .body(oversized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let response = client.get(format!("{base}/nope")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+
+    stop.send(true).unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn subject_token_aud_may_be_a_list_containing_the_broker() {
+    let h = Harness::new().await;
+    let mut claims = h.claims();
+    claims["aud"] = json!(["other", AUDIENCE]);
+    let (status, body) = h.post_token(&h.form(&h.token(&claims), &h.target)).await;
+    assert_eq!(status, 200, "{body}");
+}

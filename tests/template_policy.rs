@@ -1,0 +1,249 @@
+//! template.yaml is part of the product: least privilege per function, checked here.
+
+use serde_yaml_ng::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+const TEMPLATE: &str = include_str!("../template.yaml");
+
+/// What each function's code calls today. A grant beyond this fails the test: widen it only
+/// together with the code that needs it.
+fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
+    let logs = ["logs:CreateLogStream", "logs:PutLogEvents"];
+    let set = |extra: &[&'static str]| logs.iter().chain(extra).copied().collect::<BTreeSet<_>>();
+    BTreeMap::from([
+        (
+            "ExchangeRole",
+            set(&[
+                "dynamodb:Query",
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "kms:Sign",
+                "kms:GetPublicKey",
+            ]),
+        ),
+        ("RotateRole", set(&[])),
+        (
+            "RevokeFanoutRole",
+            set(&[
+                "dynamodb:DescribeStream",
+                "dynamodb:GetRecords",
+                "dynamodb:GetShardIterator",
+                "dynamodb:ListStreams",
+                "sqs:SendMessage",
+            ]),
+        ),
+        ("ExpireSweeperRole", set(&[])),
+    ])
+}
+
+const CRYPTO_ACTIONS: &[&str] = &[
+    "kms:Decrypt",
+    "kms:Encrypt",
+    "kms:ReEncrypt*",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKey*",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:Sign",
+    "kms:*",
+    "*",
+];
+
+fn template() -> Value {
+    serde_yaml_ng::from_str(TEMPLATE).expect("template.yaml parses")
+}
+
+fn resources(t: &Value) -> &serde_yaml_ng::Mapping {
+    t["Resources"].as_mapping().unwrap()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(items) => items.iter().flat_map(strings).collect(),
+        _ => vec![],
+    }
+}
+
+/// The logical id a `!GetAtt X.Arn` / `!Ref X` points at.
+fn reference(v: &Value) -> Option<String> {
+    match v {
+        Value::Tagged(tagged) => tagged
+            .value
+            .as_str()
+            .map(|s| s.split('.').next().unwrap().to_string()),
+        _ => None,
+    }
+}
+
+/// (role logical id, statement) for every IAM statement attached to a role, inline or standalone.
+fn role_statements(t: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (id, resource) in resources(t) {
+        let id = id.as_str().unwrap().to_string();
+        match resource["Type"].as_str() {
+            Some("AWS::IAM::Role") => {
+                for policy in resource["Properties"]["Policies"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                {
+                    for st in policy["PolicyDocument"]["Statement"].as_sequence().unwrap() {
+                        out.push((id.clone(), st.clone()));
+                    }
+                }
+            }
+            Some("AWS::IAM::Policy") => {
+                for role in resource["Properties"]["Roles"].as_sequence().unwrap() {
+                    let role = reference(role).expect("policies attach to roles by !Ref");
+                    for st in resource["Properties"]["PolicyDocument"]["Statement"]
+                        .as_sequence()
+                        .unwrap()
+                    {
+                        out.push((role.clone(), st.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn each_function_has_its_own_role_and_grants_exactly_what_its_code_calls() {
+    let t = template();
+    let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (role, st) in role_statements(&t) {
+        assert_eq!(st["Effect"].as_str(), Some("Allow"), "{role}");
+        assert_ne!(
+            st["Resource"].as_str(),
+            Some("*"),
+            "{role} grants on Resource *"
+        );
+        for action in strings(&st["Action"]) {
+            assert!(
+                !action.contains('*'),
+                "{role} grants wildcard action {action}"
+            );
+            granted.entry(role.clone()).or_default().insert(action);
+        }
+    }
+    let expected: BTreeMap<String, BTreeSet<String>> = expected_actions()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+    assert_eq!(granted, expected);
+
+    let mut roles = BTreeSet::new();
+    let mut functions = 0;
+    for (id, resource) in resources(&t) {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        functions += 1;
+        let role = reference(&resource["Properties"]["Role"])
+            .unwrap_or_else(|| panic!("{id:?} has an explicit role"));
+        assert!(roles.insert(role), "{id:?} shares a role");
+        assert_eq!(
+            resource["Metadata"]["BuildMethod"].as_str(),
+            Some("rust-cargolambda")
+        );
+    }
+    assert_eq!(functions, 4);
+}
+
+#[test]
+fn only_exchange_may_decrypt_and_key_policies_keep_crypto_from_the_account() {
+    let t = template();
+    for (role, st) in role_statements(&t) {
+        if strings(&st["Action"]).iter().any(|a| a == "kms:Decrypt") {
+            assert_eq!(role, "ExchangeRole", "{role} may decrypt");
+        }
+    }
+    for (id, resource) in resources(&t) {
+        if resource["Type"].as_str() != Some("AWS::KMS::Key") {
+            continue;
+        }
+        for st in resource["Properties"]["KeyPolicy"]["Statement"]
+            .as_sequence()
+            .unwrap()
+        {
+            let actions = strings(&st["Action"]);
+            let principal = &st["Principal"]["AWS"];
+            let principal_role = reference(principal);
+            if principal_role.as_deref() != Some("ExchangeRole") {
+                assert!(
+                    actions.iter().all(|a| a != "kms:Decrypt"),
+                    "{id:?}: only the exchange role may decrypt"
+                );
+            }
+            if principal_role.is_none() {
+                // The account root administers the key but must not be able to use it, so no IAM
+                // policy anywhere can grant crypto operations on it.
+                for action in &actions {
+                    assert!(
+                        !CRYPTO_ACTIONS.contains(&action.as_str()),
+                        "{id:?}: account may {action}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn exchange_environment_satisfies_the_typed_config() {
+    let t = template();
+    let vars = &resources(&t)["ExchangeFunction"]["Properties"]["Environment"]["Variables"];
+    let names: BTreeSet<String> = vars
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let config = nhi_broker::config::Config::from_lookup(|name| {
+        names.contains(name).then(|| match name {
+            "NHI_BROKER_ISSUER" => "https://broker.example".to_string(),
+            "NHI_MAX_TOKEN_TTL_SECONDS" => "3600".to_string(),
+            "NHI_CLOCK_LEEWAY_SECONDS" => "30".to_string(),
+            _ => "value".to_string(),
+        })
+    });
+    assert!(config.is_ok(), "{config:?}");
+}
+
+#[test]
+fn tables_declare_streams_ttl_and_point_in_time_recovery() {
+    let t = template();
+    let r = resources(&t);
+    for table in [
+        "RegistryTable",
+        "LeasesTable",
+        "AuditTable",
+        "RevocationsTable",
+    ] {
+        let props = &r[table]["Properties"];
+        assert_eq!(
+            props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
+            Some(true),
+            "{table}"
+        );
+    }
+    assert_eq!(
+        r["LeasesTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"].as_str(),
+        Some("ttl")
+    );
+    assert!(
+        r["RevocationsTable"]["Properties"]["StreamSpecification"]["StreamViewType"].is_string()
+    );
+    assert_eq!(
+        r["SigningKey"]["Properties"]["KeySpec"].as_str(),
+        Some("ECC_NIST_P256")
+    );
+    assert_eq!(
+        r["SigningKey"]["Properties"]["KeyUsage"].as_str(),
+        Some("SIGN_VERIFY")
+    );
+}
