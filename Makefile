@@ -20,6 +20,7 @@ local: venv
 lint: venv
 	$(VENV)/bin/cfn-lint template.yaml
 	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 test: lint
 	bash infra/local/stack.sh test

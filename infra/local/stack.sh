@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local stack: moto on 127.0.0.1, resources provisioned from template.yaml, then either
 #   stack.sh local   serve the exchange API and demo issuer on loopback until Ctrl-C
-#   stack.sh test    run every test against it
+#   stack.sh test [FILTER...]   run every test (or those matching FILTER) against it
 # moto is always stopped on exit. Nothing listens beyond 127.0.0.1.
 set -euo pipefail
 mode=${1:?usage: stack.sh local|test}
@@ -63,7 +63,7 @@ case "$mode" in
       --prefix nhi-test --env-file "$state/test.env" --param "BrokerIssuerUrl=http://127.0.0.1:8787"
     # shellcheck disable=SC1091
     source "$state/test.env"
-    cargo test --workspace --all-targets
+    cargo test --workspace --all-targets "${@:2}"
     ;;
   *)
     echo "usage: stack.sh local|test" >&2

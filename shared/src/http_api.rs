@@ -294,7 +294,7 @@ mod tests {
             "unsupported_grant_type"
         );
         assert_eq!(code("audience=x"), "invalid_request");
-        assert_eq!(code(&format!("{BASE}")), "invalid_request");
+        assert_eq!(code(BASE), "invalid_request");
         assert_eq!(
             code(&format!("{BASE}&audience=a&audience=b")),
             "invalid_target"

@@ -60,17 +60,25 @@ async fn run(args: Args) -> Result<(), String> {
     let api_task = tokio::spawn(nhi_local::serve_broker(api, api_listener, stopped));
 
     let base = format!("http://127.0.0.1:{}", args.port);
+    let target = nhi_local::DEMO_TARGET;
     println!(
-        "\nnhi-broker exchange API: {base}\n  POST {base}/token\n  GET  {base}/.well-known/jwks.json\n\
-demo issuer: {issuer_url} (JWKS at {issuer_url}/jwks.json)\n\nTry it:\n\
-  TOKEN=$(curl -s {issuer_url}/token)\n\
-  curl -s {base}/token \\\n\
-    -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n\
-    -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\\n\
-    --data-urlencode subject_token=\"$TOKEN\" \\\n\
-    --data-urlencode audience={target} \\\n\
-    -d scope=deploy\n\nCtrl-C stops everything.\n",
-        target = nhi_local::DEMO_TARGET
+        "
+nhi-broker exchange API: {base}
+  POST {base}/token
+  GET  {base}/.well-known/jwks.json
+demo issuer: {issuer_url} (JWKS at {issuer_url}/jwks.json)
+
+Try it:
+  TOKEN=$(curl -s {issuer_url}/token)
+  curl -s {base}/token \\
+    -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
+    -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\
+    --data-urlencode subject_token=\"$TOKEN\" \\
+    --data-urlencode audience={target} \\
+    -d scope=deploy
+
+Ctrl-C stops everything.
+"
     );
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);

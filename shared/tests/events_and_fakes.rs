@@ -1,0 +1,249 @@
+//! Fast tests on the in-memory fakes, driven by the sample events in `events/` (the same JSON a
+//! deployed function receives), so the fixtures cannot drift from what the handlers accept.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use nhi_broker::demo_issuer::DemoIssuer;
+use nhi_broker::domain::{Grant, GrantStatus, Issuer, JwksSource, Target, TargetKind};
+use nhi_broker::exchange::{ExchangeService, ExchangeSettings};
+use nhi_broker::fakes::{FixedClock, InMemoryLedger, InMemoryPolicy, LocalSigner};
+use nhi_broker::http_api::BrokerApi;
+use nhi_broker::jwks::{HttpIssuerKeys, JwksSettings};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+const TOKEN_EVENT: &str = include_str!("../../events/exchange-token-request.json");
+const JWKS_EVENT: &str = include_str!("../../events/exchange-jwks-request.json");
+const ROTATE_EVENT: &str = include_str!("../../events/rotate-scheduled.json");
+const SWEEP_EVENT: &str = include_str!("../../events/expire-sweeper-scheduled.json");
+const STREAM_EVENT: &str = include_str!("../../events/revoke-fanout-stream.json");
+
+const NOW: i64 = 1_795_514_400;
+const ISSUER: &str = "https://idp.test";
+const SUBJECT: &str = "repo:example-org/demo-app:ref:refs/heads/main";
+const TARGET: &str = "https://api.demo.local";
+
+struct World {
+    api: BrokerApi,
+    ledger: Arc<InMemoryLedger>,
+    issuer: DemoIssuer,
+}
+
+/// The broker on fakes; the issuer's keys are a static JWKS (the private-cluster mode), read
+/// through the production `HttpIssuerKeys`.
+fn world() -> World {
+    let issuer = DemoIssuer::generate(ISSUER).unwrap();
+    let policy = InMemoryPolicy::with(
+        vec![Issuer {
+            issuer: ISSUER.into(),
+            name: "idp".into(),
+            audiences: vec!["nhi-broker".into()],
+            jwks: JwksSource::Static {
+                jwks: issuer.jwks_json().to_string(),
+            },
+            algorithms: vec!["ES256".into()],
+            enabled: true,
+        }],
+        vec![Grant {
+            id: "demo-app-deploys".into(),
+            issuer: ISSUER.into(),
+            subject: SUBJECT.into(),
+            claims: Default::default(),
+            environment: "dev".into(),
+            targets: vec![TARGET.into()],
+            scopes: vec!["deploy".into()],
+            max_ttl_seconds: 900,
+            approval_expires_at: NOW + 600,
+            owner: "platform".into(),
+            justification: "tests".into(),
+            status: GrantStatus::Active,
+            created_at: NOW - 100,
+        }],
+        vec![Target {
+            id: TARGET.into(),
+            kind: TargetKind::Jwt,
+            environment: "dev".into(),
+            owner: "platform".into(),
+            enabled: true,
+        }],
+    );
+    let ledger = Arc::new(InMemoryLedger::default());
+    let service = ExchangeService {
+        policy: Arc::new(policy),
+        ledger: ledger.clone(),
+        signer: Arc::new(LocalSigner::generate("test-key")),
+        issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
+        clock: Arc::new(FixedClock::at(NOW)),
+        settings: ExchangeSettings {
+            broker_issuer: "https://broker.example.com".into(),
+            max_token_ttl_seconds: 3600,
+            clock_leeway_seconds: 30,
+        },
+    };
+    World {
+        api: BrokerApi::new(service),
+        ledger,
+        issuer,
+    }
+}
+
+/// The sample token event with its form body replaced (API Gateway base64-encodes form bodies).
+fn token_event_with_subject_token(token: &str) -> lambda_http::Request {
+    let mut event: serde_json::Value = serde_json::from_str(TOKEN_EVENT).unwrap();
+    let form = serde_urlencoded::to_string([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("subject_token", token),
+        ("audience", TARGET),
+        ("scope", "deploy"),
+    ])
+    .unwrap();
+    event["body"] = STANDARD.encode(form).into();
+    lambda_http::request::from_str(&event.to_string()).unwrap()
+}
+
+async fn respond(
+    api: &BrokerApi,
+    request: lambda_http::Request,
+) -> (u16, serde_json::Value, http::HeaderMap) {
+    let response = api.handle(request).await;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = match response.body() {
+        lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    (status, body, headers)
+}
+
+#[tokio::test]
+async fn sample_token_event_is_refused_as_from_an_untrusted_issuer_and_audited() {
+    let w = world();
+    let request = lambda_http::request::from_str(TOKEN_EVENT).unwrap();
+    let (status, body, headers) = respond(&w.api, request).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request");
+    assert_eq!(
+        body["error_description"],
+        "subject_token issuer is not trusted"
+    );
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(w.ledger.leases.lock().unwrap().is_empty());
+    let events = w.ledger.events.lock().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason.as_deref(), Some("token_untrusted_issuer"));
+}
+
+#[tokio::test]
+async fn sample_token_event_with_a_fresh_token_releases_one_lease_capped_by_approval() {
+    let w = world();
+    let token = w
+        .issuer
+        .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
+        .unwrap();
+    let (status, body, headers) =
+        respond(&w.api, token_event_with_subject_token(token.expose())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["pragma"], "no-cache");
+    // Grant max is 900 s but its approval ends in 600 s.
+    assert_eq!(body["expires_in"], 600);
+    assert_eq!(w.ledger.leases.lock().unwrap().len(), 1);
+    assert_eq!(w.ledger.events.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_ledger_write_releases_nothing_and_asks_the_client_to_retry() {
+    let w = world();
+    w.ledger.fail_writes.store(true, Ordering::SeqCst);
+    let token = w
+        .issuer
+        .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
+        .unwrap();
+    let (status, body, _) = respond(&w.api, token_event_with_subject_token(token.expose())).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(body.get("access_token").is_none());
+    assert!(w.ledger.leases.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sample_jwks_event_serves_the_signing_key() {
+    let w = world();
+    let (status, body, headers) =
+        respond(&w.api, lambda_http::request::from_str(JWKS_EVENT).unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["keys"][0]["kid"], "test-key");
+    assert_eq!(body["keys"][0]["alg"], "ES256");
+    assert!(
+        body["keys"][0].get("d").is_none(),
+        "never a private key component"
+    );
+    assert_eq!(headers["cache-control"], "public, max-age=300");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_the_standard_error_shape() {
+    let w = world();
+    let mut event: serde_json::Value = serde_json::from_str(JWKS_EVENT).unwrap();
+    event["rawPath"] = "/admin".into();
+    event["requestContext"]["http"]["path"] = "/admin".into();
+    let (status, body, _) = respond(
+        &w.api,
+        lambda_http::request::from_str(&event.to_string()).unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let mut event: serde_json::Value = serde_json::from_str(JWKS_EVENT).unwrap();
+    event["rawPath"] = "/token".into();
+    event["requestContext"]["http"]["path"] = "/token".into();
+    let (status, body, headers) = respond(
+        &w.api,
+        lambda_http::request::from_str(&event.to_string()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("invalid_request"))
+    );
+    assert_eq!(headers["allow"], "POST, GET");
+}
+
+#[test]
+fn schedule_samples_parse_and_garbage_is_refused() {
+    for sample in [ROTATE_EVENT, SWEEP_EVENT] {
+        let run =
+            nhi_broker::jobs::parse_scheduled_event(serde_json::from_str(sample).unwrap()).unwrap();
+        assert_eq!(run.detail_type, "Scheduled Event");
+        assert_eq!(run.id, "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa");
+    }
+    assert!(
+        nhi_broker::jobs::parse_scheduled_event(serde_json::json!({"hello": "world"})).is_err()
+    );
+    assert!(nhi_broker::jobs::parse_scheduled_event(serde_json::json!([1, 2])).is_err());
+}
+
+#[test]
+fn stream_sample_is_acknowledged_and_unknown_records_are_reported_individually() {
+    let event: aws_lambda_events::dynamodb::Event = serde_json::from_str(STREAM_EVENT).unwrap();
+    assert!(
+        nhi_broker::jobs::acknowledge_stream_batch(&event)
+            .batch_item_failures
+            .is_empty()
+    );
+    let mut value: serde_json::Value = serde_json::from_str(STREAM_EVENT).unwrap();
+    let mut bogus = value["Records"][0].clone();
+    bogus["eventName"] = "BOGUS".into();
+    bogus["dynamodb"]["SequenceNumber"] = "222".into();
+    value["Records"].as_array_mut().unwrap().push(bogus);
+    let event: aws_lambda_events::dynamodb::Event = serde_json::from_value(value).unwrap();
+    let response = nhi_broker::jobs::acknowledge_stream_batch(&event);
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        response.batch_item_failures[0].item_identifier.as_deref(),
+        Some("222")
+    );
+}
