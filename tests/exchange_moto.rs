@@ -82,7 +82,9 @@ async fn valid_exchange_releases_a_verifiable_token_with_one_lease_and_one_audit
     );
     assert_eq!(attr(&events[0], "hash").len(), 64);
 
-    logs.assert_free_of(&[subject_token.clone(), access_token]);
+    let mut secrets = vec![subject_token.clone(), access_token];
+    secrets.extend(h.issuer.private_key_encodings());
+    logs.assert_free_of(&secrets);
     assert!(
         logs.text().contains("token released"),
         "the capture saw the release log line"
@@ -420,4 +422,33 @@ async fn subject_token_aud_may_be_a_list_containing_the_broker() {
     claims["aud"] = json!(["other", AUDIENCE]);
     let (status, body) = h.post_token(&h.form(&h.token(&claims), &h.target)).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_warm_jwt_exchange_makes_exactly_four_aws_calls() {
+    let h = Harness::new().await;
+    let (status, _) = h
+        .post_token(&h.form(&h.token(&h.claims()), &h.target))
+        .await;
+    assert_eq!(status, 200);
+    h.api.calls.reset();
+    let (status, _) = h
+        .post_token(&h.form(&h.token(&h.claims()), &h.target))
+        .await;
+    assert_eq!(status, 200);
+    let calls = h.api.calls.by_operation();
+    println!(
+        "AWS calls per warm JWT exchange: {} {calls:?}",
+        h.api.calls.total()
+    );
+    let expected: std::collections::BTreeMap<String, u64> = [
+        ("DynamoDB.Query", 1),
+        ("DynamoDB.GetItem", 1),
+        ("KMS.Sign", 1),
+        ("DynamoDB.TransactWriteItems", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(calls, expected);
 }

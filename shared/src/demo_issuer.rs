@@ -72,6 +72,17 @@ impl DemoIssuer {
         point
     }
 
+    /// Encodings of the private key (PKCS#8 DER as base64, base64url and hex), so leak tests can
+    /// prove none of them reaches a log line.
+    pub fn private_key_encodings(&self) -> Vec<String> {
+        use base64::engine::general_purpose::STANDARD;
+        vec![
+            STANDARD.encode(&*self.pkcs8),
+            URL_SAFE_NO_PAD.encode(&*self.pkcs8),
+            hex::encode(&*self.pkcs8),
+        ]
+    }
+
     pub fn encoding_key(&self) -> EncodingKey {
         EncodingKey::from_ec_der(&self.pkcs8)
     }

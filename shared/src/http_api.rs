@@ -4,6 +4,7 @@
 //! shape (RFC 6749 5.2 / RFC 8693 2.2.2 for the token endpoint), and no response or log line
 //! carries a token.
 
+use crate::aws::call_counter::CallCounter;
 use crate::domain::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
 use crate::error::{BrokerError, Result};
 use crate::exchange::{ExchangeRequest, ExchangeService};
@@ -20,15 +21,23 @@ const MAX_SCOPE_BYTES: usize = 1024;
 
 pub struct BrokerApi {
     pub exchange: ExchangeService,
+    /// AWS requests sent, for the per-request `aws_calls` log field (exact on Lambda, where an
+    /// execution environment serves one request at a time).
+    pub calls: CallCounter,
 }
 
 impl BrokerApi {
     pub fn new(exchange: ExchangeService) -> Self {
-        Self { exchange }
+        Self::with_call_counter(exchange, CallCounter::default())
+    }
+
+    pub fn with_call_counter(exchange: ExchangeService, calls: CallCounter) -> Self {
+        Self { exchange, calls }
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
         let started = Instant::now();
+        let calls_before = self.calls.total();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let result = match (path.as_str(), &method) {
@@ -43,6 +52,7 @@ impl BrokerApi {
             path = %path,
             status = response.status().as_u16(),
             latency_ms = started.elapsed().as_millis() as u64,
+            aws_calls = self.calls.total().saturating_sub(calls_before),
             "request"
         );
         response

@@ -1,6 +1,7 @@
 //! AWS adapters behind the domain ports. Clients come from `aws_config` defaults, so the standard
 //! `AWS_ENDPOINT_URL` (and profile/region) settings point them anywhere without code changes.
 
+pub mod call_counter;
 pub mod dynamo;
 pub mod kms;
 
@@ -10,6 +11,7 @@ use crate::exchange::{ExchangeService, ExchangeSettings};
 use crate::http_api::BrokerApi;
 use crate::jwks::HttpIssuerKeys;
 use crate::ports::SystemClock;
+use call_counter::CallCounter;
 use std::sync::Arc;
 
 pub async fn sdk_config() -> aws_config::SdkConfig {
@@ -18,27 +20,58 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// Clients for every service the broker calls, all counting their requests into one counter.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub kms: aws_sdk_kms::Client,
+    pub calls: CallCounter,
+}
+
+impl Clients {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        let calls = CallCounter::default();
+        let dynamo = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let kms = aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        Self { dynamo, kms, calls }
+    }
+}
+
 /// The exchange API wired to DynamoDB, KMS and HTTPS JWKS. Built once per execution environment.
 pub fn broker_api(config: &Config, sdk: &aws_config::SdkConfig) -> Result<BrokerApi> {
-    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
-    let kms = aws_sdk_kms::Client::new(sdk);
-    Ok(BrokerApi::new(ExchangeService {
-        policy: Arc::new(dynamo::DynamoRegistry::new(
-            dynamo.clone(),
-            &config.registry_table,
-        )),
-        ledger: Arc::new(dynamo::DynamoLedger::new(
-            dynamo,
-            &config.leases_table,
-            &config.audit_table,
-        )),
-        signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
-        issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
-        clock: Arc::new(SystemClock),
-        settings: ExchangeSettings {
-            broker_issuer: config.broker_issuer.clone(),
-            max_token_ttl_seconds: config.max_token_ttl_seconds,
-            clock_leeway_seconds: config.clock_leeway_seconds,
+    broker_api_with(config, Clients::new(sdk))
+}
+
+pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
+    let Clients { dynamo, kms, calls } = clients;
+    Ok(BrokerApi::with_call_counter(
+        ExchangeService {
+            policy: Arc::new(dynamo::DynamoRegistry::new(
+                dynamo.clone(),
+                &config.registry_table,
+            )),
+            ledger: Arc::new(dynamo::DynamoLedger::new(
+                dynamo,
+                &config.leases_table,
+                &config.audit_table,
+            )),
+            signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
+            issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
+            clock: Arc::new(SystemClock),
+            settings: ExchangeSettings {
+                broker_issuer: config.broker_issuer.clone(),
+                max_token_ttl_seconds: config.max_token_ttl_seconds,
+                clock_leeway_seconds: config.clock_leeway_seconds,
+            },
         },
-    }))
+        calls,
+    ))
 }
