@@ -8,11 +8,7 @@ use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_tests::{AUDIENCE, Harness, LogCapture, attr, now, post_form};
 use serde_json::json;
 
-fn verify_broker_token(
-    token: &str,
-    jwks: &jsonwebtoken::jwk::JwkSet,
-    h: &Harness,
-) -> serde_json::Value {
+fn verify_broker_token(token: &str, jwks: &jsonwebtoken::jwk::JwkSet, h: &Harness) -> serde_json::Value {
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, Algorithm::ES256);
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
@@ -23,19 +19,14 @@ fn verify_broker_token(
     validation.set_issuer(&[&h.config.broker_issuer]);
     validation.set_audience(&[&h.target]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    jsonwebtoken::decode::<serde_json::Value>(
-        token,
-        &DecodingKey::from_jwk(jwk).unwrap(),
-        &validation,
-    )
-    .expect("broker token verifies against the broker JWKS")
-    .claims
+    jsonwebtoken::decode::<serde_json::Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &validation)
+        .expect("broker token verifies against the broker JWKS")
+        .claims
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn valid_exchange_releases_a_verifiable_token_with_one_lease_and_one_audit_event() {
-    let logs = LogCapture::default();
-    let _guard = logs.install();
+    let logs = LogCapture::global();
     let h = Harness::new().await;
     let subject_token = h.token(&h.claims());
     let mut form = h.form(&subject_token, &h.target);
@@ -44,10 +35,7 @@ async fn valid_exchange_releases_a_verifiable_token_with_one_lease_and_one_audit
 
     let (status, body) = h.post_token(&form).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["issued_token_type"],
-        "urn:ietf:params:oauth:token-type:jwt"
-    );
+    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 120);
     assert_eq!(body["scope"], "deploy");
@@ -61,10 +49,7 @@ async fn valid_exchange_releases_a_verifiable_token_with_one_lease_and_one_audit
     assert_eq!(claims["env"], "prod");
     assert_eq!(claims["act"]["iss"], h.issuer.issuer);
     assert_eq!(claims["act"]["sub"], h.subject);
-    assert_eq!(
-        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-        120
-    );
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 120);
     let jti = claims["jti"].as_str().unwrap();
 
     let leases = h.leases().await;
@@ -101,12 +86,7 @@ struct Case {
     reason: Option<&'static str>,
 }
 
-fn case(
-    name: &'static str,
-    form: Vec<(String, String)>,
-    error: &'static str,
-    reason: &'static str,
-) -> Case {
+fn case(name: &'static str, form: Vec<(String, String)>, error: &'static str, reason: &'static str) -> Case {
     Case {
         name,
         form,
@@ -124,8 +104,7 @@ fn unsigned(header: serde_json::Value, claims: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "current_thread")]
 async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
-    let logs = LogCapture::default();
-    let _guard = logs.install();
+    let logs = LogCapture::global();
     let h = Harness::new().await;
     let now = now();
     let base = h.claims();
@@ -146,9 +125,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
 
     let mut hs256_header = Header::new(Algorithm::HS256);
     hs256_header.kid = Some(h.issuer.kid.clone());
-    let hs256 = |secret: &[u8]| {
-        jsonwebtoken::encode(&hs256_header, &base, &EncodingKey::from_secret(secret)).unwrap()
-    };
+    let hs256 = |secret: &[u8]| jsonwebtoken::encode(&hs256_header, &base, &EncodingKey::from_secret(secret)).unwrap();
     let mut unknown_kid = Header::new(Algorithm::ES256);
     unknown_kid.kid = Some("no-such-key".into());
     let impostor = DemoIssuer::generate(&h.issuer.issuer).unwrap();
@@ -158,9 +135,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
     let tokens = vec![
         (
             "expired token",
-            h.token(&with(
-                json!({"exp": now - 120, "iat": now - 400, "nbf": now - 400}),
-            )),
+            h.token(&with(json!({"exp": now - 120, "iat": now - 400, "nbf": now - 400}))),
             "token_expired",
         ),
         (
@@ -219,9 +194,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
 
     let mut cases: Vec<Case> = tokens
         .iter()
-        .map(|(name, token, reason)| {
-            case(name, h.form(token, &h.target), "invalid_request", reason)
-        })
+        .map(|(name, token, reason)| case(name, h.form(token, &h.target), "invalid_request", reason))
         .collect();
     cases.push(case(
         "unknown target",
@@ -229,9 +202,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
         "invalid_target",
         "invalid_target",
     ));
-    let other_subject = h.token(&with(
-        json!({"sub": "repo:org/someone-else:ref:refs/heads/main"}),
-    ));
+    let other_subject = h.token(&with(json!({"sub": "repo:org/someone-else:ref:refs/heads/main"})));
     secrets.push(other_subject.clone());
     cases.push(case(
         "no grant",
@@ -265,12 +236,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
     wrong_grant_type[0].1 = "client_credentials".into();
     cases.push(Case {
         reason: None,
-        ..case(
-            "wrong grant_type",
-            wrong_grant_type,
-            "unsupported_grant_type",
-            "",
-        )
+        ..case("wrong grant_type", wrong_grant_type, "unsupported_grant_type", "")
     });
     cases.push(Case {
         reason: None,
@@ -284,12 +250,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
     cases.push(Case {
         content_type: "application/json",
         reason: None,
-        ..case(
-            "JSON body",
-            h.form(&valid, &h.target),
-            "invalid_request",
-            "",
-        )
+        ..case("JSON body", h.form(&valid, &h.target), "invalid_request", "")
     });
 
     for c in &cases {
@@ -312,11 +273,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
             c.name
         );
         assert!(body.get("access_token").is_none(), "{}", c.name);
-        assert!(
-            h.leases().await.is_empty(),
-            "{}: no lease may be written",
-            c.name
-        );
+        assert!(h.leases().await.is_empty(), "{}: no lease may be written", c.name);
     }
 
     // Each policy or token denial is audited with its reason and the token's fingerprint only.
@@ -355,14 +312,9 @@ async fn unknown_kid_triggers_one_rate_limited_jwks_refresh_then_accepts_rotated
         .expose()
         .to_string();
     let (status, body) = h.post_token(&h.form(&token, &h.target)).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_request"))
-    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
     // ...and the valid key still works from cache right after.
-    let (status, _) = h
-        .post_token(&h.form(&h.token(&h.claims()), &h.target))
-        .await;
+    let (status, _) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
     assert_eq!(status, 200);
 }
 
@@ -425,30 +377,83 @@ async fn subject_token_aud_may_be_a_list_containing_the_broker() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_warm_jwt_exchange_makes_exactly_four_aws_calls() {
+async fn a_warm_jwt_exchange_makes_exactly_two_aws_calls() {
     let h = Harness::new().await;
-    let (status, _) = h
-        .post_token(&h.form(&h.token(&h.claims()), &h.target))
-        .await;
+    let (status, _) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
     assert_eq!(status, 200);
     h.api.calls.reset();
-    let (status, _) = h
-        .post_token(&h.form(&h.token(&h.claims()), &h.target))
-        .await;
+    let (status, _) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
     assert_eq!(status, 200);
     let calls = h.api.calls.by_operation();
-    println!(
-        "AWS calls per warm JWT exchange: {} {calls:?}",
-        h.api.calls.total()
-    );
-    let expected: std::collections::BTreeMap<String, u64> = [
-        ("DynamoDB.Query", 1),
-        ("DynamoDB.GetItem", 1),
-        ("KMS.Sign", 1),
-        ("DynamoDB.TransactWriteItems", 1),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    println!("AWS calls per warm JWT exchange: {} {calls:?}", h.api.calls.total());
+    // Issuer, grants and target come from the bounded policy cache once warm.
+    let expected: std::collections::BTreeMap<String, u64> = [("KMS.Sign", 1), ("DynamoDB.TransactWriteItems", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     assert_eq!(calls, expected);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_one_time_subject_token_is_exchanged_once_and_a_replay_issues_nothing() {
+    let h = Harness::new().await;
+    h.registry
+        .put_issuer(&nhi_broker::domain::Issuer {
+            one_time_jti: true,
+            ..h.issuer_record()
+        })
+        .await
+        .unwrap();
+    let token = h.token(&h.claims());
+    let (status, body) = h.post_token(&h.form(&token, &h.target)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = h.post_token(&h.form(&token, &h.target)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert_eq!(body["error_description"], "subject_token has already been exchanged");
+    assert!(body.get("access_token").is_none());
+    assert_eq!(h.leases().await.len(), 1, "the replay released nothing");
+    let replays: Vec<_> = h
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| attr(e, "reason") == "token_replayed")
+        .collect();
+    assert_eq!(replays.len(), 1, "the replay is audited");
+
+    // Without a jti, a one-time issuer's token is refused outright.
+    let mut claims = h.claims();
+    claims.as_object_mut().unwrap().remove("jti");
+    let (status, body) = h.post_token(&h.form(&h.token(&claims), &h.target)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert_eq!(h.leases().await.len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn metadata_describes_the_endpoints() {
+    let h = Harness::new().await;
+    let request = http::Request::builder()
+        .method("GET")
+        .uri("/.well-known/oauth-authorization-server")
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let (status, body) = h.call(request).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["issuer"], h.config.broker_issuer);
+    assert_eq!(body["token_endpoint"], format!("{}/token", h.config.broker_issuer));
+    assert_eq!(
+        body["jwks_uri"],
+        format!("{}/.well-known/jwks.json", h.config.broker_issuer)
+    );
+    assert_eq!(
+        body["grant_types_supported"][0],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
 }

@@ -69,10 +69,7 @@ fn strings(v: &Value) -> Vec<String> {
 /// The logical id a `!GetAtt X.Arn` / `!Ref X` points at.
 fn reference(v: &Value) -> Option<String> {
     match v {
-        Value::Tagged(tagged) => tagged
-            .value
-            .as_str()
-            .map(|s| s.split('.').next().unwrap().to_string()),
+        Value::Tagged(tagged) => tagged.value.as_str().map(|s| s.split('.').next().unwrap().to_string()),
         _ => None,
     }
 }
@@ -84,11 +81,7 @@ fn role_statements(t: &Value) -> Vec<(String, Value)> {
         let id = id.as_str().unwrap().to_string();
         match resource["Type"].as_str() {
             Some("AWS::IAM::Role") => {
-                for policy in resource["Properties"]["Policies"]
-                    .as_sequence()
-                    .into_iter()
-                    .flatten()
-                {
+                for policy in resource["Properties"]["Policies"].as_sequence().into_iter().flatten() {
                     for st in policy["PolicyDocument"]["Statement"].as_sequence().unwrap() {
                         out.push((id.clone(), st.clone()));
                     }
@@ -117,16 +110,9 @@ fn each_function_has_its_own_role_and_grants_exactly_what_its_code_calls() {
     let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (role, st) in role_statements(&t) {
         assert_eq!(st["Effect"].as_str(), Some("Allow"), "{role}");
-        assert_ne!(
-            st["Resource"].as_str(),
-            Some("*"),
-            "{role} grants on Resource *"
-        );
+        assert_ne!(st["Resource"].as_str(), Some("*"), "{role} grants on Resource *");
         for action in strings(&st["Action"]) {
-            assert!(
-                !action.contains('*'),
-                "{role} grants wildcard action {action}"
-            );
+            assert!(!action.contains('*'), "{role} grants wildcard action {action}");
             granted.entry(role.clone()).or_default().insert(action);
         }
     }
@@ -143,13 +129,9 @@ fn each_function_has_its_own_role_and_grants_exactly_what_its_code_calls() {
             continue;
         }
         functions += 1;
-        let role = reference(&resource["Properties"]["Role"])
-            .unwrap_or_else(|| panic!("{id:?} has an explicit role"));
+        let role = reference(&resource["Properties"]["Role"]).unwrap_or_else(|| panic!("{id:?} has an explicit role"));
         assert!(roles.insert(role), "{id:?} shares a role");
-        assert_eq!(
-            resource["Metadata"]["BuildMethod"].as_str(),
-            Some("rust-cargolambda")
-        );
+        assert_eq!(resource["Metadata"]["BuildMethod"].as_str(), Some("rust-cargolambda"));
     }
     assert_eq!(functions, 4);
 }
@@ -166,10 +148,7 @@ fn only_exchange_may_decrypt_and_key_policies_keep_crypto_from_the_account() {
         if resource["Type"].as_str() != Some("AWS::KMS::Key") {
             continue;
         }
-        for st in resource["Properties"]["KeyPolicy"]["Statement"]
-            .as_sequence()
-            .unwrap()
-        {
+        for st in resource["Properties"]["KeyPolicy"]["Statement"].as_sequence().unwrap() {
             let actions = strings(&st["Action"]);
             let principal = &st["Principal"]["AWS"];
             let principal_role = reference(principal);
@@ -218,12 +197,7 @@ fn exchange_environment_satisfies_the_typed_config() {
 fn tables_declare_streams_ttl_and_point_in_time_recovery() {
     let t = template();
     let r = resources(&t);
-    for table in [
-        "RegistryTable",
-        "LeasesTable",
-        "AuditTable",
-        "RevocationsTable",
-    ] {
+    for table in ["RegistryTable", "LeasesTable", "AuditTable", "RevocationsTable"] {
         let props = &r[table]["Properties"];
         assert_eq!(
             props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
@@ -235,15 +209,7 @@ fn tables_declare_streams_ttl_and_point_in_time_recovery() {
         r["LeasesTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"].as_str(),
         Some("ttl")
     );
-    assert!(
-        r["RevocationsTable"]["Properties"]["StreamSpecification"]["StreamViewType"].is_string()
-    );
-    assert_eq!(
-        r["SigningKey"]["Properties"]["KeySpec"].as_str(),
-        Some("ECC_NIST_P256")
-    );
-    assert_eq!(
-        r["SigningKey"]["Properties"]["KeyUsage"].as_str(),
-        Some("SIGN_VERIFY")
-    );
+    assert!(r["RevocationsTable"]["Properties"]["StreamSpecification"]["StreamViewType"].is_string());
+    assert_eq!(r["SigningKey"]["Properties"]["KeySpec"].as_str(), Some("ECC_NIST_P256"));
+    assert_eq!(r["SigningKey"]["Properties"]["KeyUsage"].as_str(), Some("SIGN_VERIFY"));
 }

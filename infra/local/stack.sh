@@ -63,7 +63,7 @@ case "$mode" in
       --prefix nhi-test --env-file "$state/test.env" --param "BrokerIssuerUrl=http://127.0.0.1:8787"
     # shellcheck disable=SC1091
     source "$state/test.env"
-    cargo test --workspace --all-targets "${@:2}"
+    cargo test --workspace --lib --bins --tests "${@:2}"
     ;;
   *)
     echo "usage: stack.sh local|test" >&2

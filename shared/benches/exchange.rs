@@ -33,6 +33,7 @@ fn main() {
             },
             algorithms: vec!["ES256".into()],
             enabled: true,
+            one_time_jti: false,
         }],
         vec![Grant {
             id: "g".into(),
@@ -72,18 +73,10 @@ fn main() {
     let bodies: Vec<String> = (0..REQUESTS)
         .map(|_| {
             let token = issuer
-                .mint(&issuer.workload_claims(
-                    "repo:org/app:ref:refs/heads/main",
-                    "nhi-broker",
-                    NOW,
-                    300,
-                ))
+                .mint(&issuer.workload_claims("repo:org/app:ref:refs/heads/main", "nhi-broker", NOW, 300))
                 .unwrap();
             serde_urlencoded::to_string([
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:token-exchange",
-                ),
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
                 ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
                 ("subject_token", token.expose()),
                 ("audience", "https://api"),

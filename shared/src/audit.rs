@@ -132,10 +132,7 @@ mod tests {
         // Any change to the event changes its hash.
         let mut edited = event("a");
         edited.reason = Some("policy_no_grant".into());
-        assert_ne!(
-            link_hash(&first.chain, 0, GENESIS_HASH, &edited),
-            first.hash
-        );
+        assert_ne!(link_hash(&first.chain, 0, GENESIS_HASH, &edited), first.hash);
         state.restart();
         assert_eq!(state.next_link(&event("c")).seq, 0);
     }

@@ -16,6 +16,8 @@ pub struct Config {
     pub signing_key_id: String,
     pub max_token_ttl_seconds: i64,
     pub clock_leeway_seconds: i64,
+    /// How long issuer, grant and target lookups are reused (0 disables).
+    pub policy_cache: Duration,
     pub jwks: JwksSettings,
 }
 
@@ -53,6 +55,7 @@ impl Config {
         let jwks_cache = int("NHI_JWKS_CACHE_SECONDS", 600, 0, 86_400);
         let jwks_refresh = int("NHI_JWKS_MIN_REFRESH_SECONDS", 30, 0, 3600);
         let jwks_timeout_ms = int("NHI_JWKS_TIMEOUT_MS", 3000, 100, 10_000);
+        let policy_cache_seconds = int("NHI_POLICY_CACHE_SECONDS", 5, 0, 60);
 
         if !broker_issuer.is_empty()
             && !broker_issuer.starts_with("https://")
@@ -68,11 +71,7 @@ impl Config {
             return Err(BrokerError::Config(problems.join("; ")));
         }
         // `kid` is the bare key id even when configured as an ARN.
-        let signing_key_id = signing_key_id
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let signing_key_id = signing_key_id.rsplit('/').next().unwrap_or_default().to_string();
         Ok(Self {
             broker_issuer: broker_issuer.trim_end_matches('/').to_string(),
             registry_table,
@@ -81,6 +80,7 @@ impl Config {
             signing_key_id,
             max_token_ttl_seconds,
             clock_leeway_seconds,
+            policy_cache: Duration::from_secs(policy_cache_seconds as u64),
             jwks: JwksSettings {
                 cache_ttl: Duration::from_secs(jwks_cache as u64),
                 min_refresh_interval: Duration::from_secs(jwks_refresh as u64),
@@ -97,10 +97,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 

@@ -30,17 +30,14 @@ impl fmt::Debug for DemoIssuer {
 
 impl DemoIssuer {
     pub fn generate(issuer: &str) -> Result<Self> {
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(|_| BrokerError::Internal("key generation failed".into()))?;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| BrokerError::Internal("key generation failed".into()))?;
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
             .map_err(|_| BrokerError::Internal("key parse failed".into()))?;
         // Uncompressed SEC1 point: 0x04 || x (32) || y (32).
         let point = pair.public_key().as_ref();
         if point.len() != 65 {
-            return Err(BrokerError::Internal(
-                "unexpected public key encoding".into(),
-            ));
+            return Err(BrokerError::Internal("unexpected public key encoding".into()));
         }
         let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
         let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
@@ -95,24 +92,14 @@ impl DemoIssuer {
         self.mint_with_header(&header, claims)
     }
 
-    pub fn mint_with_header(
-        &self,
-        header: &Header,
-        claims: &serde_json::Value,
-    ) -> Result<SecretString> {
+    pub fn mint_with_header(&self, header: &Header, claims: &serde_json::Value) -> Result<SecretString> {
         jsonwebtoken::encode(header, claims, &self.encoding_key())
             .map(SecretString::new)
             .map_err(|_| BrokerError::Internal("token signing failed".into()))
     }
 
     /// Typical workload claims (GitHub Actions-like) for `sub`, valid for `ttl` seconds from `now`.
-    pub fn workload_claims(
-        &self,
-        sub: &str,
-        audience: &str,
-        now: i64,
-        ttl: i64,
-    ) -> serde_json::Value {
+    pub fn workload_claims(&self, sub: &str, audience: &str, now: i64, ttl: i64) -> serde_json::Value {
         serde_json::json!({
             "iss": self.issuer, "sub": sub, "aud": audience,
             "iat": now, "nbf": now, "exp": now + ttl,

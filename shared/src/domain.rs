@@ -35,6 +35,9 @@ pub struct Issuer {
     /// Signature algorithms accepted from this issuer. Asymmetric only; see `tokens::ALLOWED_ALGS`.
     pub algorithms: Vec<String>,
     pub enabled: bool,
+    /// Each subject token (by `jti`) may be exchanged once; tokens without `jti` are refused.
+    #[serde(default)]
+    pub one_time_jti: bool,
 }
 
 /// What kind of credential a target is released as.

@@ -22,6 +22,8 @@ pub enum TokenRejection {
     MissingClaim,
     WrongIssuer,
     WrongAudience,
+    Replayed,
+    MissingJti,
 }
 
 impl TokenRejection {
@@ -40,6 +42,8 @@ impl TokenRejection {
             Self::MissingClaim => "subject_token lacks a required claim (iss, sub, aud, exp)",
             Self::WrongIssuer => "subject_token issuer does not match",
             Self::WrongAudience => "subject_token audience is not accepted by the broker",
+            Self::Replayed => "subject_token has already been exchanged",
+            Self::MissingJti => "subject_token lacks the jti its issuer requires for one-time use",
         }
     }
 
@@ -59,6 +63,8 @@ impl TokenRejection {
             Self::MissingClaim => "token_missing_claim",
             Self::WrongIssuer => "token_wrong_issuer",
             Self::WrongAudience => "token_wrong_audience",
+            Self::Replayed => "token_replayed",
+            Self::MissingJti => "token_missing_jti",
         }
     }
 }
@@ -77,9 +83,7 @@ impl PolicyDenial {
     pub fn description(self) -> &'static str {
         match self {
             Self::NoGrant => "no grant allows this subject to obtain a token for this target",
-            Self::EnvironmentMismatch => {
-                "the matching grant is for another environment than the target"
-            }
+            Self::EnvironmentMismatch => "the matching grant is for another environment than the target",
             Self::ApprovalExpired => "the matching grant's approval has expired",
             Self::GrantRevoked => "the matching grant has been revoked",
             Self::ScopeNotGranted => "the requested scope is not allowed by any matching grant",
@@ -181,18 +185,14 @@ impl BrokerError {
                 "temporarily_unavailable",
                 "the subject token issuer's keys could not be retrieved; retry later",
             ),
-            Self::Aws {
-                retryable: true, ..
-            } => (
+            Self::Aws { retryable: true, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the broker is temporarily unable to serve this request; retry later",
             ),
-            Self::Aws { .. } | Self::CorruptRecord(_) | Self::Config(_) | Self::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error",
-            ),
+            Self::Aws { .. } | Self::CorruptRecord(_) | Self::Config(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error")
+            }
         };
         ClientError {
             status,
@@ -216,11 +216,7 @@ impl BrokerError {
     }
 
     /// Build from any AWS SDK error, keeping only its code.
-    pub fn aws<E>(
-        service: &'static str,
-        operation: &'static str,
-        err: &aws_sdk_dynamodb::error::SdkError<E>,
-    ) -> Self
+    pub fn aws<E>(service: &'static str, operation: &'static str, err: &aws_sdk_dynamodb::error::SdkError<E>) -> Self
     where
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
     {

@@ -1,14 +1,14 @@
 //! The token exchange use case (RFC 8693), independent of HTTP and AWS.
 
 use crate::broker_token::{self, ActorClaim, BrokerClaims};
-use crate::domain::{
-    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, TOKEN_TYPE_JWT, TargetKind,
-};
+use crate::domain::{AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, TOKEN_TYPE_JWT, TargetKind};
+use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::policy::{self, PolicyRequest};
-use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, TokenSigner};
+use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, TokenSigner};
 use crate::redact::SecretString;
-use crate::subject_token::{SubjectTokenVerifier, UnverifiedContext};
+use crate::subject_token::{SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// A syntactically valid exchange request.
@@ -75,9 +75,7 @@ impl ExchangeService {
             keys: self.issuer_keys.as_ref(),
             leeway_seconds: self.settings.clock_leeway_seconds,
         };
-        let (subject, grants) = verifier
-            .verify(&request.subject_token, now, context)
-            .await?;
+        let (subject, grants) = verifier.verify(&request.subject_token, now, context).await?;
 
         let target = match self.policy.target(&request.target).await? {
             Some(t) if t.enabled && t.kind == TargetKind::Jwt => t,
@@ -148,7 +146,8 @@ impl ExchangeService {
             reason: None,
             token_fingerprint: Some(subject.fingerprint.clone()),
         };
-        self.ledger.record_release(&lease, &event).await?;
+        let replay = replay_guard(&subject, self.settings.clock_leeway_seconds)?;
+        self.ledger.record_release(&lease, &event, replay.as_ref()).await?;
         tracing::info!(
             lease_id = %lease_id,
             grant_id = %lease.grant_id,
@@ -167,14 +166,30 @@ impl ExchangeService {
             lease_id,
         })
     }
+}
 
-    async fn audit_denial(
-        &self,
-        request: &ExchangeRequest,
-        context: &UnverifiedContext,
-        err: &BrokerError,
-        now: i64,
-    ) {
+/// For issuers configured for one-time use: the guard that makes a second exchange of the same
+/// token fail inside the release transaction.
+fn replay_guard(subject: &VerifiedSubject, leeway: i64) -> Result<Option<ReplayGuard>> {
+    if !subject.issuer.one_time_jti {
+        return Ok(None);
+    }
+    let jti = subject
+        .claims
+        .get("jti")
+        .and_then(|v| v.as_str())
+        .filter(|j| !j.is_empty())
+        .ok_or(BrokerError::TokenRejected(TokenRejection::MissingJti))?;
+    let exp = subject.claims.get("exp").and_then(|v| v.as_f64()).unwrap_or_default() as i64;
+    let digest = Sha256::digest(format!("{}\n{jti}", subject.issuer.issuer));
+    Ok(Some(ReplayGuard {
+        key: hex::encode(digest),
+        expires_at: exp + leeway,
+    }))
+}
+
+impl ExchangeService {
+    async fn audit_denial(&self, request: &ExchangeRequest, context: &UnverifiedContext, err: &BrokerError, now: i64) {
         let reason = match err {
             BrokerError::TokenRejected(r) => r.code(),
             BrokerError::PolicyDenied(d) => d.code(),

@@ -2,7 +2,7 @@
 
 use crate::domain::{AuditEvent, Grant, Issuer, Lease, Target, UnixTime};
 use crate::error::{BrokerError, Result};
-use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, TokenSigner};
+use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, TokenSigner};
 use async_trait::async_trait;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -56,6 +56,7 @@ impl PolicyStore for InMemoryPolicy {
 pub struct InMemoryLedger {
     pub leases: Mutex<Vec<Lease>>,
     pub events: Mutex<Vec<AuditEvent>>,
+    pub replay_keys: Mutex<std::collections::HashSet<String>>,
     /// When set, every write fails as DynamoDB would under throttling.
     pub fail_writes: std::sync::atomic::AtomicBool,
 }
@@ -76,8 +77,13 @@ impl InMemoryLedger {
 
 #[async_trait]
 impl LeaseLedger for InMemoryLedger {
-    async fn record_release(&self, lease: &Lease, event: &AuditEvent) -> Result<()> {
+    async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         self.check()?;
+        if let Some(guard) = replay
+            && !self.replay_keys.lock().unwrap().insert(guard.key.clone())
+        {
+            return Err(BrokerError::TokenRejected(crate::error::TokenRejection::Replayed));
+        }
         self.leases.lock().unwrap().push(lease.clone());
         self.events.lock().unwrap().push(event.clone());
         Ok(())
@@ -98,11 +104,9 @@ pub struct LocalSigner {
 
 impl LocalSigner {
     pub fn generate(key_id: &str) -> Self {
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .expect("P-256 key generation");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .expect("own pkcs8");
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .expect("P-256 key generation");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("own pkcs8");
         Self {
             key_id: key_id.to_string(),
             pair,

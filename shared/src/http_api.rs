@@ -18,6 +18,7 @@ use std::time::Instant;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const MAX_TARGET_BYTES: usize = 2048;
 const MAX_SCOPE_BYTES: usize = 1024;
+const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 pub struct BrokerApi {
     pub exchange: ExchangeService,
@@ -43,7 +44,8 @@ impl BrokerApi {
         let result = match (path.as_str(), &method) {
             ("/token", &Method::POST) => self.token(&request).await,
             ("/.well-known/jwks.json", &Method::GET) => self.jwks().await,
-            ("/token", _) | ("/.well-known/jwks.json", _) => Err(BrokerError::MethodNotAllowed),
+            (METADATA_PATH, &Method::GET) => Ok(self.metadata()),
+            ("/token", _) | ("/.well-known/jwks.json", _) | (METADATA_PATH, _) => Err(BrokerError::MethodNotAllowed),
             _ => Err(BrokerError::NotFound),
         };
         let response = result.unwrap_or_else(|err| error_response(&err));
@@ -73,6 +75,23 @@ impl BrokerApi {
         Ok(json_response(StatusCode::OK, &body, "no-store"))
     }
 
+    /// RFC 8414 authorization server metadata.
+    fn metadata(&self) -> Response<Body> {
+        let issuer = &self.exchange.settings.broker_issuer;
+        let body = serde_json::json!({
+            "issuer": issuer,
+            "token_endpoint": format!("{issuer}/token"),
+            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "subject_token_types_supported": [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN],
+            "requested_token_types_supported": [TOKEN_TYPE_JWT],
+            "scopes_supported": [],
+        });
+        json_response(StatusCode::OK, &body, "public, max-age=300")
+    }
+
     async fn jwks(&self) -> Result<Response<Body>> {
         let jwks = self.exchange.signer.public_jwks().await?;
         let body = serde_json::to_value(&jwks).map_err(|e| BrokerError::Internal(e.to_string()))?;
@@ -80,22 +99,12 @@ impl BrokerApi {
     }
 }
 
-fn json_response(
-    status: StatusCode,
-    body: &serde_json::Value,
-    cache_control: &'static str,
-) -> Response<Body> {
+fn json_response(status: StatusCode, body: &serde_json::Value, cache_control: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::Text(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
     if cache_control == "no-store" {
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     }
@@ -110,8 +119,7 @@ pub fn error_response(err: &BrokerError) -> Response<Body> {
     } else {
         tracing::info!(error = %err, "request refused");
     }
-    let body =
-        serde_json::json!({ "error": client.error, "error_description": client.description });
+    let body = serde_json::json!({ "error": client.error, "error_description": client.description });
     let mut response = json_response(client.status, &body, "no-store");
     if client.status == StatusCode::METHOD_NOT_ALLOWED {
         response
@@ -158,9 +166,7 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
         match params.remove(name) {
             None => Ok(None),
             Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
-            Some(_) => Err(BrokerError::InvalidRequest(
-                "a request parameter was repeated",
-            )),
+            Some(_) => Err(BrokerError::InvalidRequest("a request parameter was repeated")),
         }
     };
 
@@ -174,28 +180,20 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
         .ok_or(BrokerError::InvalidRequest("subject_token is required"))?;
     match single("subject_token_type")?.as_deref() {
         None => {
-            return Err(BrokerError::InvalidRequest(
-                "subject_token_type is required",
-            ));
+            return Err(BrokerError::InvalidRequest("subject_token_type is required"));
         }
         Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN) => {}
         Some(_) => {
-            return Err(BrokerError::InvalidRequest(
-                "unsupported subject_token_type",
-            ));
+            return Err(BrokerError::InvalidRequest("unsupported subject_token_type"));
         }
     }
     if single("actor_token")?.is_some() || single("actor_token_type")?.is_some() {
-        return Err(BrokerError::InvalidRequest(
-            "actor_token (delegation) is not supported",
-        ));
+        return Err(BrokerError::InvalidRequest("actor_token (delegation) is not supported"));
     }
     match single("requested_token_type")?.as_deref() {
         None | Some(TOKEN_TYPE_JWT) => {}
         Some(_) => {
-            return Err(BrokerError::InvalidRequest(
-                "unsupported requested_token_type",
-            ));
+            return Err(BrokerError::InvalidRequest("unsupported requested_token_type"));
         }
     }
     let requested_ttl_seconds = match single("requested_expires_in")? {
@@ -217,15 +215,11 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
     targets.extend(params.remove("resource").unwrap_or_default());
     let target = match targets.as_slice() {
         [] => {
-            return Err(BrokerError::InvalidRequest(
-                "audience or resource is required",
-            ));
+            return Err(BrokerError::InvalidRequest("audience or resource is required"));
         }
         [one] if !one.is_empty() && one.len() <= MAX_TARGET_BYTES => one.clone(),
         [_] => {
-            return Err(BrokerError::InvalidTarget(
-                "the target is empty or too long",
-            ));
+            return Err(BrokerError::InvalidTarget("the target is empty or too long"));
         }
         _ => {
             return Err(BrokerError::InvalidTarget(
@@ -279,10 +273,7 @@ mod tests {
         &subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt";
 
     fn code(body: &str) -> &'static str {
-        parse_token_request(&form(body))
-            .unwrap_err()
-            .client_error()
-            .error
+        parse_token_request(&form(body)).unwrap_err().client_error().error
     }
 
     #[test]
@@ -299,42 +290,22 @@ mod tests {
 
     #[test]
     fn refuses_bad_requests_with_the_right_code() {
-        assert_eq!(
-            code("grant_type=password&audience=x"),
-            "unsupported_grant_type"
-        );
+        assert_eq!(code("grant_type=password&audience=x"), "unsupported_grant_type");
         assert_eq!(code("audience=x"), "invalid_request");
         assert_eq!(code(BASE), "invalid_request");
+        assert_eq!(code(&format!("{BASE}&audience=a&audience=b")), "invalid_target");
+        assert_eq!(code(&format!("{BASE}&audience=a&resource=b")), "invalid_target");
+        assert_eq!(code(&format!("{BASE}&audience=a&scope=bad%22quote")), "invalid_scope");
+        assert_eq!(code(&format!("{BASE}&audience=a&grant_type=x")), "invalid_request");
         assert_eq!(
-            code(&format!("{BASE}&audience=a&audience=b")),
-            "invalid_target"
-        );
-        assert_eq!(
-            code(&format!("{BASE}&audience=a&resource=b")),
-            "invalid_target"
-        );
-        assert_eq!(
-            code(&format!("{BASE}&audience=a&scope=bad%22quote")),
-            "invalid_scope"
-        );
-        assert_eq!(
-            code(&format!("{BASE}&audience=a&grant_type=x")),
-            "invalid_request"
-        );
-        assert_eq!(
-            code(&format!(
-                "{BASE}&audience=a&requested_token_type=urn%3Aother"
-            )),
+            code(&format!("{BASE}&audience=a&requested_token_type=urn%3Aother")),
             "invalid_request"
         );
         assert_eq!(
             code(&format!("{BASE}&audience=a&requested_expires_in=-5")),
             "invalid_request"
         );
-        assert_eq!(
-            code(&format!("{BASE}&audience=a&actor_token=x")),
-            "invalid_request"
-        );
+        assert_eq!(code(&format!("{BASE}&audience=a&actor_token=x")), "invalid_request");
         assert_eq!(code("%%%not-form"), "invalid_request");
     }
 

@@ -97,8 +97,7 @@ impl HttpIssuerKeys {
 
 /// HTTPS only, except plain HTTP to loopback for local runs and tests.
 pub fn check_jwks_url(url: &str) -> Result<()> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|_| BrokerError::JwksUnavailable("invalid jwks url"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|_| BrokerError::JwksUnavailable("invalid jwks url"))?;
     let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match parsed.scheme() {
         "https" => Ok(()),
@@ -112,8 +111,7 @@ impl IssuerKeys for HttpIssuerKeys {
     async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<JwkSet> {
         let url = match &issuer.jwks {
             JwksSource::Static { jwks } => {
-                return serde_json::from_str(jwks)
-                    .map_err(|_| BrokerError::CorruptRecord("issuer static jwks".into()));
+                return serde_json::from_str(jwks).map_err(|_| BrokerError::CorruptRecord("issuer static jwks".into()));
             }
             JwksSource::Url { url } => url,
         };
@@ -122,8 +120,7 @@ impl IssuerKeys for HttpIssuerKeys {
         let now = Instant::now();
         if let Some(c) = cache.get(url) {
             let fresh = now.duration_since(c.fetched_at) < self.settings.cache_ttl;
-            let recently_tried =
-                now.duration_since(c.last_attempt) < self.settings.min_refresh_interval;
+            let recently_tried = now.duration_since(c.last_attempt) < self.settings.min_refresh_interval;
             if (fresh && !refresh) || recently_tried {
                 return Ok(c.jwks.clone());
             }
@@ -158,9 +155,7 @@ mod tests {
 
     #[test]
     fn jwks_urls_must_be_https_except_loopback() {
-        assert!(
-            check_jwks_url("https://token.actions.githubusercontent.com/.well-known/jwks").is_ok()
-        );
+        assert!(check_jwks_url("https://token.actions.githubusercontent.com/.well-known/jwks").is_ok());
         assert!(check_jwks_url("http://127.0.0.1:9000/jwks.json").is_ok());
         assert!(check_jwks_url("http://localhost:9000/jwks.json").is_ok());
         assert!(check_jwks_url("http://idp.example/jwks.json").is_err());

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod aws;
 pub mod broker_token;
+pub mod cache;
 pub mod config;
 pub mod demo_issuer;
 pub mod domain;

@@ -87,11 +87,7 @@ fn narrow(
     keep: impl Fn(&Grant) -> bool,
 ) -> Result<(), PolicyDenial> {
     candidates.retain(|g| keep(g));
-    if candidates.is_empty() {
-        Err(denial)
-    } else {
-        Ok(())
-    }
+    if candidates.is_empty() { Err(denial) } else { Ok(()) }
 }
 
 fn claims_match(grant: &Grant, subject: &VerifiedSubject) -> bool {
@@ -123,6 +119,7 @@ mod tests {
                 },
                 algorithms: vec!["ES256".into()],
                 enabled: true,
+                one_time_jti: false,
             },
             subject: "repo:org/app:ref:refs/heads/main".into(),
             claims: claims.as_object().cloned().unwrap_or_default(),
@@ -158,23 +155,12 @@ mod tests {
         }
     }
 
-    fn eval(
-        grants: &[Grant],
-        scope: &[String],
-        ttl: Option<i64>,
-    ) -> Result<Decision, PolicyDenial> {
+    fn eval(grants: &[Grant], scope: &[String], ttl: Option<i64>) -> Result<Decision, PolicyDenial> {
         let req = PolicyRequest {
             scope,
             requested_ttl_seconds: ttl,
         };
-        evaluate(
-            grants,
-            &subject(serde_json::json!({})),
-            &target(),
-            &req,
-            NOW,
-            3600,
-        )
+        evaluate(grants, &subject(serde_json::json!({})), &target(), &req, NOW, 3600)
     }
 
     #[test]
@@ -207,10 +193,7 @@ mod tests {
         assert_eq!(eval(&[g], &[], None), Err(PolicyDenial::GrantRevoked));
         let mut g = grant("g");
         g.environment = "staging".into();
-        assert_eq!(
-            eval(&[g], &[], None),
-            Err(PolicyDenial::EnvironmentMismatch)
-        );
+        assert_eq!(eval(&[g], &[], None), Err(PolicyDenial::EnvironmentMismatch));
         let mut g = grant("g");
         g.approval_expires_at = NOW;
         assert_eq!(eval(&[g], &[], None), Err(PolicyDenial::ApprovalExpired));

@@ -14,11 +14,21 @@ pub trait PolicyStore: Send + Sync {
     async fn target(&self, id: &str) -> Result<Option<Target>>;
 }
 
-/// Where releases and denials are recorded. A release is the lease and its audit event written
-/// atomically: both or neither.
+/// Marks a subject token as used, in the same write as the release it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayGuard {
+    /// SHA-256 of the token's issuer and `jti`.
+    pub key: String,
+    /// The guard must outlive the token it guards.
+    pub expires_at: UnixTime,
+}
+
+/// Where releases and denials are recorded. A release is the lease, its audit event and (for
+/// one-time tokens) its replay guard written atomically: all or nothing. A guard that already
+/// exists fails the release with `TokenRejection::Replayed`.
 #[async_trait]
 pub trait LeaseLedger: Send + Sync {
-    async fn record_release(&self, lease: &Lease, event: &AuditEvent) -> Result<()>;
+    async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()>;
     async fn record_denial(&self, event: &AuditEvent) -> Result<()>;
 }
 

@@ -73,14 +73,12 @@ impl SubjectTokenVerifier<'_> {
         else {
             return Err(reject(TokenRejection::Malformed));
         };
-        let header: RawHeader =
-            decode_json_segment(header_b64).ok_or(reject(TokenRejection::Malformed))?;
+        let header: RawHeader = decode_json_segment(header_b64).ok_or(reject(TokenRejection::Malformed))?;
         let alg_name = header.alg.ok_or(reject(TokenRejection::Malformed))?;
         if !ALLOWED_ALGS.contains(&alg_name.as_str()) {
             return Err(reject(TokenRejection::UnsupportedAlgorithm));
         }
-        let alg = Algorithm::from_str(&alg_name)
-            .map_err(|_| reject(TokenRejection::UnsupportedAlgorithm))?;
+        let alg = Algorithm::from_str(&alg_name).map_err(|_| reject(TokenRejection::UnsupportedAlgorithm))?;
 
         // The unverified `iss` only selects which registration (and keys) to verify against.
         let unverified: Map<String, Value> =
@@ -111,8 +109,7 @@ impl SubjectTokenVerifier<'_> {
                 .ok_or(reject(TokenRejection::UnknownKey))?,
         };
         check_key_fits_algorithm(&jwk, alg)?;
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|_| reject(TokenRejection::KeyAlgorithmMismatch))?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| reject(TokenRejection::KeyAlgorithmMismatch))?;
 
         // Signature only: claim checks below use our clock and give precise reasons.
         let mut validation = Validation::new(alg);
@@ -156,12 +153,8 @@ fn decode_json_segment<T: serde::de::DeserializeOwned>(segment: &str) -> Option<
 /// `alg` if it states one. Symmetric (`oct`) keys are never acceptable.
 fn check_key_fits_algorithm(jwk: &Jwk, alg: Algorithm) -> Result<()> {
     let fits = match (&jwk.algorithm, alg) {
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
-            ec.curve == EllipticCurve::P256
-        }
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
-            ec.curve == EllipticCurve::P384
-        }
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => ec.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => ec.curve == EllipticCurve::P384,
         (
             AlgorithmParameters::RSA(_),
             Algorithm::RS256
@@ -171,9 +164,7 @@ fn check_key_fits_algorithm(jwk: &Jwk, alg: Algorithm) -> Result<()> {
             | Algorithm::PS384
             | Algorithm::PS512,
         ) => true,
-        (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA) => {
-            okp.curve == EllipticCurve::Ed25519
-        }
+        (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA) => okp.curve == EllipticCurve::Ed25519,
         _ => false,
     };
     let alg_agrees = match jwk.common.key_algorithm {
@@ -183,9 +174,7 @@ fn check_key_fits_algorithm(jwk: &Jwk, alg: Algorithm) -> Result<()> {
     if fits && alg_agrees {
         Ok(())
     } else {
-        Err(BrokerError::TokenRejected(
-            TokenRejection::KeyAlgorithmMismatch,
-        ))
+        Err(BrokerError::TokenRejected(TokenRejection::KeyAlgorithmMismatch))
     }
 }
 
@@ -194,12 +183,7 @@ fn number(claims: &Map<String, Value>, name: &str) -> Option<i64> {
 }
 
 /// Registered claims: exact `iss`, an accepted `aud`, a `sub`, and `exp`/`nbf`/`iat` with leeway.
-fn check_claims(
-    claims: &Map<String, Value>,
-    issuer: &Issuer,
-    now: UnixTime,
-    leeway: i64,
-) -> Result<String> {
+fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: UnixTime, leeway: i64) -> Result<String> {
     let reject = |r: TokenRejection| BrokerError::TokenRejected(r);
     if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
         return Err(reject(TokenRejection::WrongIssuer));

@@ -43,6 +43,7 @@ fn world() -> World {
             },
             algorithms: vec!["ES256".into()],
             enabled: true,
+            one_time_jti: false,
         }],
         vec![Grant {
             id: "demo-app-deploys".into(),
@@ -91,10 +92,7 @@ fn world() -> World {
 fn token_event_with_subject_token(token: &str) -> lambda_http::Request {
     let mut event: serde_json::Value = serde_json::from_str(TOKEN_EVENT).unwrap();
     let form = serde_urlencoded::to_string([
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
         ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
         ("subject_token", token),
         ("audience", TARGET),
@@ -105,10 +103,7 @@ fn token_event_with_subject_token(token: &str) -> lambda_http::Request {
     lambda_http::request::from_str(&event.to_string()).unwrap()
 }
 
-async fn respond(
-    api: &BrokerApi,
-    request: lambda_http::Request,
-) -> (u16, serde_json::Value, http::HeaderMap) {
+async fn respond(api: &BrokerApi, request: lambda_http::Request) -> (u16, serde_json::Value, http::HeaderMap) {
     let response = api.handle(request).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
@@ -126,10 +121,7 @@ async fn sample_token_event_is_refused_as_from_an_untrusted_issuer_and_audited()
     let (status, body, headers) = respond(&w.api, request).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_request");
-    assert_eq!(
-        body["error_description"],
-        "subject_token issuer is not trusted"
-    );
+    assert_eq!(body["error_description"], "subject_token issuer is not trusted");
     assert_eq!(headers["cache-control"], "no-store");
     assert!(w.ledger.leases.lock().unwrap().is_empty());
     let events = w.ledger.events.lock().unwrap();
@@ -144,8 +136,7 @@ async fn sample_token_event_with_a_fresh_token_releases_one_lease_capped_by_appr
         .issuer
         .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
         .unwrap();
-    let (status, body, headers) =
-        respond(&w.api, token_event_with_subject_token(token.expose())).await;
+    let (status, body, headers) = respond(&w.api, token_event_with_subject_token(token.expose())).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(headers["pragma"], "no-cache");
@@ -173,15 +164,11 @@ async fn a_failed_ledger_write_releases_nothing_and_asks_the_client_to_retry() {
 #[tokio::test]
 async fn sample_jwks_event_serves_the_signing_key() {
     let w = world();
-    let (status, body, headers) =
-        respond(&w.api, lambda_http::request::from_str(JWKS_EVENT).unwrap()).await;
+    let (status, body, headers) = respond(&w.api, lambda_http::request::from_str(JWKS_EVENT).unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(body["keys"][0]["kid"], "test-key");
     assert_eq!(body["keys"][0]["alg"], "ES256");
-    assert!(
-        body["keys"][0].get("d").is_none(),
-        "never a private key component"
-    );
+    assert!(body["keys"][0].get("d").is_none(), "never a private key component");
     assert_eq!(headers["cache-control"], "public, max-age=300");
 }
 
@@ -191,38 +178,24 @@ async fn unknown_paths_and_methods_get_the_standard_error_shape() {
     let mut event: serde_json::Value = serde_json::from_str(JWKS_EVENT).unwrap();
     event["rawPath"] = "/admin".into();
     event["requestContext"]["http"]["path"] = "/admin".into();
-    let (status, body, _) = respond(
-        &w.api,
-        lambda_http::request::from_str(&event.to_string()).unwrap(),
-    )
-    .await;
+    let (status, body, _) = respond(&w.api, lambda_http::request::from_str(&event.to_string()).unwrap()).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let mut event: serde_json::Value = serde_json::from_str(JWKS_EVENT).unwrap();
     event["rawPath"] = "/token".into();
     event["requestContext"]["http"]["path"] = "/token".into();
-    let (status, body, headers) = respond(
-        &w.api,
-        lambda_http::request::from_str(&event.to_string()).unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (405, Some("invalid_request"))
-    );
+    let (status, body, headers) = respond(&w.api, lambda_http::request::from_str(&event.to_string()).unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (405, Some("invalid_request")));
     assert_eq!(headers["allow"], "POST, GET");
 }
 
 #[test]
 fn schedule_samples_parse_and_garbage_is_refused() {
     for sample in [ROTATE_EVENT, SWEEP_EVENT] {
-        let run =
-            nhi_broker::jobs::parse_scheduled_event(serde_json::from_str(sample).unwrap()).unwrap();
+        let run = nhi_broker::jobs::parse_scheduled_event(serde_json::from_str(sample).unwrap()).unwrap();
         assert_eq!(run.detail_type, "Scheduled Event");
         assert_eq!(run.id, "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa");
     }
-    assert!(
-        nhi_broker::jobs::parse_scheduled_event(serde_json::json!({"hello": "world"})).is_err()
-    );
+    assert!(nhi_broker::jobs::parse_scheduled_event(serde_json::json!({"hello": "world"})).is_err());
     assert!(nhi_broker::jobs::parse_scheduled_event(serde_json::json!([1, 2])).is_err());
 }
 
@@ -242,8 +215,5 @@ fn stream_sample_is_acknowledged_and_unknown_records_are_reported_individually()
     let event: aws_lambda_events::dynamodb::Event = serde_json::from_value(value).unwrap();
     let response = nhi_broker::jobs::acknowledge_stream_batch(&event);
     assert_eq!(response.batch_item_failures.len(), 1);
-    assert_eq!(
-        response.batch_item_failures[0].item_identifier.as_deref(),
-        Some("222")
-    );
+    assert_eq!(response.batch_item_failures[0].item_identifier.as_deref(), Some("222"));
 }

@@ -27,9 +27,7 @@ pub fn now() -> i64 {
 /// Config from the environment `make test` exports; a clear failure when run outside it.
 pub fn config() -> Config {
     if std::env::var("AWS_ENDPOINT_URL").is_err() {
-        panic!(
-            "integration tests need the moto stack: run `make test` (it starts moto and exports the environment)"
-        );
+        panic!("integration tests need the moto stack: run `make test` (it starts moto and exports the environment)");
     }
     Config::from_env().expect("environment written by infra/local/provision.py")
 }
@@ -64,11 +62,7 @@ impl Harness {
         let issuer_url = format!("http://127.0.0.1:{port}");
         let issuer = Arc::new(DemoIssuer::generate(&issuer_url).unwrap());
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(nhi_local::serve_demo_issuer(
-            issuer.clone(),
-            listener,
-            stopped,
-        ));
+        tokio::spawn(nhi_local::serve_demo_issuer(issuer.clone(), listener, stopped));
 
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let h = Self {
@@ -84,19 +78,7 @@ impl Harness {
             id,
             _stop_issuer: stop,
         };
-        h.registry
-            .put_issuer(&Issuer {
-                issuer: issuer_url.clone(),
-                name: "test-issuer".into(),
-                audiences: vec![AUDIENCE.into()],
-                jwks: JwksSource::Url {
-                    url: format!("{issuer_url}/jwks.json"),
-                },
-                algorithms: vec!["ES256".into(), "RS256".into()],
-                enabled: true,
-            })
-            .await
-            .unwrap();
+        h.registry.put_issuer(&h.issuer_record()).await.unwrap();
         for (target, env) in [(&h.target, "prod"), (&h.staging_target, "staging")] {
             h.registry
                 .put_target(&Target {
@@ -112,6 +94,21 @@ impl Harness {
         let grant = h.grant(&h.grant_id, &h.subject, now() + 86_400);
         h.registry.put_grant(&grant).await.unwrap();
         h
+    }
+
+    /// The registration of this harness' issuer (JWKS served over loopback HTTP).
+    pub fn issuer_record(&self) -> Issuer {
+        Issuer {
+            issuer: self.issuer.issuer.clone(),
+            name: "test-issuer".into(),
+            audiences: vec![AUDIENCE.into()],
+            jwks: JwksSource::Url {
+                url: format!("{}/jwks.json", self.issuer.issuer),
+            },
+            algorithms: vec!["ES256".into(), "RS256".into()],
+            enabled: true,
+            one_time_jti: false,
+        }
     }
 
     pub fn grant(&self, id: &str, subject: &str, approval_expires_at: i64) -> Grant {
@@ -133,8 +130,7 @@ impl Harness {
     }
 
     pub fn claims(&self) -> serde_json::Value {
-        self.issuer
-            .workload_claims(&self.subject, AUDIENCE, now(), 300)
+        self.issuer.workload_claims(&self.subject, AUDIENCE, now(), 300)
     }
 
     pub fn token(&self, claims: &serde_json::Value) -> String {
@@ -205,11 +201,7 @@ impl Harness {
     }
 
     pub async fn scan(&self, table: &str, filter: &str, values: &[(&str, &str)]) -> Vec<Item> {
-        let mut request = self
-            .dynamo
-            .scan()
-            .table_name(table)
-            .filter_expression(filter);
+        let mut request = self.dynamo.scan().table_name(table).filter_expression(filter);
         for (k, v) in values {
             request = request.expression_attribute_values(*k, AttributeValue::S(v.to_string()));
         }
@@ -238,20 +230,28 @@ pub fn attr<'a>(item: &'a Item, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// Every log line written while the guard lives, at TRACE for all targets (the AWS SDK and HTTP
-/// clients included). Install on a current-thread runtime so spawned tasks log into it too.
+/// Every log line the test process writes, at TRACE for all targets (the AWS SDK and HTTP clients
+/// included). Installed once as the global default: per-thread subscribers miss events when
+/// parallel tests race on tracing's callsite interest cache.
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
 impl LogCapture {
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || sink.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
+    pub fn global() -> LogCapture {
+        static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let capture = LogCapture::default();
+                let sink = capture.clone();
+                let subscriber = tracing_subscriber::fmt()
+                    .json()
+                    .with_max_level(tracing::Level::TRACE)
+                    .with_writer(move || sink.clone())
+                    .finish();
+                tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in tests");
+                capture
+            })
+            .clone()
     }
 
     pub fn text(&self) -> String {
@@ -268,10 +268,7 @@ impl LogCapture {
                 nhi_broker::redact::fingerprint(secret.as_bytes())
             );
             if let Some(signature) = secret.rsplit('.').next().filter(|s| s.len() >= 16) {
-                assert!(
-                    !logs.contains(signature),
-                    "a token signature reached the logs"
-                );
+                assert!(!logs.contains(signature), "a token signature reached the logs");
             }
         }
     }

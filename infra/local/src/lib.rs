@@ -90,17 +90,8 @@ fn to_hyper(response: lambda_http::Response<Body>) -> HttpResponse {
     hyper::Response::from_parts(parts, Full::new(bytes))
 }
 
-pub async fn serve_broker(
-    api: Arc<BrokerApi>,
-    listener: TcpListener,
-    shutdown: watch::Receiver<bool>,
-) {
-    serve(
-        listener,
-        move |req| broker_route(api.clone(), req),
-        shutdown,
-    )
-    .await
+pub async fn serve_broker(api: Arc<BrokerApi>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    serve(listener, move |req| broker_route(api.clone(), req), shutdown).await
 }
 
 fn text(status: u16, content_type: &'static str, body: String) -> HttpResponse {
@@ -119,13 +110,9 @@ async fn issuer_route(issuer: Arc<DemoIssuer>, request: hyper::Request<Incoming>
         "/jwks.json" => text(200, "application/json", issuer.jwks_json().to_string()),
         "/token" => {
             let query: HashMap<String, String> =
-                serde_urlencoded::from_str(request.uri().query().unwrap_or_default())
-                    .unwrap_or_default();
+                serde_urlencoded::from_str(request.uri().query().unwrap_or_default()).unwrap_or_default();
             let sub = query.get("sub").map(String::as_str).unwrap_or(DEMO_SUBJECT);
-            let aud = query
-                .get("aud")
-                .map(String::as_str)
-                .unwrap_or(DEMO_AUDIENCE);
+            let aud = query.get("aud").map(String::as_str).unwrap_or(DEMO_AUDIENCE);
             let ttl = query
                 .get("ttl")
                 .and_then(|t| t.parse::<i64>().ok())
@@ -144,17 +131,8 @@ async fn issuer_route(issuer: Arc<DemoIssuer>, request: hyper::Request<Incoming>
     }
 }
 
-pub async fn serve_demo_issuer(
-    issuer: Arc<DemoIssuer>,
-    listener: TcpListener,
-    shutdown: watch::Receiver<bool>,
-) {
-    serve(
-        listener,
-        move |req| issuer_route(issuer.clone(), req),
-        shutdown,
-    )
-    .await
+pub async fn serve_demo_issuer(issuer: Arc<DemoIssuer>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    serve(listener, move |req| issuer_route(issuer.clone(), req), shutdown).await
 }
 
 /// Register the demo issuer (JWKS served on loopback), a target and a grant, so a newcomer can
@@ -170,11 +148,10 @@ pub async fn bootstrap_demo(
             issuer: issuer.issuer.clone(),
             name: "demo-issuer".into(),
             audiences: vec![DEMO_AUDIENCE.into()],
-            jwks: JwksSource::Url {
-                url: jwks_url.into(),
-            },
+            jwks: JwksSource::Url { url: jwks_url.into() },
             algorithms: vec!["ES256".into()],
             enabled: true,
+            one_time_jti: false,
         })
         .await?;
     registry

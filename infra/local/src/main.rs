@@ -52,11 +52,7 @@ async fn run(args: Args) -> Result<(), String> {
     .map_err(|e| format!("bootstrap of demo issuer and grant failed: {e}"))?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let issuer_task = tokio::spawn(nhi_local::serve_demo_issuer(
-        issuer,
-        issuer_listener,
-        stopped.clone(),
-    ));
+    let issuer_task = tokio::spawn(nhi_local::serve_demo_issuer(issuer, issuer_listener, stopped.clone()));
     let api_task = tokio::spawn(nhi_local::serve_broker(api, api_listener, stopped));
 
     let base = format!("http://127.0.0.1:{}", args.port);

@@ -24,10 +24,7 @@ impl CallCounter {
 
     /// `service.Operation` → attempts.
     pub fn by_operation(&self) -> BTreeMap<String, u64> {
-        self.by_operation
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+        self.by_operation.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     pub fn reset(&self) {

@@ -10,8 +10,9 @@
 
 use crate::audit::{AuditChain, ChainLink};
 use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Target};
+use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
-use crate::ports::{LeaseLedger, PolicyStore};
+use crate::ports::{LeaseLedger, PolicyStore, ReplayGuard};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::Serialize;
@@ -42,6 +43,10 @@ pub mod keys {
         format!("LEASE#{id}")
     }
     pub const LEASE_SK: &str = "LEASE";
+    pub fn replay_pk(key: &str) -> String {
+        format!("REPLAY#{key}")
+    }
+    pub const REPLAY_SK: &str = "REPLAY";
     pub fn subject_key(iss: &str, sub: &str) -> String {
         format!("{iss}#{sub}")
     }
@@ -67,8 +72,8 @@ pub fn to_item<T: Serialize>(
     value: &T,
     extra: impl IntoIterator<Item = (&'static str, AttributeValue)>,
 ) -> Result<Item> {
-    let mut item: Item = serde_dynamo::to_item(value)
-        .map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?;
+    let mut item: Item =
+        serde_dynamo::to_item(value).map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?;
     // Absent, not NULL: index key attributes must be missing or typed.
     item.retain(|_, v| !matches!(v, AttributeValue::Null(_)));
     for (k, v) in extra {
@@ -161,15 +166,9 @@ impl PolicyStore for DynamoRegistry {
         let mut grants = Vec::new();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-            match item
-                .get("sk")
-                .and_then(|v| v.as_s().ok())
-                .map(String::as_str)
-            {
+            match item.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) {
                 Some(keys::ISSUER_SK) => found_issuer = Some(from_item::<Issuer>(item, "issuer")?),
-                Some(sk) if sk.starts_with("GRANT#") => {
-                    grants.push(from_item::<Grant>(item, "grant")?)
-                }
+                Some(sk) if sk.starts_with("GRANT#") => grants.push(from_item::<Grant>(item, "grant")?),
                 _ => {}
             }
         }
@@ -186,10 +185,23 @@ impl PolicyStore for DynamoRegistry {
             .send()
             .await
             .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
-        output
-            .item
-            .map(|item| from_item(item, "target"))
-            .transpose()
+        output.item.map(|item| from_item(item, "target")).transpose()
+    }
+}
+
+/// Whether a cancelled transaction failed on the condition of its `index`-th item.
+fn condition_failed_at(
+    err: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
+    index: usize,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+            .cancellation_reasons()
+            .get(index)
+            .and_then(|r| r.code())
+            .is_some_and(|code| code == "ConditionalCheckFailed"),
+        _ => false,
     }
 }
 
@@ -230,10 +242,7 @@ impl DynamoLedger {
         let mut extra = vec![
             ("pk", s(keys::lease_pk(&lease.lease_id))),
             ("sk", s(keys::LEASE_SK)),
-            (
-                "subject_key",
-                s(keys::subject_key(&lease.issuer, &lease.subject)),
-            ),
+            ("subject_key", s(keys::subject_key(&lease.issuer, &lease.subject))),
             ("ttl", n(lease.expires_at + LEASE_RETENTION_SECONDS)),
         ];
         if lease.status == LeaseStatus::Active {
@@ -245,7 +254,7 @@ impl DynamoLedger {
 
 #[async_trait]
 impl LeaseLedger for DynamoLedger {
-    async fn record_release(&self, lease: &Lease, event: &AuditEvent) -> Result<()> {
+    async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         let mut chain = self.chain.lock().await;
         let link = chain.next_link(event);
         let put = |table: &str, item: Item, key_attr: &str| -> Result<TransactWriteItem> {
@@ -258,24 +267,29 @@ impl LeaseLedger for DynamoLedger {
                 .map_err(|e| BrokerError::Internal(e.to_string()))?;
             Ok(TransactWriteItem::builder().put(put).build())
         };
-        let result = self
+        let mut request = self
             .client
             .transact_write_items()
             .transact_items(put(&self.leases_table, Self::lease_item(lease)?, "pk")?)
-            .transact_items(put(
-                &self.audit_table,
-                Self::audit_item(event, &link)?,
-                "chain",
-            )?)
-            .send()
-            .await;
-        match result {
+            .transact_items(put(&self.audit_table, Self::audit_item(event, &link)?, "chain")?);
+        if let Some(guard) = replay {
+            let item = Item::from([
+                ("pk".to_string(), s(keys::replay_pk(&guard.key))),
+                ("sk".to_string(), s(keys::REPLAY_SK)),
+                ("ttl".to_string(), n(guard.expires_at)),
+            ]);
+            request = request.transact_items(put(&self.leases_table, item, "pk")?);
+        }
+        match request.send().await {
             Ok(_) => {
                 chain.advance(link);
                 Ok(())
             }
             Err(e) => {
                 chain.restart();
+                if replay.is_some() && condition_failed_at(&e, 2) {
+                    return Err(BrokerError::TokenRejected(TokenRejection::Replayed));
+                }
                 Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e))
             }
         }
@@ -309,9 +323,7 @@ impl LeaseLedger for DynamoLedger {
 mod tests {
     use super::*;
     use crate::domain::{AuditAction, AuditOutcome, TargetKind};
-    use aws_sdk_dynamodb::operation::transact_write_items::{
-        TransactWriteItemsError, TransactWriteItemsOutput,
-    };
+    use aws_sdk_dynamodb::operation::transact_write_items::{TransactWriteItemsError, TransactWriteItemsOutput};
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
     use std::sync::{Arc, Mutex};
 
@@ -381,18 +393,14 @@ mod tests {
         let ok2 = mock!(aws_sdk_dynamodb::Client::transact_write_items)
             .match_requests(record(seen.clone()))
             .then_output(|| TransactWriteItemsOutput::builder().build());
-        let client = mock_client!(
-            aws_sdk_dynamodb,
-            RuleMode::Sequential,
-            [&cancelled, &ok, &ok2]
-        );
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&cancelled, &ok, &ok2]);
         let ledger = DynamoLedger::new(client, "leases", "audit");
 
-        let err = ledger.record_release(&lease(), &event()).await.unwrap_err();
+        let err = ledger.record_release(&lease(), &event(), None).await.unwrap_err();
         assert_eq!(err.aws_code(), Some("TransactionCanceledException"));
         assert!(!err.to_string().contains("ConditionalCheckFailed"), "{err}");
-        ledger.record_release(&lease(), &event()).await.unwrap();
-        ledger.record_release(&lease(), &event()).await.unwrap();
+        ledger.record_release(&lease(), &event(), None).await.unwrap();
+        ledger.record_release(&lease(), &event(), None).await.unwrap();
 
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3);
@@ -408,18 +416,11 @@ mod tests {
         assert_eq!(item["pk"].as_s().unwrap(), "LEASE#lease-1");
         assert_eq!(item["subject_key"].as_s().unwrap(), "https://idp#sub");
         assert!(item["active_shard"].as_s().unwrap().starts_with("ACTIVE#"));
-        assert_eq!(
-            item["ttl"].as_n().unwrap(),
-            &(61 + LEASE_RETENTION_SECONDS).to_string()
-        );
+        assert_eq!(item["ttl"].as_n().unwrap(), &(61 + LEASE_RETENTION_SECONDS).to_string());
         assert!(item.values().all(|v| !v.is_null()));
         let mut revoked = lease();
         revoked.status = LeaseStatus::Revoked;
-        assert!(
-            !DynamoLedger::lease_item(&revoked)
-                .unwrap()
-                .contains_key("active_shard")
-        );
+        assert!(!DynamoLedger::lease_item(&revoked).unwrap().contains_key("active_shard"));
         let back: Lease = from_item(item, "lease").unwrap();
         assert_eq!(back, lease());
     }

@@ -46,9 +46,7 @@ pub fn spki_to_jwk(spki_der: &[u8], kid: &str) -> Result<serde_json::Value> {
         .map_err(|_| BrokerError::Internal("signing key is not a P-256 public key".into()))?;
     let point = p256::EncodedPoint::from(key);
     let (Some(x), Some(y)) = (point.x(), point.y()) else {
-        return Err(BrokerError::Internal(
-            "public key point is not uncompressed".into(),
-        ));
+        return Err(BrokerError::Internal("public key point is not uncompressed".into()));
     };
     Ok(serde_json::json!({
         "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
@@ -89,9 +87,9 @@ impl TokenSigner for KmsSigner {
                     .send()
                     .await
                     .map_err(|e| BrokerError::aws("kms", "GetPublicKey", &e))?;
-                let der = output.public_key.ok_or_else(|| {
-                    BrokerError::Internal("KMS GetPublicKey returned no key".into())
-                })?;
+                let der = output
+                    .public_key
+                    .ok_or_else(|| BrokerError::Internal("KMS GetPublicKey returned no key".into()))?;
                 let jwk = spki_to_jwk(der.as_ref(), &self.key_id)?;
                 serde_json::from_value(serde_json::json!({ "keys": [jwk] }))
                     .map_err(|e| BrokerError::Internal(e.to_string()))
@@ -131,16 +129,10 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_signature_is_an_internal_error_not_a_panic() {
-        let rule = mock!(aws_sdk_kms::Client::sign).then_output(|| {
-            SignOutput::builder()
-                .signature(Blob::new(vec![1, 2, 3]))
-                .build()
-        });
+        let rule = mock!(aws_sdk_kms::Client::sign)
+            .then_output(|| SignOutput::builder().signature(Blob::new(vec![1, 2, 3])).build());
         let client = mock_client!(aws_sdk_kms, RuleMode::MatchAny, [&rule]);
-        let err = KmsSigner::new(client, "abc")
-            .sign_es256(b"x.y")
-            .await
-            .unwrap_err();
+        let err = KmsSigner::new(client, "abc").sign_es256(b"x.y").await.unwrap_err();
         assert!(matches!(err, BrokerError::Internal(_)));
     }
 }

@@ -5,6 +5,7 @@ pub mod call_counter;
 pub mod dynamo;
 pub mod kms;
 
+use crate::cache::CachedPolicyStore;
 use crate::config::Config;
 use crate::error::Result;
 use crate::exchange::{ExchangeService, ExchangeSettings};
@@ -15,9 +16,7 @@ use call_counter::CallCounter;
 use std::sync::Arc;
 
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
 }
 
 /// Clients for every service the broker calls, all counting their requests into one counter.
@@ -54,9 +53,9 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
     let Clients { dynamo, kms, calls } = clients;
     Ok(BrokerApi::with_call_counter(
         ExchangeService {
-            policy: Arc::new(dynamo::DynamoRegistry::new(
-                dynamo.clone(),
-                &config.registry_table,
+            policy: Arc::new(CachedPolicyStore::new(
+                Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
+                config.policy_cache,
             )),
             ledger: Arc::new(dynamo::DynamoLedger::new(
                 dynamo,
