@@ -457,3 +457,175 @@ async fn metadata_describes_the_endpoints() {
         "urn:ietf:params:oauth:grant-type:token-exchange"
     );
 }
+
+fn form_request(path: &str, pairs: &[(&str, &str)], bearer: Option<&str>) -> lambda_http::Request {
+    let mut request = post_form(path, serde_urlencoded::to_string(pairs).unwrap());
+    if let Some(token) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn introspection_reports_active_until_revoke_then_inactive_and_revocation_is_recorded() {
+    let logs = LogCapture::global();
+    let h = Harness::new().await;
+    // A separate workload allowed to introspect.
+    let introspector = format!("repo:org/gateway-{}:ref:refs/heads/main", h.id);
+    let mut grant = h.grant(&format!("introspect-{}", h.id), &introspector, now() + 3600);
+    grant.targets = vec![nhi_broker::domain::INTROSPECTION_TARGET.into()];
+    h.registry.put_grant(&grant).await.unwrap();
+    let mut caller_claims = h.claims();
+    caller_claims["sub"] = introspector.clone().into();
+    let caller = h.token(&caller_claims);
+
+    let subject_token = h.token(&h.claims());
+    let (status, body) = h.post_token(&h.form(&subject_token, &h.target)).await;
+    assert_eq!(status, 200, "{body}");
+    let access_token = body["access_token"].as_str().unwrap().to_string();
+
+    let (status, active) = h
+        .call(form_request("/introspect", &[("token", &access_token)], Some(&caller)))
+        .await;
+    assert_eq!(status, 200, "{active}");
+    assert_eq!(active["active"], true);
+    assert_eq!(active["sub"], h.subject);
+    assert_eq!(active["aud"], h.target);
+    assert_eq!(active["client_id"], h.grant_id);
+    assert_eq!(active["iss"], h.config.broker_issuer);
+    let lease_id = active["jti"].as_str().unwrap().to_string();
+    // The lease id introspects the same lease.
+    let (_, by_id) = h
+        .call(form_request("/introspect", &[("token", &lease_id)], Some(&caller)))
+        .await;
+    assert_eq!(by_id["active"], true);
+
+    // Self-revocation by the holder: 200, then inactive everywhere.
+    let response = h
+        .api
+        .handle(form_request("/revoke", &[("token", &access_token)], None))
+        .await;
+    assert_eq!(response.status(), 200);
+    let (_, after) = h
+        .call(form_request("/introspect", &[("token", &access_token)], Some(&caller)))
+        .await;
+    assert_eq!(after, json!({"active": false}));
+    let (_, after) = h
+        .call(form_request("/introspect", &[("token", &lease_id)], Some(&caller)))
+        .await;
+    assert_eq!(after["active"], false);
+    let lease = h.leases().await;
+    assert_eq!(attr(&lease[0], "status"), "revoked");
+    assert!(
+        !lease[0].contains_key("active_shard"),
+        "revoked leases leave the sweeper's index"
+    );
+    let revocations = h
+        .scan(
+            &std::env::var("NHI_REVOCATIONS_TABLE").unwrap(),
+            "target_id = :l",
+            &[(":l", &lease_id)],
+        )
+        .await;
+    assert_eq!(revocations.len(), 1);
+    assert_eq!(attr(&revocations[0], "target_kind"), "lease");
+    assert_eq!(attr(&revocations[0], "reason"), "self-revocation");
+    let revoke_events: Vec<_> = h
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| attr(e, "action") == "revoke")
+        .collect();
+    assert_eq!(revoke_events.len(), 1);
+
+    // Revoking again, or revoking garbage, is 200 and changes nothing.
+    for token in [
+        access_token.as_str(),
+        "not-a-token",
+        "00000000-0000-4000-8000-000000000000",
+    ] {
+        let response = h.api.handle(form_request("/revoke", &[("token", token)], None)).await;
+        assert_eq!(response.status(), 200, "{token}");
+    }
+    let revocations = h
+        .scan(
+            &std::env::var("NHI_REVOCATIONS_TABLE").unwrap(),
+            "target_id = :l",
+            &[(":l", &lease_id)],
+        )
+        .await;
+    assert_eq!(revocations.len(), 1, "revocation is idempotent");
+
+    let mut secrets = vec![subject_token, access_token, caller];
+    secrets.extend(h.issuer.private_key_encodings());
+    logs.assert_free_of(&secrets);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn introspection_refuses_unauthenticated_and_unauthorized_callers() {
+    let h = Harness::new().await;
+    let subject_token = h.token(&h.claims());
+    let (_, body) = h.post_token(&h.form(&subject_token, &h.target)).await;
+    let access_token = body["access_token"].as_str().unwrap().to_string();
+
+    let response = h
+        .api
+        .handle(form_request("/introspect", &[("token", &access_token)], None))
+        .await;
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let (status, body) = h
+        .call(form_request(
+            "/introspect",
+            &[("token", &access_token)],
+            Some("garbage"),
+        ))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")));
+    // A valid workload token without an introspection grant: known, but not allowed.
+    let (status, body) = h
+        .call(form_request(
+            "/introspect",
+            &[("token", &access_token)],
+            Some(&subject_token),
+        ))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")));
+    assert!(body.get("active").is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_forged_broker_token_introspects_inactive() {
+    let h = Harness::new().await;
+    let introspector = format!("repo:org/gw-{}:ref:refs/heads/main", h.id);
+    let mut grant = h.grant(&format!("introspect-{}", h.id), &introspector, now() + 3600);
+    grant.targets = vec![nhi_broker::domain::INTROSPECTION_TARGET.into()];
+    h.registry.put_grant(&grant).await.unwrap();
+    let mut caller_claims = h.claims();
+    caller_claims["sub"] = introspector.into();
+    let caller = h.token(&caller_claims);
+    let (_, body) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
+    let real = body["access_token"].as_str().unwrap();
+    // Same header and claims (so the same jti), signed by someone else's key.
+    let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(real).unwrap();
+    let mut header = jsonwebtoken::decode_header(real).unwrap();
+    header.typ = Some("at+jwt".into());
+    let forged = h
+        .issuer
+        .mint_with_header(&header, &claims)
+        .unwrap()
+        .expose()
+        .to_string();
+    let (status, body) = h
+        .call(form_request("/introspect", &[("token", &forged)], Some(&caller)))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"active": false}));
+}

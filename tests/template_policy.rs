@@ -17,6 +17,7 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "dynamodb:Query",
                 "dynamodb:GetItem",
                 "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
                 "kms:Sign",
                 "kms:GetPublicKey",
             ]),

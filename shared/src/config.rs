@@ -12,6 +12,7 @@ pub struct Config {
     pub registry_table: String,
     pub leases_table: String,
     pub audit_table: String,
+    pub revocations_table: String,
     /// KMS key id (not alias) of the active ES256 signing key; also the `kid` of issued tokens.
     pub signing_key_id: String,
     pub max_token_ttl_seconds: i64,
@@ -39,6 +40,7 @@ impl Config {
         let registry_table = required("NHI_REGISTRY_TABLE");
         let leases_table = required("NHI_LEASES_TABLE");
         let audit_table = required("NHI_AUDIT_TABLE");
+        let revocations_table = required("NHI_REVOCATIONS_TABLE");
         let signing_key_id = required("NHI_SIGNING_KEY_ID");
         let mut int = |name: &str, default: i64, min: i64, max: i64| match lookup(name) {
             None => default,
@@ -77,6 +79,7 @@ impl Config {
             registry_table,
             leases_table,
             audit_table,
+            revocations_table,
             signing_key_id,
             max_token_ttl_seconds,
             clock_leeway_seconds,
@@ -106,6 +109,7 @@ mod tests {
         ("NHI_REGISTRY_TABLE", "r"),
         ("NHI_LEASES_TABLE", "l"),
         ("NHI_AUDIT_TABLE", "a"),
+        ("NHI_REVOCATIONS_TABLE", "v"),
         (
             "NHI_SIGNING_KEY_ID",
             "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
@@ -139,7 +143,7 @@ mod tests {
     fn refuses_plain_http_issuer_and_aliases() {
         let mut pairs = FULL.to_vec();
         pairs[0] = ("NHI_BROKER_ISSUER", "http://broker.example");
-        pairs[4] = ("NHI_SIGNING_KEY_ID", "alias/signing");
+        pairs[5] = ("NHI_SIGNING_KEY_ID", "alias/signing");
         let msg = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
         assert!(msg.contains("https") && msg.contains("alias"), "{msg}");
     }

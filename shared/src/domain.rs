@@ -146,6 +146,7 @@ pub struct Lease {
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     TokenExchange,
+    Revoke,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +154,38 @@ pub enum AuditAction {
 pub enum AuditOutcome {
     Released,
     Denied,
+    Revoked,
 }
+
+/// What a revocation names. Leases today; secrets, grants, subjects and destinations with fanout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationTarget {
+    Lease,
+}
+
+impl RevocationTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lease => "lease",
+        }
+    }
+}
+
+/// A revocation record: written once, propagated by revoke-fanout from the revocations stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub revocation_id: String,
+    pub target_kind: RevocationTarget,
+    pub target_id: String,
+    /// Who revoked: `holder:<iss>#<sub>` for self-revocation, `operator:<name>` for operators.
+    pub actor: String,
+    pub reason: String,
+    pub at: UnixTime,
+}
+
+/// The reserved target a grant must list to let its subject call the introspection endpoint.
+pub const INTROSPECTION_TARGET: &str = "urn:nhi-broker:introspection";
 
 /// One audit event, as the domain sees it. The ledger adds the chain position and hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,6 +118,12 @@ pub enum BrokerError {
     PolicyDenied(PolicyDenial),
     #[error("payload too large")]
     PayloadTooLarge,
+    /// The caller's own credential is missing or invalid (401).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// The caller is known but not allowed (403).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -174,6 +180,8 @@ impl BrokerError {
                 "invalid_request",
                 "request body is too large",
             ),
+            Self::Unauthenticated(d) => (StatusCode::UNAUTHORIZED, "invalid_token", *d),
+            Self::Forbidden(d) => (StatusCode::FORBIDDEN, "access_denied", *d),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

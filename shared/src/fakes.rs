@@ -1,6 +1,6 @@
 //! In-memory fakes of every port, for fast unit tests. The AWS adapters are tested against moto.
 
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, Target, UnixTime};
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Target, UnixTime};
 use crate::error::{BrokerError, Result};
 use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, TokenSigner};
 use async_trait::async_trait;
@@ -57,6 +57,7 @@ pub struct InMemoryLedger {
     pub leases: Mutex<Vec<Lease>>,
     pub events: Mutex<Vec<AuditEvent>>,
     pub replay_keys: Mutex<std::collections::HashSet<String>>,
+    pub revocations: Mutex<Vec<Revocation>>,
     /// When set, every write fails as DynamoDB would under throttling.
     pub fail_writes: std::sync::atomic::AtomicBool,
 }
@@ -93,6 +94,31 @@ impl LeaseLedger for InMemoryLedger {
         self.check()?;
         self.events.lock().unwrap().push(event.clone());
         Ok(())
+    }
+
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
+        Ok(self
+            .leases
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.lease_id == lease_id)
+            .cloned())
+    }
+
+    async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
+        self.check()?;
+        let mut leases = self.leases.lock().unwrap();
+        let Some(stored) = leases
+            .iter_mut()
+            .find(|l| l.lease_id == lease.lease_id && l.status == LeaseStatus::Active)
+        else {
+            return Ok(false);
+        };
+        stored.status = LeaseStatus::Revoked;
+        self.revocations.lock().unwrap().push(revocation.clone());
+        self.events.lock().unwrap().push(event.clone());
+        Ok(true)
     }
 }
 

@@ -45,7 +45,11 @@ impl BrokerApi {
             ("/token", &Method::POST) => self.token(&request).await,
             ("/.well-known/jwks.json", &Method::GET) => self.jwks().await,
             (METADATA_PATH, &Method::GET) => Ok(self.metadata()),
-            ("/token", _) | ("/.well-known/jwks.json", _) | (METADATA_PATH, _) => Err(BrokerError::MethodNotAllowed),
+            ("/introspect", &Method::POST) => self.introspect(&request).await,
+            ("/revoke", &Method::POST) => self.revoke(&request).await,
+            ("/token" | "/introspect" | "/revoke", _) | ("/.well-known/jwks.json" | METADATA_PATH, _) => {
+                Err(BrokerError::MethodNotAllowed)
+            }
             _ => Err(BrokerError::NotFound),
         };
         let response = result.unwrap_or_else(|err| error_response(&err));
@@ -75,12 +79,46 @@ impl BrokerApi {
         Ok(json_response(StatusCode::OK, &body, "no-store"))
     }
 
+    /// RFC 7662. The caller authenticates with its own workload token (`Authorization: Bearer`).
+    async fn introspect(&self, request: &Request) -> Result<Response<Body>> {
+        let bearer = bearer_token(request);
+        let mut form = Form::read(request)?;
+        let token = form
+            .single("token")?
+            .map(SecretString::new)
+            .ok_or(BrokerError::InvalidRequest("token is required"))?;
+        form.single("token_type_hint")?;
+        let body = self.exchange.introspect(bearer.as_ref(), &token).await?;
+        Ok(json_response(StatusCode::OK, &body, "no-store"))
+    }
+
+    /// RFC 7009: possession of the token (or lease id) is the authority to revoke it; the answer is
+    /// 200 whether or not the token was known.
+    async fn revoke(&self, request: &Request) -> Result<Response<Body>> {
+        let mut form = Form::read(request)?;
+        let token = form
+            .single("token")?
+            .map(SecretString::new)
+            .ok_or(BrokerError::InvalidRequest("token is required"))?;
+        form.single("token_type_hint")?;
+        self.exchange.revoke(&token).await?;
+        let mut response = Response::new(Body::Empty);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
+
     /// RFC 8414 authorization server metadata.
     fn metadata(&self) -> Response<Body> {
         let issuer = &self.exchange.settings.broker_issuer;
         let body = serde_json::json!({
             "issuer": issuer,
             "token_endpoint": format!("{issuer}/token"),
+            "introspection_endpoint": format!("{issuer}/introspect"),
+            "revocation_endpoint": format!("{issuer}/revoke"),
+            "introspection_endpoint_auth_methods_supported": ["bearer_workload_token"],
+            "revocation_endpoint_auth_methods_supported": ["none"],
             "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
             "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
             "response_types_supported": [],
@@ -121,12 +159,26 @@ pub fn error_response(err: &BrokerError) -> Response<Body> {
     }
     let body = serde_json::json!({ "error": client.error, "error_description": client.description });
     let mut response = json_response(client.status, &body, "no-store");
+    if client.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
     if client.status == StatusCode::METHOD_NOT_ALLOWED {
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST, GET"));
     }
     response
+}
+
+/// The caller's credential from `Authorization: Bearer <token>`, held redacted.
+fn bearer_token(request: &Request) -> Option<SecretString> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| SecretString::new(token.to_string()))
 }
 
 fn body_bytes(body: &Body) -> &[u8] {
@@ -140,35 +192,52 @@ fn body_bytes(body: &Body) -> &[u8] {
 
 /// Parse and validate an RFC 8693 token request. Repeated parameters are refused (RFC 6749 3.2
 /// forbids them); unknown parameters are ignored as RFC 6749 requires.
-pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let media_type = content_type.split(';').next().unwrap_or_default().trim();
-    if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        return Err(BrokerError::InvalidRequest(
-            "content type must be application/x-www-form-urlencoded",
-        ));
+/// A form body (RFC 6749 conventions): checked content type and size, parameters by name.
+struct Form(BTreeMap<String, Vec<String>>);
+
+impl Form {
+    fn read(request: &Request) -> Result<Self> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(BrokerError::InvalidRequest(
+                "content type must be application/x-www-form-urlencoded",
+            ));
+        }
+        let bytes = body_bytes(request.body());
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(BrokerError::PayloadTooLarge);
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
+            .map_err(|_| BrokerError::InvalidRequest("request body is not valid form encoding"))?;
+        let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in pairs {
+            params.entry(name).or_default().push(value);
+        }
+        Ok(Self(params))
     }
-    let bytes = body_bytes(request.body());
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(BrokerError::PayloadTooLarge);
-    }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
-        .map_err(|_| BrokerError::InvalidRequest("request body is not valid form encoding"))?;
-    let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, value) in pairs {
-        params.entry(name).or_default().push(value);
-    }
-    let mut single = |name: &str| -> Result<Option<String>> {
-        match params.remove(name) {
+
+    /// A parameter that may appear at most once (RFC 6749 3.2); empty counts as absent.
+    fn single(&mut self, name: &str) -> Result<Option<String>> {
+        match self.0.remove(name) {
             None => Ok(None),
             Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
             Some(_) => Err(BrokerError::InvalidRequest("a request parameter was repeated")),
         }
-    };
+    }
+
+    fn all(&mut self, name: &str) -> Vec<String> {
+        self.0.remove(name).unwrap_or_default()
+    }
+}
+
+pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
+    let mut form = Form::read(request)?;
+    let mut single = |name: &str| form.single(name);
 
     match single("grant_type")?.as_deref() {
         None => return Err(BrokerError::InvalidRequest("grant_type is required")),
@@ -211,8 +280,8 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
         None => Vec::new(),
         Some(raw) => parse_scope(&raw)?,
     };
-    let mut targets: Vec<String> = params.remove("audience").unwrap_or_default();
-    targets.extend(params.remove("resource").unwrap_or_default());
+    let mut targets: Vec<String> = form.all("audience");
+    targets.extend(form.all("resource"));
     let target = match targets.as_slice() {
         [] => {
             return Err(BrokerError::InvalidRequest("audience or resource is required"));

@@ -18,5 +18,6 @@ pub mod ports;
 pub mod redact;
 pub mod subject_token;
 pub mod telemetry;
+pub mod token_admin;
 
 pub use error::{BrokerError, Result};

@@ -81,6 +81,19 @@ pub fn evaluate(
     })
 }
 
+/// Whether an active, approved grant lets `subject` use a reserved, environment-less target such
+/// as the introspection endpoint.
+pub fn allows_target(grants: &[Grant], subject: &VerifiedSubject, target_id: &str, now: UnixTime) -> bool {
+    grants.iter().any(|g| {
+        g.issuer == subject.issuer.issuer
+            && g.subject == subject.subject
+            && g.targets.iter().any(|t| t == target_id)
+            && claims_match(g, subject)
+            && g.status == GrantStatus::Active
+            && g.approval_expires_at > now
+    })
+}
+
 fn narrow(
     candidates: &mut Vec<&Grant>,
     denial: PolicyDenial,

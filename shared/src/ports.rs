@@ -1,7 +1,7 @@
 //! Narrow ports owned by the domain. Each has an in-memory fake (`crate::fakes`) for unit tests and
 //! an AWS adapter (`crate::aws`) tested against moto.
 
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, Target, UnixTime};
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, Revocation, Target, UnixTime};
 use crate::error::Result;
 use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
@@ -30,6 +30,10 @@ pub struct ReplayGuard {
 pub trait LeaseLedger: Send + Sync {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()>;
     async fn record_denial(&self, event: &AuditEvent) -> Result<()>;
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>>;
+    /// Mark an active lease revoked, with its revocation record and audit event, atomically.
+    /// `Ok(false)` when the lease was no longer active (revocation is idempotent).
+    async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;
 }
 
 /// The broker's token signing key (ES256), held in KMS in production.

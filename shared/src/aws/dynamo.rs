@@ -9,12 +9,12 @@
 //! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
 
 use crate::audit::{AuditChain, ChainLink};
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Target};
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Target};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::ports::{LeaseLedger, PolicyStore, ReplayGuard};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -47,6 +47,13 @@ pub mod keys {
         format!("REPLAY#{key}")
     }
     pub const REPLAY_SK: &str = "REPLAY";
+    /// Revocations table: one item collection per revoked thing, ordered by time.
+    pub fn revocation_pk(kind: &str, id: &str) -> String {
+        format!("{kind}#{id}")
+    }
+    pub fn revocation_sk(at: i64, revocation_id: &str) -> String {
+        format!("{at:012}#{revocation_id}")
+    }
     pub fn subject_key(iss: &str, sub: &str) -> String {
         format!("{iss}#{sub}")
     }
@@ -209,7 +216,20 @@ pub struct DynamoLedger {
     client: aws_sdk_dynamodb::Client,
     leases_table: String,
     audit_table: String,
+    revocations_table: String,
     chain: AuditChain,
+}
+
+/// A conditional put (the item must not exist yet) inside a transaction.
+fn put_new(table: &str, item: Item, key_attr: &str) -> Result<TransactWriteItem> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(#k)")
+        .expression_attribute_names("#k", key_attr)
+        .build()
+        .map_err(|e| BrokerError::Internal(e.to_string()))?;
+    Ok(TransactWriteItem::builder().put(put).build())
 }
 
 impl DynamoLedger {
@@ -217,13 +237,31 @@ impl DynamoLedger {
         client: aws_sdk_dynamodb::Client,
         leases_table: impl Into<String>,
         audit_table: impl Into<String>,
+        revocations_table: impl Into<String>,
     ) -> Self {
         Self {
             client,
             leases_table: leases_table.into(),
             audit_table: audit_table.into(),
+            revocations_table: revocations_table.into(),
             chain: AuditChain::default(),
         }
+    }
+
+    fn revocation_item(revocation: &Revocation) -> Result<Item> {
+        to_item(
+            revocation,
+            [
+                (
+                    "pk",
+                    s(keys::revocation_pk(
+                        revocation.target_kind.as_str(),
+                        &revocation.target_id,
+                    )),
+                ),
+                ("sk", s(keys::revocation_sk(revocation.at, &revocation.revocation_id))),
+            ],
+        )
     }
 
     fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
@@ -257,16 +295,7 @@ impl LeaseLedger for DynamoLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         let mut chain = self.chain.lock().await;
         let link = chain.next_link(event);
-        let put = |table: &str, item: Item, key_attr: &str| -> Result<TransactWriteItem> {
-            let put = Put::builder()
-                .table_name(table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(#k)")
-                .expression_attribute_names("#k", key_attr)
-                .build()
-                .map_err(|e| BrokerError::Internal(e.to_string()))?;
-            Ok(TransactWriteItem::builder().put(put).build())
-        };
+        let put = put_new;
         let mut request = self
             .client
             .transact_write_items()
@@ -314,6 +343,62 @@ impl LeaseLedger for DynamoLedger {
             Err(e) => {
                 chain.restart();
                 Err(BrokerError::aws("dynamodb", "PutItem", &e))
+            }
+        }
+    }
+
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.leases_table)
+            .key("pk", s(keys::lease_pk(lease_id)))
+            .key("sk", s(keys::LEASE_SK))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
+        output.item.map(|item| from_item(item, "lease")).transpose()
+    }
+
+    async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
+        let mut chain = self.chain.lock().await;
+        let link = chain.next_link(event);
+        let update = Update::builder()
+            .table_name(&self.leases_table)
+            .key("pk", s(keys::lease_pk(&lease.lease_id)))
+            .key("sk", s(keys::LEASE_SK))
+            // Leaving the sparse expiry index: the sweeper has nothing left to do for it.
+            .update_expression("SET #status = :revoked, revoked_at = :at REMOVE active_shard")
+            .condition_expression("#status = :active")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":revoked", s(LeaseStatus::Revoked.as_str()))
+            .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
+            .expression_attribute_values(":at", n(revocation.at))
+            .build()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .transact_items(put_new(
+                &self.revocations_table,
+                Self::revocation_item(revocation)?,
+                "pk",
+            )?)
+            .transact_items(put_new(&self.audit_table, Self::audit_item(event, &link)?, "chain")?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                chain.advance(link);
+                Ok(true)
+            }
+            Err(e) => {
+                chain.restart();
+                if condition_failed_at(&e, 0) {
+                    return Ok(false);
+                }
+                Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e))
             }
         }
     }
@@ -394,7 +479,7 @@ mod tests {
             .match_requests(record(seen.clone()))
             .then_output(|| TransactWriteItemsOutput::builder().build());
         let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&cancelled, &ok, &ok2]);
-        let ledger = DynamoLedger::new(client, "leases", "audit");
+        let ledger = DynamoLedger::new(client, "leases", "audit", "revocations");
 
         let err = ledger.record_release(&lease(), &event(), None).await.unwrap_err();
         assert_eq!(err.aws_code(), Some("TransactionCanceledException"));

@@ -61,6 +61,7 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
                 dynamo,
                 &config.leases_table,
                 &config.audit_table,
+                &config.revocations_table,
             )),
             signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
             issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),

@@ -1,0 +1,169 @@
+//! Introspection (RFC 7662) and self-revocation (RFC 7009) of what the broker released.
+//!
+//! A presented token is either a broker JWT (its signature must verify against the broker's own
+//! keys; its `jti` is the lease id) or a bare lease id. Anything else resolves to nothing, which
+//! introspection reports as `active: false` and revocation answers with 200, as the RFCs require.
+
+use crate::domain::{
+    AuditAction, AuditEvent, AuditOutcome, INTROSPECTION_TARGET, Lease, LeaseStatus, Revocation, RevocationTarget,
+    UnixTime,
+};
+use crate::error::{BrokerError, Result};
+use crate::exchange::ExchangeService;
+use crate::policy;
+use crate::redact::SecretString;
+use crate::subject_token::{MAX_SUBJECT_TOKEN_BYTES, SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value, json};
+
+impl ExchangeService {
+    /// The lease behind a presented broker JWT or lease id, if there is one.
+    pub async fn resolve_lease(&self, token: &SecretString) -> Result<Option<Lease>> {
+        if token.is_empty() || token.len() > MAX_SUBJECT_TOKEN_BYTES {
+            return Ok(None);
+        }
+        let raw = token.expose();
+        let lease_id = if raw.split('.').count() == 3 {
+            match self.verified_broker_jti(raw).await? {
+                Some(jti) => jti,
+                None => return Ok(None),
+            }
+        } else if uuid::Uuid::try_parse(raw).is_ok() {
+            raw.to_string()
+        } else {
+            return Ok(None);
+        };
+        self.ledger.lease(&lease_id).await
+    }
+
+    /// `jti` of a JWT this broker signed (any key still in its JWKS), else None.
+    async fn verified_broker_jti(&self, raw: &str) -> Result<Option<String>> {
+        let Ok(header) = jsonwebtoken::decode_header(raw) else {
+            return Ok(None);
+        };
+        if header.alg != Algorithm::ES256 {
+            return Ok(None);
+        }
+        let jwks = self.signer.public_jwks().await?;
+        let Some(jwk) = header.kid.as_deref().and_then(|kid| jwks.find(kid)) else {
+            return Ok(None);
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            return Ok(None);
+        };
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.required_spec_claims.clear();
+        // Expiry is judged from the lease, so an expired token still maps to its (inactive) lease.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_issuer(&[&self.settings.broker_issuer]);
+        Ok(jsonwebtoken::decode::<Map<String, Value>>(raw, &key, &validation)
+            .ok()
+            .and_then(|data| data.claims.get("jti").and_then(Value::as_str).map(str::to_string)))
+    }
+
+    /// Introspection callers present their own workload token and need a grant for the reserved
+    /// introspection target.
+    pub async fn authenticate_introspection_caller(
+        &self,
+        bearer: Option<&SecretString>,
+        now: UnixTime,
+    ) -> Result<VerifiedSubject> {
+        let token = bearer.ok_or(BrokerError::Unauthenticated(
+            "introspection requires the caller's workload token as a Bearer credential",
+        ))?;
+        let verifier = SubjectTokenVerifier {
+            policy: self.policy.as_ref(),
+            keys: self.issuer_keys.as_ref(),
+            leeway_seconds: self.settings.clock_leeway_seconds,
+        };
+        let (caller, grants) = verifier.verify(token, now, &mut UnverifiedContext::default()).await.map_err(|e| match e {
+            BrokerError::TokenRejected(r) => {
+                tracing::info!(reason = r.code(), caller_token = %token.fingerprint(), "introspection caller refused");
+                BrokerError::Unauthenticated("the caller's workload token is not valid")
+            }
+            other => other,
+        })?;
+        if !policy::allows_target(&grants, &caller, INTROSPECTION_TARGET, now) {
+            tracing::info!(caller = %caller.subject, "introspection caller has no grant");
+            return Err(BrokerError::Forbidden(
+                "no grant allows this caller to introspect tokens",
+            ));
+        }
+        Ok(caller)
+    }
+
+    pub async fn introspect(&self, bearer: Option<&SecretString>, token: &SecretString) -> Result<Value> {
+        let now = self.clock.now();
+        let caller = self.authenticate_introspection_caller(bearer, now).await?;
+        let lease = self.resolve_lease(token).await?;
+        let active = lease
+            .as_ref()
+            .filter(|l| l.status == LeaseStatus::Active && l.expires_at > now);
+        tracing::info!(
+            caller = %caller.subject,
+            lease_id = lease.as_ref().map(|l| l.lease_id.as_str()).unwrap_or_default(),
+            active = active.is_some(),
+            token = %token.fingerprint(),
+            "introspection"
+        );
+        Ok(match active {
+            None => json!({ "active": false }),
+            Some(l) => {
+                let mut body = json!({
+                    "active": true,
+                    "iss": self.settings.broker_issuer,
+                    "sub": l.subject,
+                    "aud": l.target,
+                    "exp": l.expires_at,
+                    "iat": l.issued_at,
+                    "jti": l.lease_id,
+                    "client_id": l.grant_id,
+                    "token_type": "Bearer",
+                    "nhi_kind": l.kind.as_str(),
+                    "nhi_environment": l.environment,
+                });
+                if !l.scope.is_empty() {
+                    body["scope"] = l.scope.join(" ").into();
+                }
+                body
+            }
+        })
+    }
+
+    /// Revoke what `token` names, if it names an active lease. Unknown tokens are not an error.
+    pub async fn revoke(&self, token: &SecretString) -> Result<()> {
+        let Some(lease) = self.resolve_lease(token).await? else {
+            tracing::info!(token = %token.fingerprint(), "revocation of an unknown token ignored");
+            return Ok(());
+        };
+        if lease.status != LeaseStatus::Active {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let revocation = Revocation {
+            revocation_id: uuid::Uuid::now_v7().to_string(),
+            target_kind: RevocationTarget::Lease,
+            target_id: lease.lease_id.clone(),
+            actor: format!("holder:{}#{}", lease.issuer, lease.subject),
+            reason: "self-revocation".into(),
+            at: now,
+        };
+        let event = AuditEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            at: now,
+            action: AuditAction::Revoke,
+            outcome: AuditOutcome::Revoked,
+            actor_issuer: Some(lease.issuer.clone()),
+            actor_subject: Some(lease.subject.clone()),
+            target: Some(lease.target.clone()),
+            grant_id: Some(lease.grant_id.clone()),
+            lease_id: Some(lease.lease_id.clone()),
+            reason: Some("self_revocation".into()),
+            token_fingerprint: Some(token.fingerprint()),
+        };
+        let revoked = self.ledger.revoke_lease(&lease, &revocation, &event).await?;
+        tracing::info!(lease_id = %lease.lease_id, revoked, "self-revocation");
+        Ok(())
+    }
+}
