@@ -20,6 +20,7 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "dynamodb:UpdateItem",
                 "kms:Sign",
                 "kms:GetPublicKey",
+                "kms:Decrypt",
             ]),
         ),
         ("RotateRole", set(&[])),

@@ -63,6 +63,8 @@ fn main() {
         ledger: Arc::new(InMemoryLedger::default()),
         signer: Arc::new(LocalSigner::generate("bench-key")),
         issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
+        secrets: Arc::new(nhi_broker::fakes::InMemorySecrets::default()),
+        decryptor: Arc::new(nhi_broker::fakes::ContextBoundCipher),
         clock: Arc::new(FixedClock::at(NOW)),
         settings: ExchangeSettings {
             broker_issuer: "https://broker".into(),

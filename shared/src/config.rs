@@ -15,6 +15,8 @@ pub struct Config {
     pub revocations_table: String,
     /// KMS key id (not alias) of the active ES256 signing key; also the `kid` of issued tokens.
     pub signing_key_id: String,
+    /// KMS key id or ARN of the symmetric key secret material is encrypted under.
+    pub secrets_key_id: String,
     pub max_token_ttl_seconds: i64,
     pub clock_leeway_seconds: i64,
     /// How long issuer, grant and target lookups are reused (0 disables).
@@ -42,6 +44,7 @@ impl Config {
         let audit_table = required("NHI_AUDIT_TABLE");
         let revocations_table = required("NHI_REVOCATIONS_TABLE");
         let signing_key_id = required("NHI_SIGNING_KEY_ID");
+        let secrets_key_id = required("NHI_SECRETS_KEY_ID");
         let mut int = |name: &str, default: i64, min: i64, max: i64| match lookup(name) {
             None => default,
             Some(raw) => match raw.trim().parse::<i64>() {
@@ -81,6 +84,7 @@ impl Config {
             audit_table,
             revocations_table,
             signing_key_id,
+            secrets_key_id,
             max_token_ttl_seconds,
             clock_leeway_seconds,
             policy_cache: Duration::from_secs(policy_cache_seconds as u64),
@@ -110,6 +114,7 @@ mod tests {
         ("NHI_LEASES_TABLE", "l"),
         ("NHI_AUDIT_TABLE", "a"),
         ("NHI_REVOCATIONS_TABLE", "v"),
+        ("NHI_SECRETS_KEY_ID", "1234abcd-12ab-34cd-56ef-1234567890ac"),
         (
             "NHI_SIGNING_KEY_ID",
             "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
@@ -143,7 +148,7 @@ mod tests {
     fn refuses_plain_http_issuer_and_aliases() {
         let mut pairs = FULL.to_vec();
         pairs[0] = ("NHI_BROKER_ISSUER", "http://broker.example");
-        pairs[5] = ("NHI_SIGNING_KEY_ID", "alias/signing");
+        pairs[6] = ("NHI_SIGNING_KEY_ID", "alias/signing");
         let msg = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
         assert!(msg.contains("https") && msg.contains("alias"), "{msg}");
     }

@@ -11,6 +11,8 @@ pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// A lease on a stored secret's CURRENT value (broker-defined token type).
+pub const TOKEN_TYPE_SECRET: &str = "urn:nhi-broker:token-type:secret";
 
 /// How the broker obtains an issuer's public keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,14 +48,52 @@ pub struct Issuer {
 pub enum TargetKind {
     /// A broker-signed JWT whose `aud` is the target id.
     Jwt,
+    /// The CURRENT value of a stored secret whose id is the target id.
+    Secret,
 }
 
 impl TargetKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jwt => "jwt",
+            Self::Secret => "secret",
         }
     }
+}
+
+/// A stored secret. Its material lives in versions, encrypted under KMS with an encryption context
+/// binding each ciphertext to secret id, version and environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub id: String,
+    pub owner: String,
+    pub environment: String,
+    pub enabled: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl Secret {
+    /// The release target a grant names to allow leases on this secret.
+    pub fn as_target(&self) -> Target {
+        Target {
+            id: self.id.clone(),
+            kind: TargetKind::Secret,
+            environment: self.environment.clone(),
+            owner: self.owner.clone(),
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// KMS encryption context of one secret version: a ciphertext moved to another record, version or
+/// environment no longer decrypts.
+pub fn secret_encryption_context(secret_id: &str, version: &str, environment: &str) -> Vec<(String, String)> {
+    vec![
+        ("nhi:secret_id".into(), secret_id.into()),
+        ("nhi:version".into(), version.into()),
+        ("nhi:environment".into(), environment.into()),
+    ]
 }
 
 /// Something the broker issues credentials for: for JWTs, an audience (an API, a service).
@@ -134,8 +174,11 @@ pub struct Lease {
     pub scope: Vec<String>,
     /// Fingerprint of the subject token that was exchanged (never the token).
     pub subject_token_fingerprint: String,
-    /// Signing key (`kid`) of the issued token.
+    /// Signing key (`kid`) of the issued token; empty for non-JWT leases.
     pub key_id: String,
+    /// For secret leases: the version released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_version: Option<String>,
     pub issued_at: UnixTime,
     pub expires_at: UnixTime,
     pub status: LeaseStatus,

@@ -1,11 +1,16 @@
 //! The token exchange use case (RFC 8693), independent of HTTP and AWS.
 
 use crate::broker_token::{self, ActorClaim, BrokerClaims};
-use crate::domain::{AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, TOKEN_TYPE_JWT, TargetKind};
+use crate::domain::{
+    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind,
+    secret_encryption_context,
+};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::policy::{self, PolicyRequest};
-use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, TokenSigner};
+use crate::ports::{
+    Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, SecretDecryptor, SecretStore, TokenSigner,
+};
 use crate::redact::SecretString;
 use crate::subject_token::{SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
 use sha2::{Digest, Sha256};
@@ -15,18 +20,30 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct ExchangeRequest {
     pub subject_token: SecretString,
+    pub requested: RequestedCredential,
     pub target: String,
     pub scope: Vec<String>,
     pub requested_ttl_seconds: Option<i64>,
 }
 
+/// What kind of credential the caller asked for (`requested_token_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestedCredential {
+    Jwt,
+    Secret,
+}
+
 #[derive(Debug)]
 pub struct IssuedToken {
+    /// The credential: a broker JWT, or a secret's value.
     pub access_token: SecretString,
     pub issued_token_type: &'static str,
+    /// `Bearer` for JWTs; `N_A` for what is not an OAuth access token (RFC 8693 2.2.1).
+    pub token_type: &'static str,
     pub expires_in: i64,
     pub scope: Vec<String>,
     pub lease_id: String,
+    pub secret_version: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +60,8 @@ pub struct ExchangeService {
     pub ledger: Arc<dyn LeaseLedger>,
     pub signer: Arc<dyn TokenSigner>,
     pub issuer_keys: Arc<dyn IssuerKeys>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub decryptor: Arc<dyn SecretDecryptor>,
     pub clock: Arc<dyn Clock>,
     pub settings: ExchangeSettings,
 }
@@ -77,13 +96,25 @@ impl ExchangeService {
         };
         let (subject, grants) = verifier.verify(&request.subject_token, now, context).await?;
 
-        let target = match self.policy.target(&request.target).await? {
-            Some(t) if t.enabled && t.kind == TargetKind::Jwt => t,
-            _ => {
-                return Err(BrokerError::InvalidTarget(
-                    "the broker does not issue tokens for this target",
-                ));
-            }
+        // Resolve what is asked for before policy: an unknown target is `invalid_target`.
+        let (target, current_secret) = match request.requested {
+            RequestedCredential::Jwt => match self.policy.target(&request.target).await? {
+                Some(t) if t.enabled && t.kind == TargetKind::Jwt => (t, None),
+                _ => {
+                    return Err(BrokerError::InvalidTarget(
+                        "the broker does not issue tokens for this target",
+                    ));
+                }
+            },
+            RequestedCredential::Secret => match self.secrets.current(&request.target).await? {
+                Some(current) if current.secret.enabled => (current.secret.as_target(), Some(current)),
+                Some(_) => return Err(BrokerError::InvalidTarget("the secret is disabled")),
+                None => {
+                    return Err(BrokerError::InvalidTarget(
+                        "the broker holds no releasable secret with this id",
+                    ));
+                }
+            },
         };
         let decision = policy::evaluate(
             &grants,
@@ -100,27 +131,9 @@ impl ExchangeService {
 
         let lease_id = uuid::Uuid::new_v4().to_string();
         let expires_at = now + decision.ttl_seconds;
-        let claims = BrokerClaims {
-            iss: self.settings.broker_issuer.clone(),
-            sub: subject.subject.clone(),
-            aud: target.id.clone(),
-            exp: expires_at,
-            iat: now,
-            nbf: now,
-            jti: lease_id.clone(),
-            scope: decision.scope.join(" "),
-            client_id: decision.grant.id.clone(),
-            act: ActorClaim {
-                iss: subject.issuer.issuer.clone(),
-                sub: subject.subject.clone(),
-            },
-            env: target.environment.clone(),
-        };
-        let access_token = broker_token::mint(self.signer.as_ref(), &claims).await?;
-
-        let lease = Lease {
+        let mut lease = Lease {
             lease_id: lease_id.clone(),
-            kind: TargetKind::Jwt,
+            kind: target.kind,
             issuer: subject.issuer.issuer.clone(),
             subject: subject.subject.clone(),
             grant_id: decision.grant.id.clone(),
@@ -128,11 +141,48 @@ impl ExchangeService {
             environment: target.environment.clone(),
             scope: decision.scope.clone(),
             subject_token_fingerprint: subject.fingerprint.clone(),
-            key_id: self.signer.key_id().to_string(),
+            key_id: String::new(),
+            secret_version: None,
             issued_at: now,
             expires_at,
             status: LeaseStatus::Active,
         };
+        // The credential is produced before the lease is recorded and returned only after: a failed
+        // write releases nothing.
+        let (credential, issued_token_type, token_type) = match current_secret {
+            None => {
+                lease.key_id = self.signer.key_id().to_string();
+                let claims = BrokerClaims {
+                    iss: self.settings.broker_issuer.clone(),
+                    sub: subject.subject.clone(),
+                    aud: target.id.clone(),
+                    exp: expires_at,
+                    iat: now,
+                    nbf: now,
+                    jti: lease_id.clone(),
+                    scope: decision.scope.join(" "),
+                    client_id: decision.grant.id.clone(),
+                    act: ActorClaim {
+                        iss: subject.issuer.issuer.clone(),
+                        sub: subject.subject.clone(),
+                    },
+                    env: target.environment.clone(),
+                };
+                (
+                    broker_token::mint(self.signer.as_ref(), &claims).await?,
+                    TOKEN_TYPE_JWT,
+                    "Bearer",
+                )
+            }
+            Some(current) => {
+                let context =
+                    secret_encryption_context(&current.secret.id, &current.version, &current.secret.environment);
+                let value = self.decryptor.decrypt(&current.ciphertext, &context).await?;
+                lease.secret_version = Some(current.version);
+                (value, TOKEN_TYPE_SECRET, "N_A")
+            }
+        };
+
         let event = AuditEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
             at: now,
@@ -150,20 +200,24 @@ impl ExchangeService {
         self.ledger.record_release(&lease, &event, replay.as_ref()).await?;
         tracing::info!(
             lease_id = %lease_id,
+            kind = lease.kind.as_str(),
             grant_id = %lease.grant_id,
             target = %lease.target,
+            secret_version = lease.secret_version.as_deref().unwrap_or_default(),
             subject = %lease.subject,
             expires_in = decision.ttl_seconds,
             subject_token = %subject.fingerprint,
-            issued_token = %access_token.fingerprint(),
-            "token released"
+            issued = %credential.fingerprint(),
+            "credential released"
         );
         Ok(IssuedToken {
-            access_token,
-            issued_token_type: TOKEN_TYPE_JWT,
+            access_token: credential,
+            issued_token_type,
+            token_type,
             expires_in: decision.ttl_seconds,
             scope: decision.scope,
             lease_id,
+            secret_version: lease.secret_version,
         })
     }
 }

@@ -2,7 +2,11 @@
 
 use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Target, UnixTime};
 use crate::error::{BrokerError, Result};
-use crate::ports::{Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, TokenSigner};
+use crate::ports::{
+    Clock, CurrentSecret, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, SecretDecryptor, SecretEncryptor,
+    SecretStore, TokenSigner,
+};
+use crate::redact::SecretString;
 use async_trait::async_trait;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -199,5 +203,52 @@ impl FixedClock {
 impl Clock for FixedClock {
     fn now(&self) -> UnixTime {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Secrets by id with their CURRENT version.
+#[derive(Default)]
+pub struct InMemorySecrets(pub Mutex<HashMap<String, CurrentSecret>>);
+
+#[async_trait]
+impl SecretStore for InMemorySecrets {
+    async fn current(&self, secret_id: &str) -> Result<Option<CurrentSecret>> {
+        Ok(self.0.lock().unwrap().get(secret_id).cloned())
+    }
+}
+
+/// Stands in for KMS: the "ciphertext" records its encryption context, and decryption under any
+/// other context fails, as KMS does. Not encryption: tests only.
+#[derive(Default)]
+pub struct ContextBoundCipher;
+
+fn seal(context: &[(String, String)]) -> String {
+    context
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[async_trait]
+impl SecretEncryptor for ContextBoundCipher {
+    async fn encrypt(&self, plaintext: &SecretString, context: &[(String, String)]) -> Result<Vec<u8>> {
+        Ok(format!("{}\n{}", seal(context), plaintext.expose()).into_bytes())
+    }
+}
+
+#[async_trait]
+impl SecretDecryptor for ContextBoundCipher {
+    async fn decrypt(&self, ciphertext: &[u8], context: &[(String, String)]) -> Result<SecretString> {
+        let text = std::str::from_utf8(ciphertext).map_err(|_| BrokerError::CorruptRecord("ciphertext".into()))?;
+        match text.split_once('\n') {
+            Some((sealed, value)) if sealed == seal(context) => Ok(SecretString::new(value.to_string())),
+            _ => Err(BrokerError::Aws {
+                service: "kms",
+                operation: "Decrypt",
+                code: "InvalidCiphertextException".into(),
+                retryable: false,
+            }),
+        }
     }
 }

@@ -5,9 +5,9 @@
 //! carries a token.
 
 use crate::aws::call_counter::CallCounter;
-use crate::domain::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
+use crate::domain::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET};
 use crate::error::{BrokerError, Result};
-use crate::exchange::{ExchangeRequest, ExchangeService};
+use crate::exchange::{ExchangeRequest, ExchangeService, RequestedCredential};
 use crate::redact::SecretString;
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
@@ -70,9 +70,13 @@ impl BrokerApi {
         let mut body = serde_json::json!({
             "access_token": issued.access_token.expose(),
             "issued_token_type": issued.issued_token_type,
-            "token_type": "Bearer",
+            "token_type": issued.token_type,
             "expires_in": issued.expires_in,
         });
+        if let Some(version) = &issued.secret_version {
+            body["secret_version"] = version.clone().into();
+            body["lease_id"] = issued.lease_id.clone().into();
+        }
         if !issued.scope.is_empty() {
             body["scope"] = issued.scope.join(" ").into();
         }
@@ -124,7 +128,7 @@ impl BrokerApi {
             "response_types_supported": [],
             "token_endpoint_auth_methods_supported": ["none"],
             "subject_token_types_supported": [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN],
-            "requested_token_types_supported": [TOKEN_TYPE_JWT],
+            "requested_token_types_supported": [TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET],
             "scopes_supported": [],
         });
         json_response(StatusCode::OK, &body, "public, max-age=300")
@@ -259,12 +263,11 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
     if single("actor_token")?.is_some() || single("actor_token_type")?.is_some() {
         return Err(BrokerError::InvalidRequest("actor_token (delegation) is not supported"));
     }
-    match single("requested_token_type")?.as_deref() {
-        None | Some(TOKEN_TYPE_JWT) => {}
-        Some(_) => {
-            return Err(BrokerError::InvalidRequest("unsupported requested_token_type"));
-        }
-    }
+    let requested = match single("requested_token_type")?.as_deref() {
+        None | Some(TOKEN_TYPE_JWT) => RequestedCredential::Jwt,
+        Some(TOKEN_TYPE_SECRET) => RequestedCredential::Secret,
+        Some(_) => return Err(BrokerError::InvalidRequest("unsupported requested_token_type")),
+    };
     let requested_ttl_seconds = match single("requested_expires_in")? {
         None => None,
         Some(raw) => match raw.parse::<i64>() {
@@ -298,6 +301,7 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
     };
     Ok(ExchangeRequest {
         subject_token,
+        requested,
         target,
         scope,
         requested_ttl_seconds,

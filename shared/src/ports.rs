@@ -1,8 +1,9 @@
 //! Narrow ports owned by the domain. Each has an in-memory fake (`crate::fakes`) for unit tests and
 //! an AWS adapter (`crate::aws`) tested against moto.
 
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, Revocation, Target, UnixTime};
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, Revocation, Secret, Target, UnixTime};
 use crate::error::Result;
+use crate::redact::SecretString;
 use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
 
@@ -34,6 +35,32 @@ pub trait LeaseLedger: Send + Sync {
     /// Mark an active lease revoked, with its revocation record and audit event, atomically.
     /// `Ok(false)` when the lease was no longer active (revocation is idempotent).
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;
+}
+
+/// A secret's metadata with its CURRENT version id and that version's ciphertext, read together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentSecret {
+    pub secret: Secret,
+    pub version: String,
+    pub ciphertext: Vec<u8>,
+}
+
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// The secret and its CURRENT version; `None` if unknown or never given a value.
+    async fn current(&self, secret_id: &str) -> Result<Option<CurrentSecret>>;
+}
+
+/// Decrypts secret material (KMS in production). Only the exchange function holds this.
+#[async_trait]
+pub trait SecretDecryptor: Send + Sync {
+    async fn decrypt(&self, ciphertext: &[u8], context: &[(String, String)]) -> Result<SecretString>;
+}
+
+/// Encrypts secret material (KMS in production). Writers (rotate, operators) hold this, never a decryptor.
+#[async_trait]
+pub trait SecretEncryptor: Send + Sync {
+    async fn encrypt(&self, plaintext: &SecretString, context: &[(String, String)]) -> Result<Vec<u8>>;
 }
 
 /// The broker's token signing key (ES256), held in KMS in production.

@@ -74,6 +74,8 @@ fn world() -> World {
         ledger: ledger.clone(),
         signer: Arc::new(LocalSigner::generate("test-key")),
         issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
+        secrets: Arc::new(nhi_broker::fakes::InMemorySecrets::default()),
+        decryptor: Arc::new(nhi_broker::fakes::ContextBoundCipher),
         clock: Arc::new(FixedClock::at(NOW)),
         settings: ExchangeSettings {
             broker_issuer: "https://broker.example.com".into(),

@@ -9,10 +9,10 @@
 //! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
 
 use crate::audit::{AuditChain, ChainLink};
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Target};
+use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Secret, Target};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
-use crate::ports::{LeaseLedger, PolicyStore, ReplayGuard};
+use crate::ports::{CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, SecretStore};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use serde::Serialize;
@@ -39,6 +39,13 @@ pub mod keys {
         format!("TARGET#{id}")
     }
     pub const TARGET_SK: &str = "#TARGET";
+    pub fn secret_pk(id: &str) -> String {
+        format!("SECRET#{id}")
+    }
+    pub const SECRET_SK: &str = "#SECRET";
+    pub fn version_sk(version: &str) -> String {
+        format!("VERSION#{version}")
+    }
     pub fn lease_pk(id: &str) -> String {
         format!("LEASE#{id}")
     }
@@ -154,6 +161,99 @@ impl DynamoRegistry {
             ],
         )?;
         self.put(item, "PutItem").await
+    }
+}
+
+impl DynamoRegistry {
+    /// Create or update a secret's metadata, leaving its versions and CURRENT pointer alone.
+    pub async fn put_secret(&self, secret: &Secret) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::secret_pk(&secret.id)))
+            .key("sk", s(keys::SECRET_SK))
+            .update_expression(
+                "SET id = :id, #owner = :owner, environment = :env, enabled = :enabled, description = :desc, \
+                 item_type = :type, item_id = :id",
+            )
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":id", s(&secret.id))
+            .expression_attribute_values(":owner", s(&secret.owner))
+            .expression_attribute_values(":env", s(&secret.environment))
+            .expression_attribute_values(":enabled", AttributeValue::Bool(secret.enabled))
+            .expression_attribute_values(":desc", s(&secret.description))
+            .expression_attribute_values(":type", s("secret"))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "UpdateItem", &e))?;
+        Ok(())
+    }
+
+    /// Store an encrypted version and make it CURRENT, atomically. The version id must be new and
+    /// the secret must exist. (Staged PENDING/PREVIOUS rotation is the rotate function's job.)
+    pub async fn set_current_version(
+        &self,
+        secret_id: &str,
+        version: &str,
+        ciphertext: Vec<u8>,
+        now: i64,
+    ) -> Result<()> {
+        let blob = AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(ciphertext));
+        let version_item = Item::from([
+            ("pk".to_string(), s(keys::secret_pk(secret_id))),
+            ("sk".to_string(), s(keys::version_sk(version))),
+            ("secret_id".to_string(), s(secret_id)),
+            ("version".to_string(), s(version)),
+            ("ciphertext".to_string(), blob.clone()),
+            ("created_at".to_string(), n(now)),
+        ]);
+        let pointer = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::secret_pk(secret_id)))
+            .key("sk", s(keys::SECRET_SK))
+            .update_expression("SET current_version = :v, current_ciphertext = :c")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":v", s(version))
+            .expression_attribute_values(":c", blob)
+            .build()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        self.client
+            .transact_write_items()
+            .transact_items(put_new(&self.table, version_item, "pk")?)
+            .transact_items(TransactWriteItem::builder().update(pointer).build())
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "TransactWriteItems", &e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SecretStore for DynamoRegistry {
+    async fn current(&self, secret_id: &str) -> Result<Option<CurrentSecret>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::secret_pk(secret_id)))
+            .key("sk", s(keys::SECRET_SK))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
+        let Some(mut item) = output.item else { return Ok(None) };
+        let version = item.remove("current_version").and_then(|v| v.as_s().ok().cloned());
+        let ciphertext = item
+            .remove("current_ciphertext")
+            .and_then(|v| v.as_b().ok().map(|b| b.as_ref().to_vec()));
+        let secret: Secret = from_item(item, "secret")?;
+        Ok(match (version, ciphertext) {
+            (Some(version), Some(ciphertext)) => Some(CurrentSecret {
+                secret,
+                version,
+                ciphertext,
+            }),
+            _ => None,
+        })
     }
 }
 
@@ -424,6 +524,7 @@ mod tests {
             scope: vec![],
             subject_token_fingerprint: "sha256:00".into(),
             key_id: "k".into(),
+            secret_version: None,
             issued_at: 1,
             expires_at: 61,
             status: LeaseStatus::Active,

@@ -4,7 +4,8 @@
 //! sent with `MessageType=RAW` (KMS hashes it), which is also the mode moto signs correctly.
 
 use crate::error::{BrokerError, Result};
-use crate::ports::TokenSigner;
+use crate::ports::{SecretDecryptor, SecretEncryptor, TokenSigner};
+use crate::redact::SecretString;
 use async_trait::async_trait;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
@@ -96,6 +97,69 @@ impl TokenSigner for KmsSigner {
             })
             .await
             .cloned()
+    }
+}
+
+/// Secret material under the symmetric secrets key, always with the version's encryption context.
+pub struct KmsSecretCipher {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+}
+
+impl KmsSecretCipher {
+    pub fn new(client: aws_sdk_kms::Client, key_id: impl Into<String>) -> Self {
+        Self {
+            client,
+            key_id: key_id.into(),
+        }
+    }
+}
+
+fn context_map(context: &[(String, String)]) -> std::collections::HashMap<String, String> {
+    context.iter().cloned().collect()
+}
+
+#[async_trait]
+impl SecretDecryptor for KmsSecretCipher {
+    async fn decrypt(&self, ciphertext: &[u8], context: &[(String, String)]) -> Result<SecretString> {
+        let output = self
+            .client
+            .decrypt()
+            // Naming the key refuses ciphertexts from any other key.
+            .key_id(&self.key_id)
+            .ciphertext_blob(Blob::new(ciphertext))
+            .set_encryption_context(Some(context_map(context)))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("kms", "Decrypt", &e))?;
+        let plaintext = zeroize::Zeroizing::new(
+            output
+                .plaintext
+                .ok_or_else(|| BrokerError::Internal("KMS Decrypt returned no plaintext".into()))?
+                .into_inner(),
+        );
+        let text = std::str::from_utf8(&plaintext)
+            .map_err(|_| BrokerError::CorruptRecord("secret material is not UTF-8".into()))?;
+        Ok(SecretString::new(text.to_string()))
+    }
+}
+
+#[async_trait]
+impl SecretEncryptor for KmsSecretCipher {
+    async fn encrypt(&self, plaintext: &SecretString, context: &[(String, String)]) -> Result<Vec<u8>> {
+        let output = self
+            .client
+            .encrypt()
+            .key_id(&self.key_id)
+            .plaintext(Blob::new(plaintext.expose().as_bytes()))
+            .set_encryption_context(Some(context_map(context)))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("kms", "Encrypt", &e))?;
+        Ok(output
+            .ciphertext_blob
+            .ok_or_else(|| BrokerError::Internal("KMS Encrypt returned no ciphertext".into()))?
+            .into_inner())
     }
 }
 

@@ -58,11 +58,14 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
                 config.policy_cache,
             )),
             ledger: Arc::new(dynamo::DynamoLedger::new(
-                dynamo,
+                dynamo.clone(),
                 &config.leases_table,
                 &config.audit_table,
                 &config.revocations_table,
             )),
+            // Secrets are read fresh on every release: a rotation takes effect at once.
+            secrets: Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
+            decryptor: Arc::new(kms::KmsSecretCipher::new(kms.clone(), &config.secrets_key_id)),
             signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
             issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
             clock: Arc::new(SystemClock),
