@@ -10,8 +10,12 @@ use lambda_http::Body;
 use nhi_broker::BrokerError;
 use nhi_broker::aws::dynamo::DynamoRegistry;
 use nhi_broker::demo_issuer::DemoIssuer;
-use nhi_broker::domain::{Grant, GrantStatus, Issuer, JwksSource, Target, TargetKind};
+use nhi_broker::domain::{
+    Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource, Secret, Target, TargetKind, secret_encryption_context,
+};
 use nhi_broker::http_api::{BrokerApi, MAX_BODY_BYTES, error_response};
+use nhi_broker::ports::SecretEncryptor;
+use nhi_broker::redact::SecretString;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +28,12 @@ pub const DEMO_AUDIENCE: &str = "nhi-broker";
 pub const DEMO_SUBJECT: &str = "repo:example-org/demo-app:ref:refs/heads/main";
 pub const DEMO_TARGET: &str = "https://api.demo.local";
 pub const DEMO_GRANT: &str = "demo-app-deploys";
+pub const DEMO_SECRET: &str = "demo-db-password";
+/// A made-up value, stored encrypted like any other; never printed by the broker.
+pub const DEMO_SECRET_VALUE: &str = "correct-horse-battery-staple";
+/// A second demo workload, allowed to call introspection.
+pub const DEMO_GATEWAY: &str = "repo:example-org/demo-gateway:ref:refs/heads/main";
+pub const DEMO_GATEWAY_GRANT: &str = "demo-gateway-introspects";
 
 /// Bind on 127.0.0.1 only: the local stack never listens on other interfaces.
 pub async fn bind_loopback(port: u16) -> std::io::Result<TcpListener> {
@@ -135,10 +145,13 @@ pub async fn serve_demo_issuer(issuer: Arc<DemoIssuer>, listener: TcpListener, s
     serve(listener, move |req| issuer_route(issuer.clone(), req), shutdown).await
 }
 
-/// Register the demo issuer (JWKS served on loopback), a target and a grant, so a newcomer can
-/// exchange a token right away. Idempotent: re-running overwrites the same records.
+/// Register the demo issuer (JWKS served on loopback), a JWT target, a secret with a value, a
+/// grant for the demo workload on both, and a grant letting a demo gateway call introspection, so
+/// a newcomer can try every endpoint right away. Idempotent: re-running overwrites the same records
+/// (the demo secret gets a fresh version each start).
 pub async fn bootstrap_demo(
     registry: &DynamoRegistry,
+    encryptor: &dyn SecretEncryptor,
     issuer: &DemoIssuer,
     jwks_url: &str,
     now: i64,
@@ -163,21 +176,51 @@ pub async fn bootstrap_demo(
             enabled: true,
         })
         .await?;
+    let secret = Secret {
+        id: DEMO_SECRET.into(),
+        owner: "platform-team".into(),
+        environment: "dev".into(),
+        enabled: true,
+        description: "demo database password".into(),
+    };
+    registry.put_secret(&secret).await?;
+    let version = format!("v{now}");
+    let context = secret_encryption_context(&secret.id, &version, &secret.environment);
+    let ciphertext = encryptor
+        .encrypt(&SecretString::new(DEMO_SECRET_VALUE.into()), &context)
+        .await?;
     registry
-        .put_grant(&Grant {
-            id: DEMO_GRANT.into(),
-            issuer: issuer.issuer.clone(),
-            subject: DEMO_SUBJECT.into(),
-            claims: Default::default(),
-            environment: "dev".into(),
-            targets: vec![DEMO_TARGET.into()],
-            scopes: vec!["read".into(), "deploy".into()],
-            max_ttl_seconds: 900,
-            approval_expires_at: now + 30 * 24 * 3600,
-            owner: "platform-team".into(),
-            justification: "local demo".into(),
-            status: GrantStatus::Active,
-            created_at: now,
-        })
+        .set_current_version(&secret.id, &version, ciphertext, now)
+        .await?;
+    let grant = |id: &str, subject: &str, targets: Vec<String>, scopes: Vec<String>| Grant {
+        id: id.into(),
+        issuer: issuer.issuer.clone(),
+        subject: subject.into(),
+        claims: Default::default(),
+        environment: "dev".into(),
+        targets,
+        scopes,
+        max_ttl_seconds: 900,
+        approval_expires_at: now + 30 * 24 * 3600,
+        owner: "platform-team".into(),
+        justification: "local demo".into(),
+        status: GrantStatus::Active,
+        created_at: now,
+    };
+    registry
+        .put_grant(&grant(
+            DEMO_GRANT,
+            DEMO_SUBJECT,
+            vec![DEMO_TARGET.into(), DEMO_SECRET.into()],
+            vec!["read".into(), "deploy".into()],
+        ))
+        .await?;
+    registry
+        .put_grant(&grant(
+            DEMO_GATEWAY_GRANT,
+            DEMO_GATEWAY,
+            vec![INTROSPECTION_TARGET.into()],
+            vec![],
+        ))
         .await
 }

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use nhi_broker::aws::dynamo::DynamoRegistry;
+use nhi_broker::aws::kms::KmsSecretCipher;
 use nhi_broker::config::Config;
 use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_broker::ports::{Clock, SystemClock};
@@ -42,8 +43,10 @@ async fn run(args: Args) -> Result<(), String> {
     let issuer_url = format!("http://127.0.0.1:{}", args.issuer_port);
     let issuer = Arc::new(DemoIssuer::generate(&issuer_url).map_err(|e| e.to_string())?);
     let registry = DynamoRegistry::new(aws_sdk_dynamodb::Client::new(&sdk), &config.registry_table);
+    let encryptor = KmsSecretCipher::new(aws_sdk_kms::Client::new(&sdk), &config.secrets_key_id);
     nhi_local::bootstrap_demo(
         &registry,
+        &encryptor,
         &issuer,
         &format!("{issuer_url}/jwks.json"),
         SystemClock.now(),
@@ -56,15 +59,12 @@ async fn run(args: Args) -> Result<(), String> {
     let api_task = tokio::spawn(nhi_local::serve_broker(api, api_listener, stopped));
 
     let base = format!("http://127.0.0.1:{}", args.port);
-    let target = nhi_local::DEMO_TARGET;
     println!(
         "
-nhi-broker exchange API: {base}
-  POST {base}/token
-  GET  {base}/.well-known/jwks.json
-demo issuer: {issuer_url} (JWKS at {issuer_url}/jwks.json)
+nhi-broker exchange API: {base}  (metadata: {base}/.well-known/oauth-authorization-server)
+demo issuer: {issuer_url}  (JWKS: {issuer_url}/jwks.json, workload tokens: {issuer_url}/token)
 
-Try it:
+Try it (README.md has every endpoint):
   TOKEN=$(curl -s {issuer_url}/token)
   curl -s {base}/token \\
     -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
@@ -74,7 +74,8 @@ Try it:
     -d scope=deploy
 
 Ctrl-C stops everything.
-"
+",
+        target = nhi_local::DEMO_TARGET
     );
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
