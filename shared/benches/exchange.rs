@@ -44,6 +44,7 @@ fn main() {
             targets: vec!["https://api".into()],
             scopes: vec!["deploy".into()],
             max_ttl_seconds: 900,
+            session_policy: None,
             approval_expires_at: NOW + 86_400,
             owner: "o".into(),
             justification: "bench".into(),
@@ -65,6 +66,7 @@ fn main() {
         issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
         secrets: Arc::new(nhi_broker::fakes::InMemorySecrets::default()),
         decryptor: Arc::new(nhi_broker::fakes::ContextBoundCipher),
+        roles: Arc::new(nhi_broker::fakes::RecordingRoleAssumer::default()),
         clock: Arc::new(FixedClock::at(NOW)),
         settings: ExchangeSettings {
             broker_issuer: "https://broker".into(),

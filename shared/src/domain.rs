@@ -13,6 +13,11 @@ pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:acce
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// A lease on a stored secret's CURRENT value (broker-defined token type).
 pub const TOKEN_TYPE_SECRET: &str = "urn:nhi-broker:token-type:secret";
+/// AWS STS session credentials for a role the grant allows (broker-defined token type).
+pub const TOKEN_TYPE_AWS_CREDENTIALS: &str = "urn:nhi-broker:token-type:aws-credentials";
+/// STS session bounds: shorter sessions cannot be issued, so grants below the minimum are refused.
+pub const STS_MIN_SESSION_SECONDS: i64 = 900;
+pub const STS_MAX_SESSION_SECONDS: i64 = 43_200;
 
 /// How the broker obtains an issuer's public keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +55,8 @@ pub enum TargetKind {
     Jwt,
     /// The CURRENT value of a stored secret whose id is the target id.
     Secret,
+    /// STS session credentials for the IAM role whose ARN is the target id.
+    AwsRole,
 }
 
 impl TargetKind {
@@ -57,6 +64,7 @@ impl TargetKind {
         match self {
             Self::Jwt => "jwt",
             Self::Secret => "secret",
+            Self::AwsRole => "aws_role",
         }
     }
 }
@@ -134,6 +142,10 @@ pub struct Grant {
     #[serde(default)]
     pub scopes: Vec<String>,
     pub max_ttl_seconds: i64,
+    /// For AWS role targets: an IAM policy (JSON) attached to every session, which can only narrow
+    /// what the role allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_policy: Option<String>,
     /// The approval for this access ends here; nothing is issued past it, and TTLs are cut to it.
     pub approval_expires_at: UnixTime,
     pub owner: String,
@@ -179,6 +191,10 @@ pub struct Lease {
     /// For secret leases: the version released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_version: Option<String>,
+    /// For AWS credential leases: the session's access key id (not secret; correlates CloudTrail).
+    /// The session's `SourceIdentity` is the lease id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<String>,
     pub issued_at: UnixTime,
     pub expires_at: UnixTime,
     pub status: LeaseStatus,

@@ -2,14 +2,15 @@
 
 use crate::broker_token::{self, ActorClaim, BrokerClaims};
 use crate::domain::{
-    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind,
-    secret_encryption_context,
+    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, STS_MAX_SESSION_SECONDS, STS_MIN_SESSION_SECONDS,
+    TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind, secret_encryption_context,
 };
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::policy::{self, PolicyRequest};
 use crate::ports::{
-    Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, SecretDecryptor, SecretStore, TokenSigner,
+    AssumeRoleRequest, Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, RoleAssumer, SecretDecryptor,
+    SecretStore, TokenSigner,
 };
 use crate::redact::SecretString;
 use crate::subject_token::{SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
@@ -31,6 +32,7 @@ pub struct ExchangeRequest {
 pub enum RequestedCredential {
     Jwt,
     Secret,
+    AwsCredentials,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,8 @@ pub struct IssuedToken {
     pub scope: Vec<String>,
     pub lease_id: String,
     pub secret_version: Option<String>,
+    /// For AWS credentials: access key id and secret access key (the session token is `access_token`).
+    pub aws_credentials: Option<(String, SecretString)>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +63,7 @@ pub struct ExchangeService {
     pub policy: Arc<dyn PolicyStore>,
     pub ledger: Arc<dyn LeaseLedger>,
     pub signer: Arc<dyn TokenSigner>,
+    pub roles: Arc<dyn RoleAssumer>,
     pub issuer_keys: Arc<dyn IssuerKeys>,
     pub secrets: Arc<dyn SecretStore>,
     pub decryptor: Arc<dyn SecretDecryptor>,
@@ -106,6 +111,14 @@ impl ExchangeService {
                     ));
                 }
             },
+            RequestedCredential::AwsCredentials => match self.policy.target(&request.target).await? {
+                Some(t) if t.enabled && t.kind == TargetKind::AwsRole => (t, None),
+                _ => {
+                    return Err(BrokerError::InvalidTarget(
+                        "the broker does not issue credentials for this role",
+                    ));
+                }
+            },
             RequestedCredential::Secret => match self.secrets.current(&request.target).await? {
                 Some(current) if current.secret.enabled => (current.secret.as_target(), Some(current)),
                 Some(_) => return Err(BrokerError::InvalidTarget("the secret is disabled")),
@@ -143,13 +156,40 @@ impl ExchangeService {
             subject_token_fingerprint: subject.fingerprint.clone(),
             key_id: String::new(),
             secret_version: None,
+            aws_access_key_id: None,
             issued_at: now,
             expires_at,
             status: LeaseStatus::Active,
         };
         // The credential is produced before the lease is recorded and returned only after: a failed
         // write releases nothing.
+        let mut aws_secret_access_key = None;
         let (credential, issued_token_type, token_type) = match current_secret {
+            None if request.requested == RequestedCredential::AwsCredentials => {
+                if decision.ttl_seconds < STS_MIN_SESSION_SECONDS {
+                    return Err(BrokerError::InvalidRequest(
+                        "the grant allows less than the 900 s minimum AWS session; nothing was issued",
+                    ));
+                }
+                let credentials = self
+                    .roles
+                    .assume_role(&AssumeRoleRequest {
+                        role_arn: target.id.clone(),
+                        session_name: format!("nhi-{lease_id}"),
+                        source_identity: lease_id.clone(),
+                        tags: vec![
+                            ("nhi:grant".into(), decision.grant.id.clone()),
+                            ("nhi:subject".into(), subject.subject.clone()),
+                            ("nhi:lease".into(), lease_id.clone()),
+                        ],
+                        session_policy: decision.grant.session_policy.clone(),
+                        duration_seconds: decision.ttl_seconds.min(STS_MAX_SESSION_SECONDS) as i32,
+                    })
+                    .await?;
+                lease.aws_access_key_id = Some(credentials.access_key_id.clone());
+                aws_secret_access_key = Some((credentials.access_key_id, credentials.secret_access_key));
+                (credentials.session_token, TOKEN_TYPE_AWS_CREDENTIALS, "N_A")
+            }
             None => {
                 lease.key_id = self.signer.key_id().to_string();
                 let claims = BrokerClaims {
@@ -218,6 +258,7 @@ impl ExchangeService {
             scope: decision.scope,
             lease_id,
             secret_version: lease.secret_version,
+            aws_credentials: aws_secret_access_key,
         })
     }
 }

@@ -3,8 +3,8 @@
 use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Target, UnixTime};
 use crate::error::{BrokerError, Result};
 use crate::ports::{
-    Clock, CurrentSecret, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, SecretDecryptor, SecretEncryptor,
-    SecretStore, TokenSigner,
+    AssumeRoleRequest, AwsSessionCredentials, Clock, CurrentSecret, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard,
+    RoleAssumer, SecretDecryptor, SecretEncryptor, SecretStore, TokenSigner,
 };
 use crate::redact::SecretString;
 use async_trait::async_trait;
@@ -250,5 +250,22 @@ impl SecretDecryptor for ContextBoundCipher {
                 retryable: false,
             }),
         }
+    }
+}
+
+/// Records what would be sent to STS and returns made-up credentials.
+#[derive(Default)]
+pub struct RecordingRoleAssumer(pub Mutex<Vec<AssumeRoleRequest>>);
+
+#[async_trait]
+impl RoleAssumer for RecordingRoleAssumer {
+    async fn assume_role(&self, request: &AssumeRoleRequest) -> Result<AwsSessionCredentials> {
+        self.0.lock().unwrap().push(request.clone());
+        Ok(AwsSessionCredentials {
+            access_key_id: "ASIAFAKEFAKEFAKE".into(),
+            secret_access_key: SecretString::new(format!("fake-secret-{}", request.source_identity)),
+            session_token: SecretString::new(format!("fake-session-{}", request.source_identity)),
+            expiration: 0,
+        })
     }
 }

@@ -5,7 +5,9 @@
 //! carries a token.
 
 use crate::aws::call_counter::CallCounter;
-use crate::domain::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET};
+use crate::domain::{
+    GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET,
+};
 use crate::error::{BrokerError, Result};
 use crate::exchange::{ExchangeRequest, ExchangeService, RequestedCredential};
 use crate::redact::SecretString;
@@ -77,6 +79,11 @@ impl BrokerApi {
             body["secret_version"] = version.clone().into();
             body["lease_id"] = issued.lease_id.clone().into();
         }
+        if let Some((access_key_id, secret_access_key)) = &issued.aws_credentials {
+            body["aws_access_key_id"] = access_key_id.clone().into();
+            body["aws_secret_access_key"] = secret_access_key.expose().into();
+            body["lease_id"] = issued.lease_id.clone().into();
+        }
         if !issued.scope.is_empty() {
             body["scope"] = issued.scope.join(" ").into();
         }
@@ -128,7 +135,7 @@ impl BrokerApi {
             "response_types_supported": [],
             "token_endpoint_auth_methods_supported": ["none"],
             "subject_token_types_supported": [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN],
-            "requested_token_types_supported": [TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET],
+            "requested_token_types_supported": [TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TOKEN_TYPE_AWS_CREDENTIALS],
             "scopes_supported": [],
         });
         json_response(StatusCode::OK, &body, "public, max-age=300")
@@ -266,6 +273,7 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
     let requested = match single("requested_token_type")?.as_deref() {
         None | Some(TOKEN_TYPE_JWT) => RequestedCredential::Jwt,
         Some(TOKEN_TYPE_SECRET) => RequestedCredential::Secret,
+        Some(TOKEN_TYPE_AWS_CREDENTIALS) => RequestedCredential::AwsCredentials,
         Some(_) => return Err(BrokerError::InvalidRequest("unsupported requested_token_type")),
     };
     let requested_ttl_seconds = match single("requested_expires_in")? {

@@ -160,6 +160,7 @@ mod tests {
             targets: vec!["https://api.example".into()],
             scopes: vec!["read".into(), "write".into()],
             max_ttl_seconds: 900,
+            session_policy: None,
             approval_expires_at: NOW + 86_400,
             owner: "team-a".into(),
             justification: "deploys".into(),

@@ -63,6 +63,31 @@ pub trait SecretEncryptor: Send + Sync {
     async fn encrypt(&self, plaintext: &SecretString, context: &[(String, String)]) -> Result<Vec<u8>>;
 }
 
+/// What exchange asks STS for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRoleRequest {
+    pub role_arn: String,
+    pub session_name: String,
+    /// The lease id, so a later revocation can deny exactly this session (`aws:SourceIdentity`).
+    pub source_identity: String,
+    pub tags: Vec<(String, String)>,
+    pub session_policy: Option<String>,
+    pub duration_seconds: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsSessionCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    pub session_token: SecretString,
+    pub expiration: UnixTime,
+}
+
+#[async_trait]
+pub trait RoleAssumer: Send + Sync {
+    async fn assume_role(&self, request: &AssumeRoleRequest) -> Result<AwsSessionCredentials>;
+}
+
 /// The broker's token signing key (ES256), held in KMS in production.
 #[async_trait]
 pub trait TokenSigner: Send + Sync {

@@ -54,6 +54,7 @@ fn world() -> World {
             targets: vec![TARGET.into()],
             scopes: vec!["deploy".into()],
             max_ttl_seconds: 900,
+            session_policy: None,
             approval_expires_at: NOW + 600,
             owner: "platform".into(),
             justification: "tests".into(),
@@ -76,6 +77,7 @@ fn world() -> World {
         issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
         secrets: Arc::new(nhi_broker::fakes::InMemorySecrets::default()),
         decryptor: Arc::new(nhi_broker::fakes::ContextBoundCipher),
+        roles: Arc::new(nhi_broker::fakes::RecordingRoleAssumer::default()),
         clock: Arc::new(FixedClock::at(NOW)),
         settings: ExchangeSettings {
             broker_issuer: "https://broker.example.com".into(),

@@ -121,6 +121,7 @@ impl Harness {
             targets: vec![self.target.clone(), self.staging_target.clone()],
             scopes: vec!["read".into(), "deploy".into()],
             max_ttl_seconds: 600,
+            session_policy: None,
             approval_expires_at,
             owner: "team".into(),
             justification: "tests".into(),

@@ -201,6 +201,7 @@ pub async fn bootstrap_demo(
         targets,
         scopes,
         max_ttl_seconds: 900,
+        session_policy: None,
         approval_expires_at: now + 30 * 24 * 3600,
         owner: "platform-team".into(),
         justification: "local demo".into(),

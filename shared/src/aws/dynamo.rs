@@ -525,6 +525,7 @@ mod tests {
             subject_token_fingerprint: "sha256:00".into(),
             key_id: "k".into(),
             secret_version: None,
+            aws_access_key_id: None,
             issued_at: 1,
             expires_at: 61,
             status: LeaseStatus::Active,

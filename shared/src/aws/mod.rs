@@ -4,6 +4,7 @@
 pub mod call_counter;
 pub mod dynamo;
 pub mod kms;
+pub mod sts;
 
 use crate::cache::CachedPolicyStore;
 use crate::config::Config;
@@ -24,6 +25,7 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 pub struct Clients {
     pub dynamo: aws_sdk_dynamodb::Client,
     pub kms: aws_sdk_kms::Client,
+    pub sts: aws_sdk_sts::Client,
     pub calls: CallCounter,
 }
 
@@ -40,7 +42,17 @@ impl Clients {
                 .interceptor(calls.clone())
                 .build(),
         );
-        Self { dynamo, kms, calls }
+        let sts = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        Self {
+            dynamo,
+            kms,
+            sts,
+            calls,
+        }
     }
 }
 
@@ -50,7 +62,12 @@ pub fn broker_api(config: &Config, sdk: &aws_config::SdkConfig) -> Result<Broker
 }
 
 pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
-    let Clients { dynamo, kms, calls } = clients;
+    let Clients {
+        dynamo,
+        kms,
+        sts,
+        calls,
+    } = clients;
     Ok(BrokerApi::with_call_counter(
         ExchangeService {
             policy: Arc::new(CachedPolicyStore::new(
@@ -67,6 +84,7 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
             secrets: Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
             decryptor: Arc::new(kms::KmsSecretCipher::new(kms.clone(), &config.secrets_key_id)),
             signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
+            roles: Arc::new(sts::StsRoleAssumer::new(sts)),
             issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
             clock: Arc::new(SystemClock),
             settings: ExchangeSettings {
