@@ -29,6 +29,8 @@ pub const DEMO_SUBJECT: &str = "repo:example-org/demo-app:ref:refs/heads/main";
 pub const DEMO_TARGET: &str = "https://api.demo.local";
 pub const DEMO_GRANT: &str = "demo-app-deploys";
 pub const DEMO_SECRET: &str = "demo-db-password";
+/// A role in moto's default account; moto's STS hands out sessions without the role existing.
+pub const DEMO_ROLE: &str = "arn:aws:iam::123456789012:role/nhi-broker/demo-deployer";
 /// A made-up value, stored encrypted like any other; never printed by the broker.
 pub const DEMO_SECRET_VALUE: &str = "correct-horse-battery-staple";
 /// A second demo workload, allowed to call introspection.
@@ -176,6 +178,15 @@ pub async fn bootstrap_demo(
             enabled: true,
         })
         .await?;
+    registry
+        .put_target(&Target {
+            id: DEMO_ROLE.into(),
+            kind: TargetKind::AwsRole,
+            environment: "dev".into(),
+            owner: "platform-team".into(),
+            enabled: true,
+        })
+        .await?;
     let secret = Secret {
         id: DEMO_SECRET.into(),
         owner: "platform-team".into(),
@@ -212,7 +223,7 @@ pub async fn bootstrap_demo(
         .put_grant(&grant(
             DEMO_GRANT,
             DEMO_SUBJECT,
-            vec![DEMO_TARGET.into(), DEMO_SECRET.into()],
+            vec![DEMO_TARGET.into(), DEMO_SECRET.into(), DEMO_ROLE.into()],
             vec!["read".into(), "deploy".into()],
         ))
         .await?;
