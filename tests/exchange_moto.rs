@@ -607,6 +607,31 @@ async fn introspection_refuses_unauthenticated_and_unauthorized_callers() {
         .await;
     assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")));
     assert!(body.get("active").is_none());
+    // Each refusal is in the audit trail, by reason and caller-token fingerprint.
+    let refusals = h
+        .scan(
+            &h.config.audit_table,
+            "target = :t AND token_fingerprint = :f",
+            &[
+                (":t", nhi_broker::domain::INTROSPECTION_TARGET),
+                (":f", &nhi_broker::redact::fingerprint(subject_token.as_bytes())),
+            ],
+        )
+        .await;
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(attr(&refusals[0], "reason"), "introspection_no_grant");
+    let garbage = h
+        .scan(
+            &h.config.audit_table,
+            "token_fingerprint = :f",
+            &[(":f", &nhi_broker::redact::fingerprint(b"garbage"))],
+        )
+        .await;
+    assert!(
+        garbage
+            .iter()
+            .any(|e| attr(e, "reason") == "introspection_unauthenticated")
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

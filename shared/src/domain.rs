@@ -205,6 +205,7 @@ pub struct Lease {
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     TokenExchange,
+    Introspect,
     Revoke,
 }
 

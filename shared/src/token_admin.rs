@@ -95,7 +95,15 @@ impl ExchangeService {
 
     pub async fn introspect(&self, bearer: Option<&SecretString>, token: &SecretString) -> Result<Value> {
         let now = self.clock.now();
-        let caller = self.authenticate_introspection_caller(bearer, now).await?;
+        let caller = match self.authenticate_introspection_caller(bearer, now).await {
+            Ok(caller) => caller,
+            Err(err) => {
+                if err.is_client_error() {
+                    self.audit_introspection_refusal(bearer, &err, now).await;
+                }
+                return Err(err);
+            }
+        };
         let lease = self.resolve_lease(token).await?;
         let active = lease
             .as_ref()
@@ -129,6 +137,29 @@ impl ExchangeService {
                 body
             }
         })
+    }
+
+    async fn audit_introspection_refusal(&self, bearer: Option<&SecretString>, err: &BrokerError, now: UnixTime) {
+        let reason = match err {
+            BrokerError::Forbidden(_) => "introspection_no_grant",
+            _ => "introspection_unauthenticated",
+        };
+        let event = AuditEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            at: now,
+            action: AuditAction::Introspect,
+            outcome: AuditOutcome::Denied,
+            actor_issuer: None,
+            actor_subject: None,
+            target: Some(INTROSPECTION_TARGET.into()),
+            grant_id: None,
+            lease_id: None,
+            reason: Some(reason.into()),
+            token_fingerprint: bearer.map(SecretString::fingerprint),
+        };
+        if let Err(e) = self.ledger.record_denial(&event).await {
+            tracing::error!(error = %e, reason, "failed to record introspection denial");
+        }
     }
 
     /// Revoke what `token` names, if it names an active lease. Unknown tokens are not an error.
