@@ -132,14 +132,9 @@ async fn a_warm_aws_credentials_exchange_makes_exactly_two_aws_calls() {
     assert_eq!(h.post_token(&form(&h, &arn, None)).await.0, 200);
     h.api.calls.reset();
     assert_eq!(h.post_token(&form(&h, &arn, None)).await.0, 200);
-    let calls = h.api.calls.by_operation();
-    println!(
-        "AWS calls per warm AWS-credentials exchange: {} {calls:?}",
-        h.api.calls.total()
+    nhi_tests::assert_aws_calls(
+        &h,
+        "warm AWS-credentials exchange",
+        &[("STS.AssumeRole", 1), ("DynamoDB.TransactWriteItems", 1)],
     );
-    let expected: std::collections::BTreeMap<String, u64> = [("STS.AssumeRole", 1), ("DynamoDB.TransactWriteItems", 1)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    assert_eq!(calls, expected);
 }

@@ -392,14 +392,12 @@ async fn a_warm_jwt_exchange_makes_exactly_two_aws_calls() {
     h.api.calls.reset();
     let (status, _) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
     assert_eq!(status, 200);
-    let calls = h.api.calls.by_operation();
-    println!("AWS calls per warm JWT exchange: {} {calls:?}", h.api.calls.total());
     // Issuer, grants and target come from the bounded policy cache once warm.
-    let expected: std::collections::BTreeMap<String, u64> = [("KMS.Sign", 1), ("DynamoDB.TransactWriteItems", 1)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    assert_eq!(calls, expected);
+    nhi_tests::assert_aws_calls(
+        &h,
+        "warm JWT exchange",
+        &[("KMS.Sign", 1), ("DynamoDB.TransactWriteItems", 1)],
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -226,15 +226,13 @@ async fn a_warm_secret_exchange_makes_exactly_three_aws_calls() {
     assert_eq!(h.post_token(&s.form(&id)).await.0, 200);
     h.api.calls.reset();
     assert_eq!(h.post_token(&s.form(&id)).await.0, 200);
-    let calls = h.api.calls.by_operation();
-    println!("AWS calls per warm secret exchange: {} {calls:?}", h.api.calls.total());
-    let expected: std::collections::BTreeMap<String, u64> = [
-        ("DynamoDB.GetItem", 1),
-        ("KMS.Decrypt", 1),
-        ("DynamoDB.TransactWriteItems", 1),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    assert_eq!(calls, expected);
+    nhi_tests::assert_aws_calls(
+        &h,
+        "warm secret exchange",
+        &[
+            ("DynamoDB.GetItem", 1),
+            ("KMS.Decrypt", 1),
+            ("DynamoDB.TransactWriteItems", 1),
+        ],
+    );
 }

@@ -5,13 +5,8 @@
 //!
 //! Run: `cargo bench -p nhi-broker --bench exchange` (release profile). Prints µs per request.
 
-use nhi_broker::demo_issuer::DemoIssuer;
-use nhi_broker::domain::{Grant, GrantStatus, Issuer, JwksSource, Target, TargetKind};
-use nhi_broker::exchange::{ExchangeService, ExchangeSettings};
-use nhi_broker::fakes::{FixedClock, InMemoryLedger, InMemoryPolicy, LocalSigner};
-use nhi_broker::http_api::BrokerApi;
-use nhi_broker::jwks::{HttpIssuerKeys, JwksSettings};
-use std::sync::Arc;
+use nhi_broker::domain::{Grant, GrantStatus, Target, TargetKind};
+use nhi_broker::fakes::FakeBroker;
 use std::time::Instant;
 
 const NOW: i64 = 1_795_514_400;
@@ -22,22 +17,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let issuer = DemoIssuer::generate("https://idp.bench").unwrap();
-    let policy = InMemoryPolicy::with(
-        vec![Issuer {
-            issuer: issuer.issuer.clone(),
-            name: "bench".into(),
-            audiences: vec!["nhi-broker".into()],
-            jwks: JwksSource::Static {
-                jwks: issuer.jwks_json().to_string(),
-            },
-            algorithms: vec!["ES256".into()],
-            enabled: true,
-            one_time_jti: false,
-        }],
-        vec![Grant {
+    let broker = FakeBroker::new(
+        "https://idp.bench",
+        Grant {
             id: "g".into(),
-            issuer: issuer.issuer.clone(),
+            issuer: "https://idp.bench".into(),
             subject: "repo:org/app:ref:refs/heads/main".into(),
             claims: Default::default(),
             environment: "prod".into(),
@@ -50,30 +34,17 @@ fn main() {
             justification: "bench".into(),
             status: GrantStatus::Active,
             created_at: NOW,
-        }],
-        vec![Target {
+        },
+        Target {
             id: "https://api".into(),
             kind: TargetKind::Jwt,
             environment: "prod".into(),
             owner: "o".into(),
             enabled: true,
-        }],
-    );
-    let api = BrokerApi::new(ExchangeService {
-        policy: Arc::new(policy),
-        ledger: Arc::new(InMemoryLedger::default()),
-        signer: Arc::new(LocalSigner::generate("bench-key")),
-        issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
-        secrets: Arc::new(nhi_broker::fakes::InMemorySecrets::default()),
-        decryptor: Arc::new(nhi_broker::fakes::ContextBoundCipher),
-        roles: Arc::new(nhi_broker::fakes::RecordingRoleAssumer::default()),
-        clock: Arc::new(FixedClock::at(NOW)),
-        settings: ExchangeSettings {
-            broker_issuer: "https://broker".into(),
-            max_token_ttl_seconds: 3600,
-            clock_leeway_seconds: 30,
         },
-    });
+        NOW,
+    );
+    let (api, issuer) = (&broker.api, &broker.issuer);
     let bodies: Vec<String> = (0..REQUESTS)
         .map(|_| {
             let token = issuer

@@ -269,3 +269,57 @@ impl RoleAssumer for RecordingRoleAssumer {
         })
     }
 }
+
+/// The broker wired entirely to fakes: one issuer (a static JWKS read through the production
+/// `HttpIssuerKeys`), one JWT target and one grant for `subject` on it, at a fixed clock.
+pub struct FakeBroker {
+    pub api: crate::http_api::BrokerApi,
+    pub ledger: std::sync::Arc<InMemoryLedger>,
+    pub issuer: crate::demo_issuer::DemoIssuer,
+}
+
+impl FakeBroker {
+    pub fn new(issuer: &str, grant: crate::domain::Grant, target: Target, now: UnixTime) -> Self {
+        use crate::domain::JwksSource;
+        use std::sync::Arc;
+        let demo = crate::demo_issuer::DemoIssuer::generate(issuer).expect("key generation");
+        let policy = InMemoryPolicy::with(
+            vec![Issuer {
+                issuer: issuer.into(),
+                name: "fake-idp".into(),
+                audiences: vec!["nhi-broker".into()],
+                jwks: JwksSource::Static {
+                    jwks: demo.jwks_json().to_string(),
+                },
+                algorithms: vec!["ES256".into()],
+                enabled: true,
+                one_time_jti: false,
+            }],
+            vec![grant],
+            vec![target],
+        );
+        let ledger = Arc::new(InMemoryLedger::default());
+        let service = crate::exchange::ExchangeService {
+            policy: Arc::new(policy),
+            ledger: ledger.clone(),
+            signer: Arc::new(LocalSigner::generate("test-key")),
+            issuer_keys: Arc::new(
+                crate::jwks::HttpIssuerKeys::new(crate::jwks::JwksSettings::default()).expect("http client"),
+            ),
+            secrets: Arc::new(InMemorySecrets::default()),
+            decryptor: Arc::new(ContextBoundCipher),
+            roles: Arc::new(RecordingRoleAssumer::default()),
+            clock: Arc::new(FixedClock::at(now)),
+            settings: crate::exchange::ExchangeSettings {
+                broker_issuer: "https://broker.example.com".into(),
+                max_token_ttl_seconds: 3600,
+                clock_leeway_seconds: 30,
+            },
+        };
+        Self {
+            api: crate::http_api::BrokerApi::new(service),
+            ledger,
+            issuer: demo,
+        }
+    }
+}

@@ -94,11 +94,7 @@ impl BrokerApi {
     async fn introspect(&self, request: &Request) -> Result<Response<Body>> {
         let bearer = bearer_token(request);
         let mut form = Form::read(request)?;
-        let token = form
-            .single("token")?
-            .map(SecretString::new)
-            .ok_or(BrokerError::InvalidRequest("token is required"))?;
-        form.single("token_type_hint")?;
+        let token = form.presented_token()?;
         let body = self.exchange.introspect(bearer.as_ref(), &token).await?;
         Ok(json_response(StatusCode::OK, &body, "no-store"))
     }
@@ -107,11 +103,7 @@ impl BrokerApi {
     /// 200 whether or not the token was known.
     async fn revoke(&self, request: &Request) -> Result<Response<Body>> {
         let mut form = Form::read(request)?;
-        let token = form
-            .single("token")?
-            .map(SecretString::new)
-            .ok_or(BrokerError::InvalidRequest("token is required"))?;
-        form.single("token_type_hint")?;
+        let token = form.presented_token()?;
         self.exchange.revoke(&token).await?;
         let mut response = Response::new(Body::Empty);
         response
@@ -239,6 +231,17 @@ impl Form {
             Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
             Some(_) => Err(BrokerError::InvalidRequest("a request parameter was repeated")),
         }
+    }
+
+    /// `token` (required) and `token_type_hint` (optional, validated only for repetition), as
+    /// RFC 7009 and RFC 7662 define them.
+    fn presented_token(&mut self) -> Result<SecretString> {
+        let token = self
+            .single("token")?
+            .map(SecretString::new)
+            .ok_or(BrokerError::InvalidRequest("token is required"))?;
+        self.single("token_type_hint")?;
+        Ok(token)
     }
 
     fn all(&mut self, name: &str) -> Vec<String> {

@@ -3,13 +3,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use nhi_broker::demo_issuer::DemoIssuer;
-use nhi_broker::domain::{Grant, GrantStatus, Issuer, JwksSource, Target, TargetKind};
-use nhi_broker::exchange::{ExchangeService, ExchangeSettings};
-use nhi_broker::fakes::{FixedClock, InMemoryLedger, InMemoryPolicy, LocalSigner};
+use nhi_broker::domain::{Grant, GrantStatus, Target, TargetKind};
+use nhi_broker::fakes::FakeBroker;
 use nhi_broker::http_api::BrokerApi;
-use nhi_broker::jwks::{HttpIssuerKeys, JwksSettings};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 const TOKEN_EVENT: &str = include_str!("../../events/exchange-token-request.json");
@@ -23,29 +19,11 @@ const ISSUER: &str = "https://idp.test";
 const SUBJECT: &str = "repo:example-org/demo-app:ref:refs/heads/main";
 const TARGET: &str = "https://api.demo.local";
 
-struct World {
-    api: BrokerApi,
-    ledger: Arc<InMemoryLedger>,
-    issuer: DemoIssuer,
-}
-
-/// The broker on fakes; the issuer's keys are a static JWKS (the private-cluster mode), read
-/// through the production `HttpIssuerKeys`.
-fn world() -> World {
-    let issuer = DemoIssuer::generate(ISSUER).unwrap();
-    let policy = InMemoryPolicy::with(
-        vec![Issuer {
-            issuer: ISSUER.into(),
-            name: "idp".into(),
-            audiences: vec!["nhi-broker".into()],
-            jwks: JwksSource::Static {
-                jwks: issuer.jwks_json().to_string(),
-            },
-            algorithms: vec!["ES256".into()],
-            enabled: true,
-            one_time_jti: false,
-        }],
-        vec![Grant {
+/// The broker on fakes, with a grant whose approval ends in 600 s.
+fn world() -> FakeBroker {
+    FakeBroker::new(
+        ISSUER,
+        Grant {
             id: "demo-app-deploys".into(),
             issuer: ISSUER.into(),
             subject: SUBJECT.into(),
@@ -60,36 +38,16 @@ fn world() -> World {
             justification: "tests".into(),
             status: GrantStatus::Active,
             created_at: NOW - 100,
-        }],
-        vec![Target {
+        },
+        Target {
             id: TARGET.into(),
             kind: TargetKind::Jwt,
             environment: "dev".into(),
             owner: "platform".into(),
             enabled: true,
-        }],
-    );
-    let ledger = Arc::new(InMemoryLedger::default());
-    let service = ExchangeService {
-        policy: Arc::new(policy),
-        ledger: ledger.clone(),
-        signer: Arc::new(LocalSigner::generate("test-key")),
-        issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
-        secrets: Arc::new(nhi_broker::fakes::InMemorySecrets::default()),
-        decryptor: Arc::new(nhi_broker::fakes::ContextBoundCipher),
-        roles: Arc::new(nhi_broker::fakes::RecordingRoleAssumer::default()),
-        clock: Arc::new(FixedClock::at(NOW)),
-        settings: ExchangeSettings {
-            broker_issuer: "https://broker.example.com".into(),
-            max_token_ttl_seconds: 3600,
-            clock_leeway_seconds: 30,
         },
-    };
-    World {
-        api: BrokerApi::new(service),
-        ledger,
-        issuer,
-    }
+        NOW,
+    )
 }
 
 /// The sample token event with its form body replaced (API Gateway base64-encodes form bodies).

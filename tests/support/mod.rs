@@ -284,3 +284,11 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+/// Assert exactly these AWS operations (and counts) since the counter was last reset, and print them.
+pub fn assert_aws_calls(h: &Harness, what: &str, expected: &[(&str, u64)]) {
+    let calls = h.api.calls.by_operation();
+    println!("AWS calls per {what}: {} {calls:?}", h.api.calls.total());
+    let expected: std::collections::BTreeMap<String, u64> = expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(calls, expected, "{what}");
+}
