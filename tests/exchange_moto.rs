@@ -70,14 +70,7 @@ async fn valid_exchange_releases_a_verifiable_token_with_one_lease_and_one_audit
     let mut secrets = vec![subject_token.clone(), access_token];
     secrets.extend(h.issuer.private_key_encodings());
     logs.assert_free_of(&secrets);
-    let released = format!(
-        "\"subject_token\":\"{}\"",
-        nhi_broker::redact::fingerprint(subject_token.as_bytes())
-    );
-    assert!(
-        logs.text().contains(&released),
-        "the capture saw this test's release, by fingerprint"
-    );
+    logs.assert_saw_subject_token(&subject_token);
 }
 
 /// One request that must be refused with `error` and release nothing.
@@ -297,14 +290,7 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
     }
 
     logs.assert_free_of(&secrets);
-    let denied = format!(
-        "\"subject_token\":\"{}\"",
-        nhi_broker::redact::fingerprint(valid.as_bytes())
-    );
-    assert!(
-        logs.text().contains(&denied),
-        "the capture saw this test's denials, by fingerprint"
-    );
+    logs.assert_saw_subject_token(&valid);
 }
 
 #[tokio::test(flavor = "current_thread")]

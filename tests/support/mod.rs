@@ -259,6 +259,18 @@ impl LogCapture {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
+    /// Proof the capture works for this test: its subject token's fingerprint was logged.
+    pub fn assert_saw_subject_token(&self, token: &str) {
+        let field = format!(
+            "\"subject_token\":\"{}\"",
+            nhi_broker::redact::fingerprint(token.as_bytes())
+        );
+        assert!(
+            self.text().contains(&field),
+            "the capture saw this test's requests, by fingerprint"
+        );
+    }
+
     /// Fail if any secret, or its signature segment alone, appears in the captured logs.
     pub fn assert_free_of(&self, secrets: &[String]) {
         let logs = self.text();
