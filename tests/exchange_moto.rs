@@ -294,22 +294,47 @@ async fn every_invalid_or_unauthorized_request_is_refused_without_a_lease() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn unknown_kid_triggers_one_rate_limited_jwks_refresh_then_accepts_rotated_issuer_keys() {
+async fn unknown_kid_refreshes_the_issuer_jwks_at_most_once_per_interval() {
+    use std::sync::atomic::Ordering::SeqCst;
     let h = Harness::new().await;
-    // A token signed by a key the issuer has not published yet is refused...
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("rotated-key".into());
-    let token = h
-        .issuer
-        .mint_with_header(&header, &h.claims())
-        .unwrap()
-        .expose()
-        .to_string();
-    let (status, body) = h.post_token(&h.form(&token, &h.target)).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
-    // ...and the valid key still works from cache right after.
-    let (status, _) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
-    assert_eq!(status, 200);
+    let unknown_kid = |h: &Harness| {
+        h.issuer
+            .mint_with_header(&header, &h.claims())
+            .unwrap()
+            .expose()
+            .to_string()
+    };
+
+    // Default interval (30 s): one fetch serves the valid token, and unknown kids right after are
+    // refused without refetching.
+    assert_eq!(h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await.0, 200);
+    assert_eq!(h.issuer.jwks_served.load(SeqCst), 1);
+    for _ in 0..3 {
+        let (status, body) = h.post_token(&h.form(&unknown_kid(&h), &h.target)).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+    }
+    assert_eq!(h.issuer.jwks_served.load(SeqCst), 1, "refreshes are rate-limited");
+
+    // With no interval, an unknown kid makes exactly one refresh after the initial fetch, and a
+    // known kid is then served from cache.
+    let mut config = h.config.clone();
+    config.jwks.min_refresh_interval = std::time::Duration::ZERO;
+    let api = nhi_broker::aws::broker_api(&config, &nhi_broker::aws::sdk_config().await).unwrap();
+    let post = |form: Vec<(String, String)>| post_form("/token", serde_urlencoded::to_string(form).unwrap());
+    assert_eq!(
+        api.handle(post(h.form(&unknown_kid(&h), &h.target))).await.status(),
+        400
+    );
+    assert_eq!(h.issuer.jwks_served.load(SeqCst), 3, "initial fetch plus one refresh");
+    assert_eq!(
+        api.handle(post(h.form(&h.token(&h.claims()), &h.target)))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(h.issuer.jwks_served.load(SeqCst), 3, "known kid served from cache");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -465,13 +490,7 @@ async fn introspection_reports_active_until_revoke_then_inactive_and_revocation_
     let logs = LogCapture::global();
     let h = Harness::new().await;
     // A separate workload allowed to introspect.
-    let introspector = format!("repo:org/gateway-{}:ref:refs/heads/main", h.id);
-    let mut grant = h.grant(&format!("introspect-{}", h.id), &introspector, now() + 3600);
-    grant.targets = vec![nhi_broker::domain::INTROSPECTION_TARGET.into()];
-    h.registry.put_grant(&grant).await.unwrap();
-    let mut caller_claims = h.claims();
-    caller_claims["sub"] = introspector.clone().into();
-    let caller = h.token(&caller_claims);
+    let caller = h.introspection_caller().await;
 
     let subject_token = h.token(&h.claims());
     let (status, body) = h.post_token(&h.form(&subject_token, &h.target)).await;
@@ -621,13 +640,7 @@ async fn introspection_refuses_unauthenticated_and_unauthorized_callers() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_forged_broker_token_introspects_inactive() {
     let h = Harness::new().await;
-    let introspector = format!("repo:org/gw-{}:ref:refs/heads/main", h.id);
-    let mut grant = h.grant(&format!("introspect-{}", h.id), &introspector, now() + 3600);
-    grant.targets = vec![nhi_broker::domain::INTROSPECTION_TARGET.into()];
-    h.registry.put_grant(&grant).await.unwrap();
-    let mut caller_claims = h.claims();
-    caller_claims["sub"] = introspector.into();
-    let caller = h.token(&caller_claims);
+    let caller = h.introspection_caller().await;
     let (_, body) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
     let real = body["access_token"].as_str().unwrap();
     // Same header and claims (so the same jti), signed by someone else's key.

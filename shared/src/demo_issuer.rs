@@ -14,6 +14,8 @@ use zeroize::Zeroizing;
 pub struct DemoIssuer {
     pub issuer: String,
     pub kid: String,
+    /// How many times the JWKS was served (lets tests see the broker's fetches and refreshes).
+    pub jwks_served: std::sync::atomic::AtomicU64,
     pkcs8: Zeroizing<Vec<u8>>,
     x: String,
     y: String,
@@ -47,6 +49,7 @@ impl DemoIssuer {
         Ok(Self {
             issuer: issuer.to_string(),
             kid,
+            jwks_served: Default::default(),
             pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
             x,
             y,

@@ -265,3 +265,22 @@ pub struct AuditEvent {
     /// SHA-256 fingerprint of the presented subject token.
     pub token_fingerprint: Option<String>,
 }
+
+impl AuditEvent {
+    /// A new event (time-ordered id) with no actor, target or reason yet: set those with struct update.
+    pub fn new(action: AuditAction, outcome: AuditOutcome, at: UnixTime) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            at,
+            action,
+            outcome,
+            actor_issuer: None,
+            actor_subject: None,
+            target: None,
+            grant_id: None,
+            lease_id: None,
+            reason: None,
+            token_fingerprint: None,
+        }
+    }
+}

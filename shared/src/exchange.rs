@@ -224,17 +224,13 @@ impl ExchangeService {
         };
 
         let event = AuditEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            at: now,
-            action: AuditAction::TokenExchange,
-            outcome: AuditOutcome::Released,
             actor_issuer: Some(lease.issuer.clone()),
             actor_subject: Some(lease.subject.clone()),
             target: Some(lease.target.clone()),
             grant_id: Some(lease.grant_id.clone()),
             lease_id: Some(lease_id.clone()),
-            reason: None,
             token_fingerprint: Some(subject.fingerprint.clone()),
+            ..AuditEvent::new(AuditAction::TokenExchange, AuditOutcome::Released, now)
         };
         let replay = replay_guard(&subject, self.settings.clock_leeway_seconds)?;
         self.ledger.record_release(&lease, &event, replay.as_ref()).await?;
@@ -261,6 +257,30 @@ impl ExchangeService {
             aws_credentials: aws_secret_access_key,
         })
     }
+
+    async fn audit_denial(&self, request: &ExchangeRequest, context: &UnverifiedContext, err: &BrokerError, now: i64) {
+        let reason = match err {
+            BrokerError::TokenRejected(r) => r.code(),
+            BrokerError::PolicyDenied(d) => d.code(),
+            BrokerError::InvalidTarget(_) => "invalid_target",
+            BrokerError::InvalidScope(_) => "invalid_scope",
+            _ => "invalid_request",
+        };
+        let fingerprint = request.subject_token.fingerprint();
+        let event = AuditEvent {
+            actor_issuer: context.issuer.clone(),
+            actor_subject: context.subject.clone(),
+            target: Some(request.target.clone()),
+            reason: Some(reason.to_string()),
+            token_fingerprint: Some(fingerprint.clone()),
+            ..AuditEvent::new(AuditAction::TokenExchange, AuditOutcome::Denied, now)
+        };
+        tracing::info!(reason, subject_token = %fingerprint, "token exchange denied");
+        // A failed audit write must not turn a denial into a release or a 500: log it loudly.
+        if let Err(e) = self.ledger.record_denial(&event).await {
+            tracing::error!(error = %e, reason, "failed to record denial audit event");
+        }
+    }
 }
 
 /// For issuers configured for one-time use: the guard that makes a second exchange of the same
@@ -281,35 +301,4 @@ fn replay_guard(subject: &VerifiedSubject, leeway: i64) -> Result<Option<ReplayG
         key: hex::encode(digest),
         expires_at: exp + leeway,
     }))
-}
-
-impl ExchangeService {
-    async fn audit_denial(&self, request: &ExchangeRequest, context: &UnverifiedContext, err: &BrokerError, now: i64) {
-        let reason = match err {
-            BrokerError::TokenRejected(r) => r.code(),
-            BrokerError::PolicyDenied(d) => d.code(),
-            BrokerError::InvalidTarget(_) => "invalid_target",
-            BrokerError::InvalidScope(_) => "invalid_scope",
-            _ => "invalid_request",
-        };
-        let fingerprint = request.subject_token.fingerprint();
-        let event = AuditEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            at: now,
-            action: AuditAction::TokenExchange,
-            outcome: AuditOutcome::Denied,
-            actor_issuer: context.issuer.clone(),
-            actor_subject: context.subject.clone(),
-            target: Some(request.target.clone()),
-            grant_id: None,
-            lease_id: None,
-            reason: Some(reason.to_string()),
-            token_fingerprint: Some(fingerprint.clone()),
-        };
-        tracing::info!(reason, subject_token = %fingerprint, "token exchange denied");
-        // A failed audit write must not turn a denial into a release or a 500: log it loudly.
-        if let Err(e) = self.ledger.record_denial(&event).await {
-            tracing::error!(error = %e, reason, "failed to record denial audit event");
-        }
-    }
 }

@@ -3,8 +3,8 @@
 use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Target, UnixTime};
 use crate::error::{BrokerError, Result};
 use crate::ports::{
-    AssumeRoleRequest, AwsSessionCredentials, Clock, CurrentSecret, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard,
-    RoleAssumer, SecretDecryptor, SecretEncryptor, SecretStore, TokenSigner,
+    AssumeRoleRequest, AwsSessionCredentials, Clock, CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, RoleAssumer,
+    SecretDecryptor, SecretEncryptor, SecretStore, TokenSigner,
 };
 use crate::redact::SecretString;
 use async_trait::async_trait;
@@ -167,28 +167,6 @@ impl TokenSigner for LocalSigner {
             "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
         }]}))
         .map_err(|e| BrokerError::Internal(e.to_string()))
-    }
-}
-
-/// Issuer keys from a fixed map, counting lookups and refreshes.
-#[derive(Default)]
-pub struct StaticIssuerKeys {
-    pub sets: Mutex<HashMap<String, JwkSet>>,
-    pub refreshes: AtomicI64,
-}
-
-#[async_trait]
-impl IssuerKeys for StaticIssuerKeys {
-    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<JwkSet> {
-        if refresh {
-            self.refreshes.fetch_add(1, Ordering::SeqCst);
-        }
-        self.sets
-            .lock()
-            .unwrap()
-            .get(&issuer.issuer)
-            .cloned()
-            .ok_or(BrokerError::JwksUnavailable("no keys for issuer"))
     }
 }
 

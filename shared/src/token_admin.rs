@@ -145,17 +145,10 @@ impl ExchangeService {
             _ => "introspection_unauthenticated",
         };
         let event = AuditEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            at: now,
-            action: AuditAction::Introspect,
-            outcome: AuditOutcome::Denied,
-            actor_issuer: None,
-            actor_subject: None,
             target: Some(INTROSPECTION_TARGET.into()),
-            grant_id: None,
-            lease_id: None,
             reason: Some(reason.into()),
             token_fingerprint: bearer.map(SecretString::fingerprint),
+            ..AuditEvent::new(AuditAction::Introspect, AuditOutcome::Denied, now)
         };
         if let Err(e) = self.ledger.record_denial(&event).await {
             tracing::error!(error = %e, reason, "failed to record introspection denial");
@@ -181,10 +174,6 @@ impl ExchangeService {
             at: now,
         };
         let event = AuditEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            at: now,
-            action: AuditAction::Revoke,
-            outcome: AuditOutcome::Revoked,
             actor_issuer: Some(lease.issuer.clone()),
             actor_subject: Some(lease.subject.clone()),
             target: Some(lease.target.clone()),
@@ -192,6 +181,7 @@ impl ExchangeService {
             lease_id: Some(lease.lease_id.clone()),
             reason: Some("self_revocation".into()),
             token_fingerprint: Some(token.fingerprint()),
+            ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
         };
         let revoked = self.ledger.revoke_lease(&lease, &revocation, &event).await?;
         tracing::info!(lease_id = %lease.lease_id, revoked, "self-revocation");

@@ -130,6 +130,17 @@ impl Harness {
         }
     }
 
+    /// A workload token for a separate subject holding a grant on the introspection endpoint.
+    pub async fn introspection_caller(&self) -> String {
+        let caller = format!("repo:org/gateway-{}:ref:refs/heads/main", self.id);
+        let mut grant = self.grant(&format!("introspect-{}", self.id), &caller, now() + 3600);
+        grant.targets = vec![nhi_broker::domain::INTROSPECTION_TARGET.into()];
+        self.registry.put_grant(&grant).await.unwrap();
+        let mut claims = self.claims();
+        claims["sub"] = caller.into();
+        self.token(&claims)
+    }
+
     pub fn claims(&self) -> serde_json::Value {
         self.issuer.workload_claims(&self.subject, AUDIENCE, now(), 300)
     }

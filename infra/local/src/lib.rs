@@ -119,7 +119,10 @@ fn text(status: u16, content_type: &'static str, body: String) -> HttpResponse {
 /// workload token (defaults: the demo subject, the broker's audience, 300 s).
 async fn issuer_route(issuer: Arc<DemoIssuer>, request: hyper::Request<Incoming>) -> HttpResponse {
     match request.uri().path() {
-        "/jwks.json" => text(200, "application/json", issuer.jwks_json().to_string()),
+        "/jwks.json" => {
+            issuer.jwks_served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            text(200, "application/json", issuer.jwks_json().to_string())
+        }
         "/token" => {
             let query: HashMap<String, String> =
                 serde_urlencoded::from_str(request.uri().query().unwrap_or_default()).unwrap_or_default();

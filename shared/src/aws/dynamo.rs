@@ -395,19 +395,18 @@ impl LeaseLedger for DynamoLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         let mut chain = self.chain.lock().await;
         let link = chain.next_link(event);
-        let put = put_new;
         let mut request = self
             .client
             .transact_write_items()
-            .transact_items(put(&self.leases_table, Self::lease_item(lease)?, "pk")?)
-            .transact_items(put(&self.audit_table, Self::audit_item(event, &link)?, "chain")?);
+            .transact_items(put_new(&self.leases_table, Self::lease_item(lease)?, "pk")?)
+            .transact_items(put_new(&self.audit_table, Self::audit_item(event, &link)?, "chain")?);
         if let Some(guard) = replay {
             let item = Item::from([
                 ("pk".to_string(), s(keys::replay_pk(&guard.key))),
                 ("sk".to_string(), s(keys::REPLAY_SK)),
                 ("ttl".to_string(), n(guard.expires_at)),
             ]);
-            request = request.transact_items(put(&self.leases_table, item, "pk")?);
+            request = request.transact_items(put_new(&self.leases_table, item, "pk")?);
         }
         match request.send().await {
             Ok(_) => {
