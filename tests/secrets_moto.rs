@@ -31,6 +31,7 @@ impl<'a> Secrets<'a> {
             environment: environment.into(),
             enabled,
             description: "test".into(),
+            rotation: None,
         };
         self.h.registry.put_secret(&secret).await.unwrap();
         let context = secret_encryption_context(&id, "v1", environment);
@@ -202,6 +203,7 @@ async fn a_ciphertext_moved_to_another_record_does_not_decrypt() {
             environment: "prod".into(),
             enabled: true,
             description: String::new(),
+            rotation: None,
         })
         .await
         .unwrap();

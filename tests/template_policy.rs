@@ -26,7 +26,19 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "sts:SetSourceIdentity",
             ]),
         ),
-        ("RotateRole", set(&[])),
+        (
+            "RotateRole",
+            set(&[
+                "dynamodb:Query",
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                // Writers encrypt; only exchange decrypts.
+                "kms:Encrypt",
+                "kms:Sign",
+                "kms:CreateKey",
+            ]),
+        ),
         (
             "RevokeFanoutRole",
             set(&[
@@ -115,7 +127,13 @@ fn each_function_has_its_own_role_and_grants_exactly_what_its_code_calls() {
     let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (role, st) in role_statements(&t) {
         assert_eq!(st["Effect"].as_str(), Some("Allow"), "{role}");
-        assert_ne!(st["Resource"].as_str(), Some("*"), "{role} grants on Resource *");
+        if st["Resource"].as_str() == Some("*") {
+            // CreateKey names no resource; it is allowed only for ES256 signing keys.
+            assert_eq!(strings(&st["Action"]), ["kms:CreateKey"], "{role} grants on Resource *");
+            let conditions = &st["Condition"]["StringEquals"];
+            assert_eq!(conditions["kms:KeySpec"].as_str(), Some("ECC_NIST_P256"), "{role}");
+            assert_eq!(conditions["kms:KeyUsage"].as_str(), Some("SIGN_VERIFY"), "{role}");
+        }
         for action in strings(&st["Action"]) {
             assert!(!action.contains('*'), "{role} grants wildcard action {action}");
             granted.entry(role.clone()).or_default().insert(action);
@@ -155,15 +173,19 @@ fn only_exchange_may_decrypt_and_key_policies_keep_crypto_from_the_account() {
         }
         for st in resource["Properties"]["KeyPolicy"]["Statement"].as_sequence().unwrap() {
             let actions = strings(&st["Action"]);
+            // Roles named by !GetAtt, alone or in a list; anything else (the account root) is None.
             let principal = &st["Principal"]["AWS"];
-            let principal_role = reference(principal);
-            if principal_role.as_deref() != Some("ExchangeRole") {
+            let roles: Option<Vec<String>> = match principal {
+                Value::Sequence(items) => items.iter().map(reference).collect(),
+                other => reference(other).map(|r| vec![r]),
+            };
+            if roles.as_deref() != Some(&["ExchangeRole".to_string()][..]) {
                 assert!(
                     actions.iter().all(|a| a != "kms:Decrypt"),
                     "{id:?}: only the exchange role may decrypt"
                 );
             }
-            if principal_role.is_none() {
+            if roles.is_none() {
                 // The account root administers the key but must not be able to use it, so no IAM
                 // policy anywhere can grant crypto operations on it.
                 for action in &actions {

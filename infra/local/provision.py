@@ -10,6 +10,7 @@ Usage: provision.py --endpoint http://127.0.0.1:PORT --prefix NAME --env-file PA
 """
 
 import argparse
+import re
 import shlex
 import sys
 
@@ -94,7 +95,13 @@ def provision(template, endpoint, prefix, region):
     return refs
 
 
-def resolve(value, refs, params, logical_id, var):
+LOCAL_ACCOUNT = "123456789012"
+
+
+def resolve(value, refs, params, logical_id, var, template):
+    """Resolve the intrinsic functions the template's Environment.Variables use: literals, Ref to
+    a created resource or a parameter, GetAtt Role.Arn (a made-up ARN in the emulator's account)
+    and Sub over those."""
     if isinstance(value, (str, int, float)):
         return str(value)
     if isinstance(value, dict) and "Ref" in value:
@@ -103,6 +110,17 @@ def resolve(value, refs, params, logical_id, var):
             return refs[name]
         if name in params:
             return params[name]
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        target, attribute = value["Fn::GetAtt"]
+        if attribute == "Arn" and template["Resources"].get(target, {}).get("Type") == "AWS::IAM::Role":
+            return f"arn:aws:iam::{LOCAL_ACCOUNT}:role/{target}"
+    if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str):
+        def substitute(match):
+            name = match.group(1)
+            inner = {"Fn::GetAtt": name.split(".", 1)} if "." in name else {"Ref": name}
+            return resolve(inner, refs, params, logical_id, var, template)
+
+        return re.sub(r"\$\{([^}]+)\}", substitute, value["Fn::Sub"])
     raise SystemExit(
         f"provision: cannot resolve {logical_id}.Environment.{var} = {value!r} locally; "
         "pass --param Name=Value for template parameters"
@@ -116,7 +134,7 @@ def function_environment(template, refs, params):
             continue
         variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
         for var, value in variables.items():
-            resolved = resolve(value, refs, params, logical_id, var)
+            resolved = resolve(value, refs, params, logical_id, var, template)
             if env.get(var, resolved) != resolved:
                 raise SystemExit(f"provision: {var} differs between functions; local runs need one value")
             env[var] = resolved

@@ -25,7 +25,8 @@ trap 'exit 130' INT TERM
 
 start_moto() {
   local port=$1
-  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$state/moto-$mode.log" 2>&1 &
+  # One request at a time, so conditional writes are atomic as in DynamoDB (see moto_serial.py).
+  "$venv/bin/python" infra/local/moto_serial.py -H 127.0.0.1 -p "$port" >"$state/moto-$mode.log" 2>&1 &
   moto_pid=$!
   for _ in $(seq 1 100); do
     if "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then

@@ -115,6 +115,8 @@ mod tests {
             lease_id: None,
             reason: Some("token_expired".into()),
             token_fingerprint: None,
+            old_version: None,
+            new_version: None,
         }
     }
 

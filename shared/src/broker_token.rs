@@ -45,12 +45,26 @@ struct Header<'a> {
     kid: &'a str,
 }
 
-/// Sign `claims` into a compact JWS.
-pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims) -> Result<SecretString> {
+/// A signed token and the key (`kid`) that signed it.
+#[derive(Debug)]
+pub struct Signed {
+    pub token: SecretString,
+    pub key_id: String,
+}
+
+/// Sign a broker access token (`typ: at+jwt`) with the active key.
+pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims) -> Result<Signed> {
+    sign_jwt(signer, "at+jwt", claims).await
+}
+
+/// Sign any claims as a compact JWS with the active key; `typ` tells token kinds apart, so a
+/// relying party can never mistake one for another.
+pub async fn sign_jwt<T: Serialize>(signer: &dyn TokenSigner, typ: &'static str, claims: &T) -> Result<Signed> {
+    let key_id = signer.active_key_id().await?;
     let header = Header {
         alg: "ES256",
-        typ: "at+jwt",
-        kid: signer.key_id(),
+        typ,
+        kid: &key_id,
     };
     let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(claims)?);
     if signing_input.len() > MAX_SIGNING_INPUT_BYTES {
@@ -58,11 +72,11 @@ pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims) -> Result<Sec
             "token claims exceed the KMS RAW signing limit".into(),
         ));
     }
-    let signature = signer.sign_es256(signing_input.as_bytes()).await?;
-    Ok(SecretString::new(format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(signature)
-    )))
+    let signature = signer.sign_es256(&key_id, signing_input.as_bytes()).await?;
+    Ok(Signed {
+        token: SecretString::new(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))),
+        key_id,
+    })
 }
 
 fn b64_json<T: Serialize>(value: &T) -> Result<String> {

@@ -22,6 +22,38 @@ pub struct Config {
     /// How long issuer, grant and target lookups are reused (0 disables).
     pub policy_cache: Duration,
     pub jwks: JwksSettings,
+    /// Name of the signing-key ring in the registry (several deployments may share a table).
+    pub signing_key_ring: String,
+    /// How long a function reuses the signing-key ring it read (0 disables).
+    pub signing_keys_cache: Duration,
+    pub rotation: RotationConfig,
+}
+
+/// What rotate needs beyond the shared settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationConfig {
+    /// Secrets handled per run; the rest wait for the next run.
+    pub batch_size: usize,
+    /// Secrets rotated at once within a run.
+    pub concurrency: usize,
+    /// Age at which the active signing key is replaced (0: never).
+    pub signing_key_max_age_seconds: i64,
+    /// KMS pending-deletion window of retired signing keys.
+    pub key_deletion_window_days: i32,
+    /// Roles allowed to sign with new signing keys (exchange, revoke-fanout, rotate), and the
+    /// role that manages them (rotate). Unset only against the local emulator.
+    pub key_signers: Vec<String>,
+    pub key_admin_role: Option<String>,
+}
+
+impl RotationConfig {
+    /// The key policy for new signing keys, if roles are configured.
+    pub fn signing_key_policy(&self) -> Option<String> {
+        let admin = self.key_admin_role.as_deref()?;
+        // arn:aws:iam::<account>:role/... -> arn:aws:iam::<account>:root
+        let root = admin.split(":role/").next().map(|prefix| format!("{prefix}:root"))?;
+        Some(crate::aws::kms::signing_key_policy(&root, &self.key_signers, admin))
+    }
 }
 
 impl Config {
@@ -61,6 +93,32 @@ impl Config {
         let jwks_refresh = int("NHI_JWKS_MIN_REFRESH_SECONDS", 30, 0, 3600);
         let jwks_timeout_ms = int("NHI_JWKS_TIMEOUT_MS", 3000, 100, 10_000);
         let policy_cache_seconds = int("NHI_POLICY_CACHE_SECONDS", 5, 0, 60);
+        let signing_keys_cache_seconds = int("NHI_SIGNING_KEYS_CACHE_SECONDS", 60, 0, 300);
+        let batch_size = int("NHI_ROTATION_BATCH_SIZE", 100, 1, 1000);
+        let concurrency = int("NHI_ROTATION_CONCURRENCY", 8, 1, 64);
+        let signing_key_max_age_seconds = int("NHI_SIGNING_KEY_MAX_AGE_SECONDS", 30 * 86_400, 0, 366 * 86_400);
+        let key_deletion_window_days = int("NHI_SIGNING_KEY_DELETION_WINDOW_DAYS", 30, 7, 30);
+        let key_signers: Vec<String> = lookup("NHI_SIGNING_KEY_SIGNERS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let key_admin_role = lookup("NHI_SIGNING_KEY_ADMIN_ROLE").filter(|v| !v.trim().is_empty());
+        for arn in key_signers.iter().chain(key_admin_role.iter()) {
+            if !(arn.starts_with("arn:") && arn.contains(":role/")) {
+                problems.push("NHI_SIGNING_KEY_SIGNERS and NHI_SIGNING_KEY_ADMIN_ROLE must be IAM role ARNs".into());
+                break;
+            }
+        }
+        if key_signers.is_empty() != key_admin_role.is_none() {
+            problems
+                .push("NHI_SIGNING_KEY_SIGNERS and NHI_SIGNING_KEY_ADMIN_ROLE are set together or not at all".into());
+        }
+        let signing_key_ring = lookup("NHI_SIGNING_KEY_RING")
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "default".into());
 
         if !broker_issuer.is_empty()
             && !broker_issuer.starts_with("https://")
@@ -93,6 +151,16 @@ impl Config {
                 min_refresh_interval: Duration::from_secs(jwks_refresh as u64),
                 timeout: Duration::from_millis(jwks_timeout_ms as u64),
                 ..JwksSettings::default()
+            },
+            signing_key_ring,
+            signing_keys_cache: Duration::from_secs(signing_keys_cache_seconds as u64),
+            rotation: RotationConfig {
+                batch_size: batch_size as usize,
+                concurrency: concurrency as usize,
+                signing_key_max_age_seconds,
+                key_deletion_window_days: key_deletion_window_days as i32,
+                key_signers,
+                key_admin_role,
             },
         })
     }
@@ -142,6 +210,44 @@ mod tests {
         ] {
             assert!(msg.contains(name), "{msg}");
         }
+    }
+
+    #[test]
+    fn signing_key_policy_names_the_configured_roles_and_the_account_root() {
+        let mut pairs = FULL.to_vec();
+        pairs.push((
+            "NHI_SIGNING_KEY_SIGNERS",
+            "arn:aws:iam::123456789012:role/x-exchange, arn:aws:iam::123456789012:role/x-rotate",
+        ));
+        pairs.push(("NHI_SIGNING_KEY_ADMIN_ROLE", "arn:aws:iam::123456789012:role/x-rotate"));
+        let c = Config::from_lookup(lookup(&pairs)).unwrap();
+        let policy: serde_json::Value = serde_json::from_str(&c.rotation.signing_key_policy().unwrap()).unwrap();
+        assert_eq!(
+            policy["Statement"][0]["Principal"]["AWS"],
+            "arn:aws:iam::123456789012:root"
+        );
+        assert_eq!(
+            policy["Statement"][1]["Principal"]["AWS"][0],
+            "arn:aws:iam::123456789012:role/x-exchange"
+        );
+        assert!(
+            !policy["Statement"][0]["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "kms:Sign")
+        );
+        // One without the other is refused.
+        let mut half = FULL.to_vec();
+        half.push(("NHI_SIGNING_KEY_ADMIN_ROLE", "arn:aws:iam::123456789012:role/x-rotate"));
+        assert!(Config::from_lookup(lookup(&half)).is_err());
+        assert!(
+            Config::from_lookup(lookup(FULL))
+                .unwrap()
+                .rotation
+                .signing_key_policy()
+                .is_none()
+        );
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct Secret {
     pub enabled: bool,
     #[serde(default)]
     pub description: String,
+    /// How and how often new versions are made; `None`: the secret is never rotated by schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationPolicy>,
 }
 
 impl Secret {
@@ -91,6 +94,241 @@ impl Secret {
             owner: self.owner.clone(),
             enabled: self.enabled,
         }
+    }
+}
+
+/// A secret's rotation policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationPolicy {
+    /// Time from one rotation to the next is due.
+    pub interval_seconds: i64,
+    /// How long the replaced version stays PREVIOUS (still decryptable, its leases still valid)
+    /// before it is deprecated and its leases revoked.
+    pub grace_seconds: i64,
+    pub generator: SecretGenerator,
+}
+
+/// Bounds operators may choose within (rotate also enforces them on stored records).
+pub const MIN_ROTATION_INTERVAL_SECONDS: i64 = 60;
+pub const MAX_GRACE_SECONDS: i64 = 30 * 24 * 3600;
+
+impl RotationPolicy {
+    /// Why this policy cannot be used, if it cannot.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.interval_seconds < MIN_ROTATION_INTERVAL_SECONDS {
+            return Some("rotation interval is below 60 s");
+        }
+        if !(0..=MAX_GRACE_SECONDS).contains(&self.grace_seconds) {
+            return Some("grace period must be between 0 and 30 days");
+        }
+        match &self.generator {
+            SecretGenerator::Random { length, .. } if !(16..=4096).contains(length) => {
+                Some("random secrets must be 16 to 4096 characters long")
+            }
+            SecretGenerator::Hook { url } if !crate::jwks::is_allowed_url(url) => {
+                Some("rotation hook must be an https URL (http only to loopback)")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where a new secret version comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SecretGenerator {
+    /// Random characters from an alphabet, from the OS CSPRNG.
+    Random { length: usize, alphabet: Alphabet },
+    /// The owning system's rotation endpoint makes the credential (e.g. a new API key) and returns
+    /// it; it is told when the version is staged, tested and promoted.
+    Hook { url: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Alphabet {
+    /// A-Z a-z 0-9
+    Alphanumeric,
+    /// 0-9 a-f
+    Hex,
+    /// A-Z a-z 0-9 - _
+    Base64url,
+    /// Printable ASCII without space, quotes or backslash.
+    Printable,
+}
+
+impl Alphabet {
+    pub fn chars(self) -> &'static [u8] {
+        match self {
+            Self::Alphanumeric => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            Self::Hex => b"0123456789abcdef",
+            Self::Base64url => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+            Self::Printable => {
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&()*+,-./:;<=>?@[]^_{|}~"
+            }
+        }
+    }
+}
+
+/// Stage labels of secret versions (as in AWS Secrets Manager). Exactly one version is CURRENT;
+/// at most one is PENDING (a rotation in progress) and one PREVIOUS (within its grace period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VersionStage {
+    Pending,
+    Current,
+    Previous,
+    /// Past its grace period: never released again, its leases revoked.
+    Deprecated,
+}
+
+impl VersionStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Current => "CURRENT",
+            Self::Previous => "PREVIOUS",
+            Self::Deprecated => "DEPRECATED",
+        }
+    }
+}
+
+/// Where a rotation in progress stands. Each step is a conditional write, so a crashed run resumes
+/// at the step it reached and overlapping runs cannot both advance it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationStep {
+    /// PENDING version generated, encrypted and stored.
+    Created,
+    /// The owning system was told (hook secrets) that PENDING is staged.
+    Set,
+    /// PENDING passed its test; next is promotion to CURRENT.
+    Tested,
+}
+
+impl RotationStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Set => "set",
+            Self::Tested => "tested",
+        }
+    }
+}
+
+/// A secret's rotation bookkeeping, as rotate reads it (never the material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRotationState {
+    pub secret: Secret,
+    pub current_version: Option<String>,
+    pub previous_version: Option<String>,
+    /// When PREVIOUS stops being valid.
+    pub previous_expires_at: Option<UnixTime>,
+    pub pending_version: Option<String>,
+    pub rotation_step: Option<RotationStep>,
+    /// When rotate next has work for this secret (rotation due, or PREVIOUS's grace over).
+    pub due_at: Option<UnixTime>,
+}
+
+/// Something outside the broker that holds a copy of one or more secrets and must be told when
+/// they rotate or are revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    pub id: String,
+    pub kind: DestinationKind,
+    /// Ids of the secrets this destination holds a copy of.
+    pub secrets: Vec<String>,
+    pub owner: String,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DestinationKind {
+    /// Receives Security Event Tokens (RFC 8417) pushed over HTTPS (RFC 8935).
+    Webhook { url: String },
+    /// Receives events through EventBridge `PutEvents` on this bus.
+    EventBridge { event_bus_arn: String },
+}
+
+/// A rotation, queued for delivery to every destination holding the secret (revoke-fanout
+/// delivers it from the revocations table's stream). Version ids only, never values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationNotice {
+    pub notice_id: String,
+    pub secret_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_version: Option<String>,
+    pub new_version: String,
+    /// Destination ids registered for the secret when it rotated.
+    pub destinations: Vec<String>,
+    pub at: UnixTime,
+}
+
+/// Lifecycle of a broker signing key (a KMS ECC_NIST_P256 key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SigningKeyState {
+    /// Published in the JWKS, not signing yet, so relying parties learn it before its first token.
+    Next,
+    /// Signs every new token. Exactly one key is active.
+    Active,
+    /// Signs nothing; published until every token it signed has expired.
+    Retired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    /// KMS key id; also the JWS `kid`.
+    pub key_id: String,
+    pub state: SigningKeyState,
+    pub created_at: UnixTime,
+    /// Next keys: when they may become active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate_at: Option<UnixTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<UnixTime>,
+    /// Retired keys: stay in the JWKS until then, then are scheduled for deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_until: Option<UnixTime>,
+}
+
+/// Every signing key the broker currently publishes, stored as one item and changed only by a
+/// conditional write on `version`, so overlapping rotate runs cannot both change it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRing {
+    pub keys: Vec<SigningKey>,
+    /// Keys already unpublished whose KMS deletion is still to be scheduled (kept so a run that
+    /// dies in between leaves no orphan key).
+    #[serde(default)]
+    pub pending_deletion: Vec<String>,
+    /// Incremented by every change.
+    pub version: i64,
+}
+
+impl KeyRing {
+    /// The ring before rotate first runs: the deployed key, active.
+    pub fn bootstrap(key_id: &str, now: UnixTime) -> Self {
+        Self {
+            keys: vec![SigningKey {
+                key_id: key_id.to_string(),
+                state: SigningKeyState::Active,
+                created_at: now,
+                activate_at: None,
+                activated_at: Some(now),
+                publish_until: None,
+            }],
+            pending_deletion: Vec::new(),
+            version: 0,
+        }
+    }
+
+    pub fn active(&self) -> Option<&SigningKey> {
+        self.keys.iter().find(|k| k.state == SigningKeyState::Active)
+    }
+
+    pub fn with_state(&self, state: SigningKeyState) -> Option<&SigningKey> {
+        self.keys.iter().find(|k| k.state == state)
     }
 }
 
@@ -207,6 +445,8 @@ pub enum AuditAction {
     TokenExchange,
     Introspect,
     Revoke,
+    /// A secret version promoted or retired, or a signing key created, activated, retired or deleted.
+    Rotate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +455,7 @@ pub enum AuditOutcome {
     Released,
     Denied,
     Revoked,
+    Rotated,
 }
 
 /// What a revocation names. Leases today; secrets, grants, subjects and destinations with fanout.
@@ -222,12 +463,15 @@ pub enum AuditOutcome {
 #[serde(rename_all = "snake_case")]
 pub enum RevocationTarget {
     Lease,
+    /// One version of a secret (`<secret id>#<version>`), e.g. a PREVIOUS version past its grace.
+    SecretVersion,
 }
 
 impl RevocationTarget {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Lease => "lease",
+            Self::SecretVersion => "secret_version",
         }
     }
 }
@@ -264,6 +508,12 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     /// SHA-256 fingerprint of the presented subject token.
     pub token_fingerprint: Option<String>,
+    /// Rotations: the version (or signing key) replaced and the one that replaced it. Never values.
+    /// Absent from events without them, so older events hash as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<String>,
 }
 
 impl AuditEvent {
@@ -281,6 +531,8 @@ impl AuditEvent {
             lease_id: None,
             reason: None,
             token_fingerprint: None,
+            old_version: None,
+            new_version: None,
         }
     }
 }

@@ -191,7 +191,6 @@ impl ExchangeService {
                 (credentials.session_token, TOKEN_TYPE_AWS_CREDENTIALS, "N_A")
             }
             None => {
-                lease.key_id = self.signer.key_id().to_string();
                 let claims = BrokerClaims {
                     iss: self.settings.broker_issuer.clone(),
                     sub: subject.subject.clone(),
@@ -208,11 +207,9 @@ impl ExchangeService {
                     },
                     env: target.environment.clone(),
                 };
-                (
-                    broker_token::mint(self.signer.as_ref(), &claims).await?,
-                    TOKEN_TYPE_JWT,
-                    "Bearer",
-                )
+                let signed = broker_token::mint(self.signer.as_ref(), &claims).await?;
+                lease.key_id = signed.key_id;
+                (signed.token, TOKEN_TYPE_JWT, "Bearer")
             }
             Some(current) => {
                 let context =

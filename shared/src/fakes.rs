@@ -146,11 +146,14 @@ impl LocalSigner {
 
 #[async_trait]
 impl TokenSigner for LocalSigner {
-    fn key_id(&self) -> &str {
-        &self.key_id
+    async fn active_key_id(&self) -> Result<String> {
+        Ok(self.key_id.clone())
     }
 
-    async fn sign_es256(&self, signing_input: &[u8]) -> Result<[u8; 64]> {
+    async fn sign_es256(&self, key_id: &str, signing_input: &[u8]) -> Result<[u8; 64]> {
+        if key_id != self.key_id {
+            return Err(BrokerError::Internal("unknown signing key".into()));
+        }
         let sig = self
             .pair
             .sign(&SystemRandom::new(), signing_input)

@@ -21,6 +21,10 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const MAX_TARGET_BYTES: usize = 2048;
 const MAX_SCOPE_BYTES: usize = 1024;
 const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// How long relying parties may cache the JWKS; key rotation publishes new keys at least this long
+/// before they sign.
+pub const JWKS_MAX_AGE_SECONDS: i64 = 300;
+const JWKS_CACHE_CONTROL: &str = "public, max-age=300";
 
 pub struct BrokerApi {
     pub exchange: ExchangeService,
@@ -136,7 +140,7 @@ impl BrokerApi {
     async fn jwks(&self) -> Result<Response<Body>> {
         let jwks = self.exchange.signer.public_jwks().await?;
         let body = serde_json::to_value(&jwks).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        Ok(json_response(StatusCode::OK, &body, "public, max-age=300"))
+        Ok(json_response(StatusCode::OK, &body, JWKS_CACHE_CONTROL))
     }
 }
 
@@ -343,6 +347,11 @@ fn parse_scope(raw: &str) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jwks_cache_header_matches_the_overlap_key_rotation_allows_for() {
+        assert_eq!(JWKS_CACHE_CONTROL, format!("public, max-age={JWKS_MAX_AGE_SECONDS}"));
+    }
 
     fn form(body: &str) -> Request {
         http::Request::builder()

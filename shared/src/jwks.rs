@@ -97,12 +97,24 @@ impl HttpIssuerKeys {
 
 /// HTTPS only, except plain HTTP to loopback for local runs and tests.
 pub fn check_jwks_url(url: &str) -> Result<()> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| BrokerError::JwksUnavailable("invalid jwks url"))?;
+    if is_allowed_url(url) {
+        Ok(())
+    } else {
+        Err(BrokerError::JwksUnavailable("jwks url must be https"))
+    }
+}
+
+/// Whether the broker may call `url` (JWKS, rotation hooks, webhooks): HTTPS, or plain HTTP to
+/// loopback for local runs and tests.
+pub fn is_allowed_url(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
     let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err(BrokerError::JwksUnavailable("jwks url must be https")),
+        "https" => parsed.host_str().is_some(),
+        "http" => loopback,
+        _ => false,
     }
 }
 

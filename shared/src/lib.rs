@@ -16,6 +16,7 @@ pub mod jwks;
 pub mod policy;
 pub mod ports;
 pub mod redact;
+pub mod rotation;
 pub mod subject_token;
 pub mod telemetry;
 pub mod token_admin;

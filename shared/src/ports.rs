@@ -1,7 +1,10 @@
 //! Narrow ports owned by the domain. Each has an in-memory fake (`crate::fakes`) for unit tests and
 //! an AWS adapter (`crate::aws`) tested against moto.
 
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, Revocation, Secret, Target, UnixTime};
+use crate::domain::{
+    AuditEvent, Grant, Issuer, KeyRing, Lease, Revocation, RotationNotice, RotationStep, Secret, SecretRotationState,
+    Target, UnixTime, VersionStage,
+};
 use crate::error::Result;
 use crate::redact::SecretString;
 use async_trait::async_trait;
@@ -88,15 +91,120 @@ pub trait RoleAssumer: Send + Sync {
     async fn assume_role(&self, request: &AssumeRoleRequest) -> Result<AwsSessionCredentials>;
 }
 
-/// The broker's token signing key (ES256), held in KMS in production.
+/// The broker's token signing keys (ES256), held in KMS in production.
 #[async_trait]
 pub trait TokenSigner: Send + Sync {
-    /// The `kid` placed in token headers.
-    fn key_id(&self) -> &str;
-    /// Sign a JWS signing input; returns the 64-byte `r || s` signature JWS ES256 expects.
-    async fn sign_es256(&self, signing_input: &[u8]) -> Result<[u8; 64]>;
-    /// The public keys relying parties verify broker tokens with.
+    /// The key that signs now: the `kid` placed in token headers.
+    async fn active_key_id(&self) -> Result<String>;
+    /// Sign a JWS signing input with `key_id`; returns the 64-byte `r || s` signature ES256 wants.
+    async fn sign_es256(&self, key_id: &str, signing_input: &[u8]) -> Result<[u8; 64]>;
+    /// The public keys relying parties verify broker tokens with: next, active and retired keys.
     async fn public_jwks(&self) -> Result<JwkSet>;
+}
+
+/// Where the signing-key ring is kept. Changes are conditional on the version read, and recorded
+/// with their audit event atomically.
+#[async_trait]
+pub trait KeyRingStore: Send + Sync {
+    async fn load(&self) -> Result<Option<KeyRing>>;
+    /// Write `ring` if the stored ring is still at `expected_version` (`None`: no ring stored yet).
+    /// `Ok(false)` when another writer got there first.
+    async fn save(&self, ring: &KeyRing, expected_version: Option<i64>, event: &AuditEvent) -> Result<bool>;
+}
+
+/// Creates and deletes signing keys (KMS in production). Never signs and never decrypts.
+#[async_trait]
+pub trait SigningKeyAdmin: Send + Sync {
+    /// A new ECC_NIST_P256 SIGN_VERIFY key usable by the broker's signers; returns its key id.
+    async fn create_signing_key(&self, description: &str) -> Result<String>;
+    async fn schedule_key_deletion(&self, key_id: &str, pending_window_days: i32) -> Result<()>;
+}
+
+/// A PENDING version promoted to CURRENT, with what it replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    pub secret_id: String,
+    pub new_version: String,
+    /// The CURRENT being replaced; it becomes PREVIOUS until `previous_expires_at`.
+    pub old_version: Option<String>,
+    pub previous_expires_at: UnixTime,
+    /// A PREVIOUS still inside its grace period is deprecated early, with this revocation.
+    pub deprecated: Option<(String, Revocation)>,
+    pub next_due_at: UnixTime,
+}
+
+/// The rotate function's view of the secrets registry. Every state change is conditional on the
+/// state it was decided from; `Ok(false)` means another run changed it first (re-read and resume).
+#[async_trait]
+pub trait RotationStore: Send + Sync {
+    /// Ids of secrets with work due at `now` (through an index on the due time, never a scan),
+    /// earliest first, at most `limit`.
+    async fn due_secrets(&self, now: UnixTime, limit: usize) -> Result<Vec<String>>;
+    /// How many secrets have work due at `now`.
+    async fn count_due(&self, now: UnixTime) -> Result<u64>;
+    async fn rotation_state(&self, secret_id: &str) -> Result<Option<SecretRotationState>>;
+    /// The stage of one stored version, `None` if it does not exist or has no ciphertext.
+    async fn version_stage(&self, secret_id: &str, version: &str) -> Result<Option<VersionStage>>;
+    /// Store an encrypted PENDING version and point the secret at it (step `Created`), if the
+    /// secret's CURRENT is still `expected_current` and no rotation is in progress.
+    async fn stage_pending(
+        &self,
+        secret_id: &str,
+        expected_current: Option<&str>,
+        version: &str,
+        ciphertext: Vec<u8>,
+        now: UnixTime,
+    ) -> Result<bool>;
+    /// Move the rotation of `version` from step `from` to `to`.
+    async fn advance_step(&self, secret_id: &str, version: &str, from: RotationStep, to: RotationStep) -> Result<bool>;
+    /// Ids of the destinations registered as holding a copy of the secret.
+    async fn destinations_for(&self, secret_id: &str) -> Result<Vec<String>>;
+    /// Promote PENDING to CURRENT, with its audit event and the notice to destinations, atomically.
+    async fn promote(&self, promotion: &Promotion, event: &AuditEvent, notice: &RotationNotice) -> Result<bool>;
+    /// Deprecate PREVIOUS after its grace period, with the revocation of its leases and its audit
+    /// event, atomically.
+    async fn retire_previous(
+        &self,
+        secret_id: &str,
+        version: &str,
+        next_due_at: UnixTime,
+        revocation: &Revocation,
+        event: &AuditEvent,
+    ) -> Result<bool>;
+    /// Move a secret's due time (e.g. a secret without work, or one whose rotation cannot run).
+    async fn reschedule(&self, secret_id: &str, due_at: UnixTime) -> Result<()>;
+}
+
+/// What rotate asks a secret's rotation hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAction {
+    /// Make a new credential for this version and return it (idempotent per version id).
+    Create,
+    /// The version is staged PENDING in the broker.
+    Set,
+    /// Confirm the new credential works (a non-2xx answer fails the rotation step).
+    Test,
+    /// The version is now CURRENT; the one before it is PREVIOUS.
+    Finish,
+}
+
+impl HookAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Set => "set",
+            Self::Test => "test",
+            Self::Finish => "finish",
+        }
+    }
+}
+
+/// The owning system's rotation endpoint.
+#[async_trait]
+pub trait RotationHook: Send + Sync {
+    /// Call `url` for `action` on one version. `Create` returns the new value; other actions `None`.
+    async fn call(&self, url: &str, action: HookAction, secret_id: &str, version: &str)
+    -> Result<Option<SecretString>>;
 }
 
 /// Public keys of subject-token issuers.

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 const TOKEN_EVENT: &str = include_str!("../../events/exchange-token-request.json");
 const JWKS_EVENT: &str = include_str!("../../events/exchange-jwks-request.json");
 const ROTATE_EVENT: &str = include_str!("../../events/rotate-scheduled.json");
+const ROTATE_ON_DEMAND_EVENT: &str = include_str!("../../events/rotate-on-demand.json");
 const SWEEP_EVENT: &str = include_str!("../../events/expire-sweeper-scheduled.json");
 const STREAM_EVENT: &str = include_str!("../../events/revoke-fanout-stream.json");
 
@@ -159,6 +160,25 @@ fn schedule_samples_parse_and_garbage_is_refused() {
     }
     assert!(nhi_broker::jobs::parse_scheduled_event(serde_json::json!({"hello": "world"})).is_err());
     assert!(nhi_broker::jobs::parse_scheduled_event(serde_json::json!([1, 2])).is_err());
+}
+
+#[test]
+fn rotate_accepts_its_schedule_and_on_demand_samples_and_nothing_else() {
+    use nhi_broker::jobs::{RotateRequest, parse_rotate_event};
+    let scheduled = parse_rotate_event(serde_json::from_str(ROTATE_EVENT).unwrap()).unwrap();
+    assert!(matches!(scheduled, RotateRequest::Scheduled(_)));
+    match parse_rotate_event(serde_json::from_str(ROTATE_ON_DEMAND_EVENT).unwrap()).unwrap() {
+        RotateRequest::Secret { secret_id, .. } => assert_eq!(secret_id, "demo-db-password"),
+        other => panic!("{other:?}"),
+    }
+    let mut no_id: serde_json::Value = serde_json::from_str(ROTATE_ON_DEMAND_EVENT).unwrap();
+    no_id["detail"] = serde_json::json!({});
+    assert!(parse_rotate_event(no_id).unwrap_err().contains("secret_id"));
+    let mut other: serde_json::Value = serde_json::from_str(ROTATE_EVENT).unwrap();
+    other["detail-type"] = "Something Else".into();
+    assert!(parse_rotate_event(other).is_err());
+    // Not an EventBridge event at all.
+    assert!(parse_rotate_event(serde_json::json!({"secret_id": "x"})).is_err());
 }
 
 #[test]

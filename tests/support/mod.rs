@@ -2,6 +2,8 @@
 //! by `make test` from template.yaml), a demo issuer whose JWKS is served over loopback HTTP, and
 //! a log capture that lets tests prove no secret reaches a log line.
 
+pub mod rotation;
+
 use aws_sdk_dynamodb::types::AttributeValue;
 use jsonwebtoken::jwk::JwkSet;
 use lambda_http::{Body, Request};
@@ -94,6 +96,13 @@ impl Harness {
         let grant = h.grant(&h.grant_id, &h.subject, now() + 86_400);
         h.registry.put_grant(&grant).await.unwrap();
         h
+    }
+
+    /// Serve the exchange API from `config` instead (e.g. another signing-key ring).
+    pub async fn use_config(&mut self, config: Config) {
+        let sdk = nhi_broker::aws::sdk_config().await;
+        self.api = nhi_broker::aws::broker_api(&config, &sdk).expect("api");
+        self.config = config;
     }
 
     /// The registration of this harness' issuer (JWKS served over loopback HTTP).

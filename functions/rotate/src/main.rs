@@ -1,15 +1,20 @@
-//! rotate: run by an EventBridge schedule. Validates and acknowledges its schedule event.
+//! rotate: run by an EventBridge schedule (every due secret and the signing-key ring) or on demand
+//! for one secret (`detail-type: Rotate Secret`).
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use nhi_broker::config::Config;
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        let run = nhi_broker::jobs::parse_scheduled_event(event.payload)?;
-        tracing::info!(run_id = %run.id, scheduled_time = %run.time, detail_type = %run.detail_type, "scheduled run received");
-        Ok::<_, Error>(serde_json::json!({ "run_id": run.id }))
+    let config = Config::from_env()?;
+    let sdk = nhi_broker::aws::sdk_config().await;
+    let clients = nhi_broker::aws::Clients::new(&sdk);
+    let service = nhi_broker::aws::rotation_service(&config, &clients)?;
+    let service = &service;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        Ok::<_, Error>(nhi_broker::jobs::handle_rotate_event(service, event.payload).await?)
     }))
     .await
 }

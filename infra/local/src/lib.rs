@@ -42,10 +42,10 @@ pub async fn bind_loopback(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await
 }
 
-type HttpResponse = hyper::Response<Full<Bytes>>;
+pub type HttpResponse = hyper::Response<Full<Bytes>>;
 
 /// Serve connections from `listener` with `handler` until `shutdown` resolves.
-async fn serve<H, F>(listener: TcpListener, handler: H, mut shutdown: watch::Receiver<bool>)
+pub async fn serve<H, F>(listener: TcpListener, handler: H, mut shutdown: watch::Receiver<bool>)
 where
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
@@ -106,7 +106,7 @@ pub async fn serve_broker(api: Arc<BrokerApi>, listener: TcpListener, shutdown: 
     serve(listener, move |req| broker_route(api.clone(), req), shutdown).await
 }
 
-fn text(status: u16, content_type: &'static str, body: String) -> HttpResponse {
+pub fn text(status: u16, content_type: &'static str, body: String) -> HttpResponse {
     hyper::Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -196,6 +196,7 @@ pub async fn bootstrap_demo(
         environment: "dev".into(),
         enabled: true,
         description: "demo database password".into(),
+        rotation: None,
     };
     registry.put_secret(&secret).await?;
     let version = format!("v{now}");

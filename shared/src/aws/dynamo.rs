@@ -9,7 +9,7 @@
 //! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
 
 use crate::audit::{AuditChain, ChainLink};
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Secret, Target};
+use crate::domain::{AuditEvent, Destination, Grant, Issuer, Lease, LeaseStatus, Revocation, Secret, Target};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::ports::{CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, SecretStore};
@@ -61,6 +61,24 @@ pub mod keys {
     pub fn revocation_sk(at: i64, revocation_id: &str) -> String {
         format!("{at:012}#{revocation_id}")
     }
+    /// Rotation notices share the revocations table (and its stream) with revocations.
+    pub fn rotation_notice_pk(secret_id: &str) -> String {
+        format!("rotation#{secret_id}")
+    }
+    pub fn destination_pk(id: &str) -> String {
+        format!("DEST#{id}")
+    }
+    pub const DESTINATION_SK: &str = "#DEST";
+    /// A destination's link in a secret's item collection: one Query finds a secret's holders.
+    pub fn destination_link_sk(id: &str) -> String {
+        format!("DEST#{id}")
+    }
+    pub fn key_ring_pk(ring: &str) -> String {
+        format!("KEYRING#{ring}")
+    }
+    pub const KEY_RING_SK: &str = "#KEYRING";
+    /// Partition of the sparse `rotation-due` index: every secret with a rotation policy.
+    pub const ROTATION_SHARD: &str = "ROTATION";
     pub fn subject_key(iss: &str, sub: &str) -> String {
         format!("{iss}#{sub}")
     }
@@ -73,12 +91,16 @@ pub mod keys {
     }
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn n(value: i64) -> AttributeValue {
+pub(crate) fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
+}
+
+pub(crate) fn build_err(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Internal(format!("request construction: {e}"))
 }
 
 /// A domain value as an item, plus its key and index attributes.
@@ -165,27 +187,143 @@ impl DynamoRegistry {
 }
 
 impl DynamoRegistry {
-    /// Create or update a secret's metadata, leaving its versions and CURRENT pointer alone.
+    /// Create or update a secret's metadata, leaving its versions and CURRENT pointer alone. A
+    /// rotation policy puts the secret on the `rotation-due` index: due one interval from now, or
+    /// at once when it has no value yet (rotation makes the first one); an existing due time stays.
     pub async fn put_secret(&self, secret: &Secret) -> Result<()> {
-        self.client
+        let mut request = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(keys::secret_pk(&secret.id)))
             .key("sk", s(keys::SECRET_SK))
-            .update_expression(
-                "SET id = :id, #owner = :owner, environment = :env, enabled = :enabled, description = :desc, \
-                 item_type = :type, item_id = :id",
-            )
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":id", s(&secret.id))
             .expression_attribute_values(":owner", s(&secret.owner))
             .expression_attribute_values(":env", s(&secret.environment))
             .expression_attribute_values(":enabled", AttributeValue::Bool(secret.enabled))
             .expression_attribute_values(":desc", s(&secret.description))
-            .expression_attribute_values(":type", s("secret"))
+            .expression_attribute_values(":type", s("secret"));
+        let base = "SET id = :id, #owner = :owner, environment = :env, enabled = :enabled, description = :desc, \
+                    item_type = :type, item_id = :id";
+        request = match &secret.rotation {
+            Some(policy) => {
+                if let Some(problem) = policy.problem() {
+                    return Err(BrokerError::InvalidRequest(problem));
+                }
+                // Only a schedule: a concurrent first value at worst makes the first rotation early.
+                let has_value = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", s(keys::secret_pk(&secret.id)))
+                    .key("sk", s(keys::SECRET_SK))
+                    .projection_expression("current_version")
+                    .send()
+                    .await
+                    .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+                    .item
+                    .is_some_and(|i| i.contains_key("current_version"));
+                let now = crate::ports::Clock::now(&crate::ports::SystemClock);
+                let first_due = if has_value { now + policy.interval_seconds } else { now };
+                let rotation = serde_dynamo::to_attribute_value(policy)
+                    .map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?;
+                request
+                    .update_expression(format!(
+                        "{base}, rotation = :rotation, rotation_shard = :shard, \
+                         rotation_due_at = if_not_exists(rotation_due_at, :due)"
+                    ))
+                    .expression_attribute_values(":rotation", rotation)
+                    .expression_attribute_values(":shard", s(keys::ROTATION_SHARD))
+                    .expression_attribute_values(":due", n(first_due))
+            }
+            None => request.update_expression(format!("{base} REMOVE rotation, rotation_shard, rotation_due_at")),
+        };
+        request
             .send()
             .await
             .map_err(|e| BrokerError::aws("dynamodb", "UpdateItem", &e))?;
+        Ok(())
+    }
+
+    /// Register (or replace) a destination and its links in each secret's item collection, in one
+    /// transaction; links to secrets it no longer holds are removed. Conditional on the revision
+    /// read, so two concurrent writers cannot leave stale links.
+    pub async fn put_destination(&self, destination: &Destination) -> Result<()> {
+        if destination.secrets.len() > 90 {
+            return Err(BrokerError::InvalidRequest("a destination may hold at most 90 secrets"));
+        }
+        let existing = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::destination_pk(&destination.id)))
+            .key("sk", s(keys::DESTINATION_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+            .item;
+        let revision = existing
+            .as_ref()
+            .and_then(|i| i.get("revision"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        let old_secrets: Vec<String> = match existing {
+            Some(item) => from_item::<Destination>(item, "destination")?.secrets,
+            None => Vec::new(),
+        };
+        let item = to_item(
+            destination,
+            [
+                ("pk", s(keys::destination_pk(&destination.id))),
+                ("sk", s(keys::DESTINATION_SK)),
+                ("item_type", s("destination")),
+                ("item_id", s(&destination.id)),
+                ("revision", n(revision.unwrap_or(0) + 1)),
+            ],
+        )?;
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
+        put = match revision {
+            Some(r) => put
+                .condition_expression("revision = :r")
+                .expression_attribute_values(":r", n(r)),
+            None => put.condition_expression("attribute_not_exists(pk)"),
+        };
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(put.build().map_err(build_err)?)
+                .build(),
+        ];
+        for secret in old_secrets.iter().filter(|s| !destination.secrets.contains(s)) {
+            let delete = aws_sdk_dynamodb::types::Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(keys::secret_pk(secret)))
+                .key("sk", s(keys::destination_link_sk(&destination.id)))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
+        for secret in &destination.secrets {
+            let link = Item::from([
+                ("pk".to_string(), s(keys::secret_pk(secret))),
+                ("sk".to_string(), s(keys::destination_link_sk(&destination.id))),
+                ("destination_id".to_string(), s(&destination.id)),
+                ("secret_id".to_string(), s(secret)),
+            ]);
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(link))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "TransactWriteItems", &e))?;
         Ok(())
     }
 
@@ -205,6 +343,7 @@ impl DynamoRegistry {
             ("secret_id".to_string(), s(secret_id)),
             ("version".to_string(), s(version)),
             ("ciphertext".to_string(), blob.clone()),
+            ("stage".to_string(), s(crate::domain::VersionStage::Current.as_str())),
             ("created_at".to_string(), n(now)),
         ]);
         let pointer = Update::builder()
@@ -212,7 +351,8 @@ impl DynamoRegistry {
             .key("pk", s(keys::secret_pk(secret_id)))
             .key("sk", s(keys::SECRET_SK))
             .update_expression("SET current_version = :v, current_ciphertext = :c")
-            .condition_expression("attribute_exists(pk)")
+            // Never under a rotation in progress: that would leave two versions claiming CURRENT.
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(pending_version)")
             .expression_attribute_values(":v", s(version))
             .expression_attribute_values(":c", blob)
             .build()
@@ -296,8 +436,20 @@ impl PolicyStore for DynamoRegistry {
     }
 }
 
+pub(crate) type TransactError =
+    aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>;
+
+/// Whether a single-item write failed on its condition.
+pub(crate) fn is_conditional_check_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+    err: &aws_sdk_dynamodb::error::SdkError<E>,
+) -> bool {
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "ConditionalCheckFailedException")
+}
+
 /// Whether a cancelled transaction failed on the condition of its `index`-th item.
-fn condition_failed_at(
+pub(crate) fn condition_failed_at(
     err: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
     index: usize,
 ) -> bool {
@@ -321,15 +473,75 @@ pub struct DynamoLedger {
 }
 
 /// A conditional put (the item must not exist yet) inside a transaction.
-fn put_new(table: &str, item: Item, key_attr: &str) -> Result<TransactWriteItem> {
+pub(crate) fn put_new(table: &str, item: Item, key_attr: &str) -> Result<TransactWriteItem> {
     let put = Put::builder()
         .table_name(table)
         .set_item(Some(item))
         .condition_expression("attribute_not_exists(#k)")
         .expression_attribute_names("#k", key_attr)
         .build()
-        .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        .map_err(build_err)?;
     Ok(TransactWriteItem::builder().put(put).build())
+}
+
+pub(crate) fn revocation_item(revocation: &Revocation) -> Result<Item> {
+    to_item(
+        revocation,
+        [
+            (
+                "pk",
+                s(keys::revocation_pk(
+                    revocation.target_kind.as_str(),
+                    &revocation.target_id,
+                )),
+            ),
+            ("sk", s(keys::revocation_sk(revocation.at, &revocation.revocation_id))),
+            ("record_type", s("revocation")),
+        ],
+    )
+}
+
+pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
+    to_item(
+        event,
+        [
+            ("chain", s(&link.chain)),
+            ("seq", n(link.seq)),
+            ("prev_hash", s(&link.prev_hash)),
+            ("hash", s(&link.hash)),
+        ],
+    )
+}
+
+/// Run one transaction of `items` plus `event` appended to this writer's audit chain: the event is
+/// recorded exactly when the change is. The chain advances on success and restarts on any failure
+/// (the write may or may not have landed, and a chain must never fork).
+pub(crate) async fn transact_with_audit(
+    client: &aws_sdk_dynamodb::Client,
+    chain: &AuditChain,
+    audit_table: &str,
+    items: Vec<TransactWriteItem>,
+    event: &AuditEvent,
+) -> std::result::Result<std::result::Result<(), TransactError>, BrokerError> {
+    let mut chain = chain.lock().await;
+    let link = chain.next_link(event);
+    let audit = put_new(audit_table, audit_item(event, &link)?, "chain")?;
+    let result = client
+        .transact_write_items()
+        .set_transact_items(Some(items))
+        .transact_items(audit)
+        .send()
+        .await;
+    match result {
+        Ok(_) => {
+            chain.advance(link);
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            chain.restart();
+            Ok(Err(e))
+        }
+    }
 }
 
 impl DynamoLedger {
@@ -346,34 +558,6 @@ impl DynamoLedger {
             revocations_table: revocations_table.into(),
             chain: AuditChain::default(),
         }
-    }
-
-    fn revocation_item(revocation: &Revocation) -> Result<Item> {
-        to_item(
-            revocation,
-            [
-                (
-                    "pk",
-                    s(keys::revocation_pk(
-                        revocation.target_kind.as_str(),
-                        &revocation.target_id,
-                    )),
-                ),
-                ("sk", s(keys::revocation_sk(revocation.at, &revocation.revocation_id))),
-            ],
-        )
-    }
-
-    fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
-        to_item(
-            event,
-            [
-                ("chain", s(&link.chain)),
-                ("seq", n(link.seq)),
-                ("prev_hash", s(&link.prev_hash)),
-                ("hash", s(&link.hash)),
-            ],
-        )
     }
 
     fn lease_item(lease: &Lease) -> Result<Item> {
@@ -393,33 +577,21 @@ impl DynamoLedger {
 #[async_trait]
 impl LeaseLedger for DynamoLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
-        let mut chain = self.chain.lock().await;
-        let link = chain.next_link(event);
-        let mut request = self
-            .client
-            .transact_write_items()
-            .transact_items(put_new(&self.leases_table, Self::lease_item(lease)?, "pk")?)
-            .transact_items(put_new(&self.audit_table, Self::audit_item(event, &link)?, "chain")?);
+        let mut items = vec![put_new(&self.leases_table, Self::lease_item(lease)?, "pk")?];
         if let Some(guard) = replay {
             let item = Item::from([
                 ("pk".to_string(), s(keys::replay_pk(&guard.key))),
                 ("sk".to_string(), s(keys::REPLAY_SK)),
                 ("ttl".to_string(), n(guard.expires_at)),
             ]);
-            request = request.transact_items(put_new(&self.leases_table, item, "pk")?);
+            items.push(put_new(&self.leases_table, item, "pk")?);
         }
-        match request.send().await {
-            Ok(_) => {
-                chain.advance(link);
-                Ok(())
+        match transact_with_audit(&self.client, &self.chain, &self.audit_table, items, event).await? {
+            Ok(()) => Ok(()),
+            Err(e) if replay.is_some() && condition_failed_at(&e, 1) => {
+                Err(BrokerError::TokenRejected(TokenRejection::Replayed))
             }
-            Err(e) => {
-                chain.restart();
-                if replay.is_some() && condition_failed_at(&e, 2) {
-                    return Err(BrokerError::TokenRejected(TokenRejection::Replayed));
-                }
-                Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e))
-            }
+            Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
         }
     }
 
@@ -430,7 +602,7 @@ impl LeaseLedger for DynamoLedger {
             .client
             .put_item()
             .table_name(&self.audit_table)
-            .set_item(Some(Self::audit_item(event, &link)?))
+            .set_item(Some(audit_item(event, &link)?))
             .condition_expression("attribute_not_exists(chain)")
             .send()
             .await;
@@ -460,8 +632,6 @@ impl LeaseLedger for DynamoLedger {
     }
 
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
-        let mut chain = self.chain.lock().await;
-        let link = chain.next_link(event);
         let update = Update::builder()
             .table_name(&self.leases_table)
             .key("pk", s(keys::lease_pk(&lease.lease_id)))
@@ -474,31 +644,15 @@ impl LeaseLedger for DynamoLedger {
             .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
             .expression_attribute_values(":at", n(revocation.at))
             .build()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(put_new(
-                &self.revocations_table,
-                Self::revocation_item(revocation)?,
-                "pk",
-            )?)
-            .transact_items(put_new(&self.audit_table, Self::audit_item(event, &link)?, "chain")?)
-            .send()
-            .await;
-        match result {
-            Ok(_) => {
-                chain.advance(link);
-                Ok(true)
-            }
-            Err(e) => {
-                chain.restart();
-                if condition_failed_at(&e, 0) {
-                    return Ok(false);
-                }
-                Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e))
-            }
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
+        ];
+        match transact_with_audit(&self.client, &self.chain, &self.audit_table, items, event).await? {
+            Ok(()) => Ok(true),
+            Err(e) if condition_failed_at(&e, 0) => Ok(false),
+            Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
         }
     }
 }
@@ -544,6 +698,8 @@ mod tests {
             lease_id: Some("lease-1".into()),
             reason: None,
             token_fingerprint: None,
+            old_version: None,
+            new_version: None,
         }
     }
 
@@ -552,7 +708,7 @@ mod tests {
         let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let record = |seen: Arc<Mutex<Vec<(String, String)>>>| {
             move |input: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput| {
-                let audit = input.transact_items()[1].put().unwrap().item();
+                let audit = input.transact_items().last().unwrap().put().unwrap().item();
                 let chain = audit["chain"].as_s().unwrap().clone();
                 let seq = audit["seq"].as_n().unwrap().clone();
                 seen.lock().unwrap().push((chain, seq));

@@ -3,32 +3,104 @@
 //! KMS returns DER-encoded ECDSA signatures; JWS wants the fixed 64-byte `r || s`. The message is
 //! sent with `MessageType=RAW` (KMS hashes it), which is also the mode moto signs correctly.
 
+use crate::domain::KeyRing;
 use crate::error::{BrokerError, Result};
-use crate::ports::{SecretDecryptor, SecretEncryptor, TokenSigner};
+use crate::ports::{KeyRingStore, SecretDecryptor, SecretEncryptor, SigningKeyAdmin, TokenSigner};
 use crate::redact::SecretString;
 use async_trait::async_trait;
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
+use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use p256::pkcs8::DecodePublicKey;
-use tokio::sync::OnceCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+/// Signs with the active key of the signing-key ring and publishes every key in it. The ring is
+/// re-read at most every `ring_ttl`; public keys never change for a key id, so each is fetched once
+/// per execution environment.
 pub struct KmsSigner {
     client: aws_sdk_kms::Client,
-    key_id: String,
-    /// Public keys never change for a key id: fetched once per execution environment.
-    jwks: OnceCell<JwkSet>,
+    ring: Option<Arc<dyn KeyRingStore>>,
+    /// The deployed key: the active key until rotate first writes the ring.
+    bootstrap_key_id: String,
+    ring_ttl: Duration,
+    cached_ring: Mutex<Option<(Instant, KeyRing)>>,
+    public_keys: Mutex<HashMap<String, serde_json::Value>>,
 }
 
 impl KmsSigner {
+    /// One fixed key, no ring (tools and tests).
     pub fn new(client: aws_sdk_kms::Client, key_id: impl Into<String>) -> Self {
+        Self::build(client, key_id.into(), None, Duration::ZERO)
+    }
+
+    pub fn with_ring(
+        client: aws_sdk_kms::Client,
+        bootstrap_key_id: impl Into<String>,
+        ring: Arc<dyn KeyRingStore>,
+        ring_ttl: Duration,
+    ) -> Self {
+        Self::build(client, bootstrap_key_id.into(), Some(ring), ring_ttl)
+    }
+
+    fn build(
+        client: aws_sdk_kms::Client,
+        bootstrap_key_id: String,
+        ring: Option<Arc<dyn KeyRingStore>>,
+        ring_ttl: Duration,
+    ) -> Self {
         Self {
             client,
-            key_id: key_id.into(),
-            jwks: OnceCell::new(),
+            ring,
+            bootstrap_key_id,
+            ring_ttl,
+            cached_ring: Mutex::new(None),
+            public_keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The ring as stored, or the bootstrap ring before rotate has written one.
+    async fn ring(&self) -> Result<KeyRing> {
+        let Some(store) = &self.ring else {
+            return Ok(KeyRing::bootstrap(&self.bootstrap_key_id, 0));
+        };
+        if let Some((at, ring)) = self.cached_ring.lock().ok().and_then(|c| c.clone())
+            && at.elapsed() < self.ring_ttl
+        {
+            return Ok(ring);
+        }
+        let ring = store
+            .load()
+            .await?
+            .unwrap_or_else(|| KeyRing::bootstrap(&self.bootstrap_key_id, 0));
+        if let Ok(mut cached) = self.cached_ring.lock() {
+            *cached = Some((Instant::now(), ring.clone()));
+        }
+        Ok(ring)
+    }
+
+    async fn public_jwk(&self, key_id: &str) -> Result<serde_json::Value> {
+        if let Some(jwk) = self.public_keys.lock().ok().and_then(|k| k.get(key_id).cloned()) {
+            return Ok(jwk);
+        }
+        let output = self
+            .client
+            .get_public_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("kms", "GetPublicKey", &e))?;
+        let der = output
+            .public_key
+            .ok_or_else(|| BrokerError::Internal("KMS GetPublicKey returned no key".into()))?;
+        let jwk = spki_to_jwk(der.as_ref(), key_id)?;
+        if let Ok(mut keys) = self.public_keys.lock() {
+            keys.insert(key_id.to_string(), jwk.clone());
+        }
+        Ok(jwk)
     }
 }
 
@@ -57,15 +129,18 @@ pub fn spki_to_jwk(spki_der: &[u8], kid: &str) -> Result<serde_json::Value> {
 
 #[async_trait]
 impl TokenSigner for KmsSigner {
-    fn key_id(&self) -> &str {
-        &self.key_id
+    async fn active_key_id(&self) -> Result<String> {
+        let ring = self.ring().await?;
+        ring.active()
+            .map(|k| k.key_id.clone())
+            .ok_or_else(|| BrokerError::CorruptRecord("signing-key ring has no active key".into()))
     }
 
-    async fn sign_es256(&self, signing_input: &[u8]) -> Result<[u8; 64]> {
+    async fn sign_es256(&self, key_id: &str, signing_input: &[u8]) -> Result<[u8; 64]> {
         let output = self
             .client
             .sign()
-            .key_id(&self.key_id)
+            .key_id(key_id)
             .message(Blob::new(signing_input))
             .message_type(MessageType::Raw)
             .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
@@ -78,25 +153,98 @@ impl TokenSigner for KmsSigner {
         der_to_jws_signature(der.as_ref())
     }
 
+    /// Next, active and retired keys alike: a token verifies from before its key signs (next) until
+    /// after it stops signing (retired, until every token it signed has expired).
     async fn public_jwks(&self) -> Result<JwkSet> {
-        self.jwks
-            .get_or_try_init(|| async {
-                let output = self
-                    .client
-                    .get_public_key()
-                    .key_id(&self.key_id)
-                    .send()
-                    .await
-                    .map_err(|e| BrokerError::aws("kms", "GetPublicKey", &e))?;
-                let der = output
-                    .public_key
-                    .ok_or_else(|| BrokerError::Internal("KMS GetPublicKey returned no key".into()))?;
-                let jwk = spki_to_jwk(der.as_ref(), &self.key_id)?;
-                serde_json::from_value(serde_json::json!({ "keys": [jwk] }))
-                    .map_err(|e| BrokerError::Internal(e.to_string()))
-            })
+        let ring = self.ring().await?;
+        let mut keys = Vec::with_capacity(ring.keys.len());
+        for key in &ring.keys {
+            keys.push(self.public_jwk(&key.key_id).await?);
+        }
+        serde_json::from_value(serde_json::json!({ "keys": keys })).map_err(|e| BrokerError::Internal(e.to_string()))
+    }
+}
+
+/// Creates signing keys whose key policy lets only the named roles sign, and deletes retired ones.
+pub struct KmsKeyAdmin {
+    client: aws_sdk_kms::Client,
+    /// The key policy every new signing key gets; `None` leaves KMS's default (local emulator only).
+    key_policy: Option<String>,
+}
+
+impl KmsKeyAdmin {
+    pub fn new(client: aws_sdk_kms::Client, key_policy: Option<String>) -> Self {
+        Self { client, key_policy }
+    }
+}
+
+/// The key policy of a rotated-in signing key, the same shape as the deployed one: the account
+/// administers but cannot use it; `signers` may sign (ES256 only) and read the public key; `admin`
+/// (rotate) may describe, re-apply the policy (KMS requires the creator to keep that) and schedule
+/// deletion.
+pub fn signing_key_policy(account_root_arn: &str, signers: &[String], admin: &str) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AccountAdministersButCannotUse",
+                "Effect": "Allow",
+                "Principal": { "AWS": account_root_arn },
+                "Action": [
+                    "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+                    "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+                    "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"
+                ],
+                "Resource": "*"
+            },
+            {
+                "Sid": "BrokerSigns",
+                "Effect": "Allow",
+                "Principal": { "AWS": signers },
+                "Action": ["kms:Sign", "kms:GetPublicKey"],
+                "Resource": "*",
+                "Condition": { "StringEquals": { "kms:SigningAlgorithm": "ECDSA_SHA_256" } }
+            },
+            {
+                "Sid": "RotateManagesLifecycle",
+                "Effect": "Allow",
+                "Principal": { "AWS": admin },
+                "Action": ["kms:DescribeKey", "kms:PutKeyPolicy", "kms:ScheduleKeyDeletion"],
+                "Resource": "*"
+            }
+        ]
+    })
+    .to_string()
+}
+
+#[async_trait]
+impl SigningKeyAdmin for KmsKeyAdmin {
+    async fn create_signing_key(&self, description: &str) -> Result<String> {
+        let output = self
+            .client
+            .create_key()
+            .key_spec(KeySpec::EccNistP256)
+            .key_usage(KeyUsageType::SignVerify)
+            .description(description)
+            .set_policy(self.key_policy.clone())
+            .send()
             .await
-            .cloned()
+            .map_err(|e| BrokerError::aws("kms", "CreateKey", &e))?;
+        output
+            .key_metadata
+            .map(|m| m.key_id)
+            .ok_or_else(|| BrokerError::Internal("KMS CreateKey returned no key".into()))
+    }
+
+    async fn schedule_key_deletion(&self, key_id: &str, pending_window_days: i32) -> Result<()> {
+        self.client
+            .schedule_key_deletion()
+            .key_id(key_id)
+            .pending_window_in_days(pending_window_days)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("kms", "ScheduleKeyDeletion", &e))?;
+        Ok(())
     }
 }
 
@@ -186,7 +334,7 @@ mod tests {
         });
         let client = mock_client!(aws_sdk_kms, RuleMode::MatchAny, [&rule]);
         let signer = KmsSigner::new(client, "abc");
-        let err = signer.sign_es256(b"header.payload").await.unwrap_err();
+        let err = signer.sign_es256("abc", b"header.payload").await.unwrap_err();
         assert_eq!(err.aws_code(), Some("KMSInvalidStateException"));
         assert!(!err.to_string().contains("pending deletion"), "{err}");
     }
@@ -196,7 +344,10 @@ mod tests {
         let rule = mock!(aws_sdk_kms::Client::sign)
             .then_output(|| SignOutput::builder().signature(Blob::new(vec![1, 2, 3])).build());
         let client = mock_client!(aws_sdk_kms, RuleMode::MatchAny, [&rule]);
-        let err = KmsSigner::new(client, "abc").sign_es256(b"x.y").await.unwrap_err();
+        let err = KmsSigner::new(client, "abc")
+            .sign_es256("abc", b"x.y")
+            .await
+            .unwrap_err();
         assert!(matches!(err, BrokerError::Internal(_)));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod call_counter;
 pub mod dynamo;
+pub mod dynamo_rotation;
 pub mod kms;
 pub mod sts;
 
@@ -56,6 +57,62 @@ impl Clients {
     }
 }
 
+/// The ring-aware signer every function that signs uses.
+pub fn signer(config: &Config, dynamo: &aws_sdk_dynamodb::Client, kms: &aws_sdk_kms::Client) -> kms::KmsSigner {
+    kms::KmsSigner::with_ring(
+        kms.clone(),
+        &config.signing_key_id,
+        Arc::new(dynamo_rotation::DynamoKeyRing::new(
+            dynamo.clone(),
+            &config.registry_table,
+            &config.audit_table,
+            &config.signing_key_ring,
+        )),
+        config.signing_keys_cache,
+    )
+}
+
+/// The rotate function's service: secrets registry, KMS (encrypt only, key lifecycle, signing for
+/// hook calls) and the key ring. Built once per execution environment.
+pub fn rotation_service(config: &Config, clients: &Clients) -> Result<crate::rotation::RotationService> {
+    use crate::rotation::{HttpRotationHook, KeyRotationSettings, RotationService, RotationSettings};
+    let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
+    let signer = Arc::new(signer(config, &clients.dynamo, &clients.kms));
+    Ok(RotationService {
+        store: Arc::new(dynamo_rotation::DynamoRotationStore::new(
+            clients.dynamo.clone(),
+            &config.registry_table,
+            &config.audit_table,
+            &config.revocations_table,
+        )),
+        encryptor: Arc::new(kms::KmsSecretCipher::new(clients.kms.clone(), &config.secrets_key_id)),
+        hook: Arc::new(HttpRotationHook::new(signer, clock.clone(), &config.broker_issuer)?),
+        key_ring: Arc::new(dynamo_rotation::DynamoKeyRing::new(
+            clients.dynamo.clone(),
+            &config.registry_table,
+            &config.audit_table,
+            &config.signing_key_ring,
+        )),
+        key_admin: Arc::new(kms::KmsKeyAdmin::new(
+            clients.kms.clone(),
+            config.rotation.signing_key_policy(),
+        )),
+        clock,
+        settings: RotationSettings {
+            batch_size: config.rotation.batch_size,
+            concurrency: config.rotation.concurrency,
+            keys: KeyRotationSettings::derived(
+                &config.signing_key_id,
+                config.rotation.signing_key_max_age_seconds,
+                config.max_token_ttl_seconds,
+                config.signing_keys_cache.as_secs() as i64,
+                config.clock_leeway_seconds,
+                config.rotation.key_deletion_window_days,
+            ),
+        },
+    })
+}
+
 /// The exchange API wired to DynamoDB, KMS and HTTPS JWKS. Built once per execution environment.
 pub fn broker_api(config: &Config, sdk: &aws_config::SdkConfig) -> Result<BrokerApi> {
     broker_api_with(config, Clients::new(sdk))
@@ -83,7 +140,7 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
             // Secrets are read fresh on every release: a rotation takes effect at once.
             secrets: Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
             decryptor: Arc::new(kms::KmsSecretCipher::new(kms.clone(), &config.secrets_key_id)),
-            signer: Arc::new(kms::KmsSigner::new(kms, &config.signing_key_id)),
+            signer: Arc::new(signer(config, &dynamo, &kms)),
             roles: Arc::new(sts::StsRoleAssumer::new(sts)),
             issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
             clock: Arc::new(SystemClock),

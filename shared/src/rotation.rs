@@ -1,0 +1,746 @@
+//! Rotation of stored secrets and of the broker's signing keys, independent of AWS.
+//!
+//! A secret rotates through four steps, as AWS Secrets Manager rotation functions do:
+//! **create** (new material, encrypted under the new version's context, staged PENDING),
+//! **set** (a hook secret's owning system is told the version is staged), **test** (the hook
+//! confirms the credential works; a generated one is checked to be stored), **finish** (PENDING
+//! becomes CURRENT, CURRENT becomes PREVIOUS for the grace period, the audit event and the notice
+//! to every destination are written in the same transaction). Every step is a conditional write
+//! on the state it was decided from, so a run that dies anywhere is resumed by the next, and two
+//! overlapping runs advance each step once: one CURRENT, one PREVIOUS, one new version.
+//!
+//! Version ids are derived from the secret and the version they replace, so a run that dies
+//! after a hook made a credential asks the hook again for the same version (hooks are idempotent
+//! per version id) instead of orphaning it.
+
+use crate::broker_token;
+use crate::domain::{
+    Alphabet, AuditAction, AuditEvent, AuditOutcome, KeyRing, Revocation, RevocationTarget, RotationNotice,
+    RotationPolicy, RotationStep, SecretGenerator, SecretRotationState, SigningKey, SigningKeyState, UnixTime,
+    VersionStage, secret_encryption_context,
+};
+use crate::error::{BrokerError, Result};
+use crate::ports::{
+    Clock, HookAction, KeyRingStore, Promotion, RotationHook, RotationStore, SecretEncryptor, SigningKeyAdmin,
+    TokenSigner,
+};
+use crate::redact::SecretString;
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// A secret that failed to rotate waits this long before it is tried again, so a broken hook
+/// cannot hold the head of the due index and starve every other secret.
+pub const RETRY_BACKOFF_SECONDS: i64 = 300;
+/// Re-reads per secret and call before giving up (each step is one; contention adds a few).
+const MAX_ROUNDS: usize = 12;
+
+#[derive(Debug, Clone)]
+pub struct KeyRotationSettings {
+    /// The deployed key, active until the ring is first written.
+    pub bootstrap_key_id: String,
+    /// Age at which the active key is replaced; 0 never replaces it.
+    pub max_age_seconds: i64,
+    /// How long a next key is published before it signs: at least the longest token TTL, plus
+    /// how long relying parties may cache the JWKS and functions the ring.
+    pub overlap_seconds: i64,
+    /// How long a retired key stays published: until every token it signed has expired.
+    pub publish_after_retire_seconds: i64,
+    pub deletion_window_days: i32,
+}
+
+impl KeyRotationSettings {
+    /// Overlap and publication windows that follow from the longest token TTL and the caches in
+    /// front of the ring: the JWKS response (`max-age=300`) and each function's ring cache.
+    pub fn derived(
+        bootstrap_key_id: &str,
+        max_age_seconds: i64,
+        max_token_ttl_seconds: i64,
+        ring_cache_seconds: i64,
+        clock_leeway_seconds: i64,
+        deletion_window_days: i32,
+    ) -> Self {
+        Self {
+            bootstrap_key_id: bootstrap_key_id.to_string(),
+            max_age_seconds,
+            overlap_seconds: max_token_ttl_seconds + crate::http_api::JWKS_MAX_AGE_SECONDS + ring_cache_seconds,
+            publish_after_retire_seconds: max_token_ttl_seconds + ring_cache_seconds + clock_leeway_seconds,
+            deletion_window_days,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RotationSettings {
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub keys: KeyRotationSettings,
+}
+
+pub struct RotationService {
+    pub store: Arc<dyn RotationStore>,
+    /// Rotate encrypts new material; it holds no decryptor.
+    pub encryptor: Arc<dyn SecretEncryptor>,
+    pub hook: Arc<dyn RotationHook>,
+    pub key_ring: Arc<dyn KeyRingStore>,
+    pub key_admin: Arc<dyn SigningKeyAdmin>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: RotationSettings,
+}
+
+/// What one secret's rotation call did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SecretOutcome {
+    Rotated {
+        old_version: Option<String>,
+        new_version: String,
+    },
+    /// PREVIOUS passed its grace period and was deprecated (its leases revoked); not due otherwise.
+    PreviousRetired {
+        version: String,
+    },
+    NotDue,
+    /// Another run finished this rotation first.
+    AlreadyRotated,
+    Skipped {
+        reason: &'static str,
+    },
+}
+
+/// A scheduled run's counts, logged as structured fields and returned to the invoker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunReport {
+    pub rotated: u64,
+    pub previous_retired: u64,
+    pub not_due: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    /// Secrets still due after this run (left for the next one).
+    pub remaining: u64,
+    pub signing_key_changes: Vec<String>,
+}
+
+/// One signing-key ring transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStep {
+    /// Retired keys already removed from the ring, whose KMS deletion is not yet scheduled.
+    ScheduleDeletion(String),
+    /// A retired key past its publication window leaves the JWKS.
+    Unpublish(String),
+    Activate(String),
+    CreateNext,
+    /// Persist the bootstrap ring, so the deployed key's age starts counting.
+    Initialize,
+}
+
+/// The next ring transition at `now`, if any. Pure, so the schedule is unit-tested.
+pub fn plan_key_step(ring: &KeyRing, stored: bool, now: UnixTime, settings: &KeyRotationSettings) -> Option<KeyStep> {
+    if !stored {
+        return Some(KeyStep::Initialize);
+    }
+    if let Some(kid) = ring.pending_deletion.first() {
+        return Some(KeyStep::ScheduleDeletion(kid.clone()));
+    }
+    if let Some(k) = ring
+        .keys
+        .iter()
+        .find(|k| k.state == SigningKeyState::Retired && k.publish_until.is_some_and(|t| t <= now))
+    {
+        return Some(KeyStep::Unpublish(k.key_id.clone()));
+    }
+    if let Some(next) = ring.with_state(SigningKeyState::Next) {
+        return next
+            .activate_at
+            .is_some_and(|t| t <= now)
+            .then(|| KeyStep::Activate(next.key_id.clone()));
+    }
+    let active = ring.active()?;
+    let since = active.activated_at.unwrap_or(active.created_at);
+    (settings.max_age_seconds > 0 && since + settings.max_age_seconds <= now).then_some(KeyStep::CreateNext)
+}
+
+/// The id of the version that replaces `current` (see the module docs for why it is derived).
+pub fn next_version_id(secret_id: &str, current: Option<&str>) -> String {
+    let digest = Sha256::digest(format!("{secret_id}\n{}", current.unwrap_or("")));
+    format!("v-{}", hex::encode(&digest[..8]))
+}
+
+/// `length` characters drawn uniformly from `alphabet` with the OS CSPRNG (rejection sampling,
+/// so no character is likelier than another).
+pub fn random_secret(length: usize, alphabet: Alphabet) -> Result<SecretString> {
+    let chars = alphabet.chars();
+    let limit = 256 - (256 % chars.len());
+    let mut out = Zeroizing::new(String::with_capacity(length));
+    let mut buffer = Zeroizing::new([0u8; 64]);
+    while out.len() < length {
+        aws_lc_rs::rand::fill(&mut buffer[..]).map_err(|_| BrokerError::Internal("random source failed".into()))?;
+        for &byte in buffer.iter().filter(|b| (**b as usize) < limit) {
+            out.push(chars[byte as usize % chars.len()] as char);
+            if out.len() == length {
+                break;
+            }
+        }
+    }
+    Ok(SecretString::new(std::mem::take(&mut *out)))
+}
+
+fn rotation_event(secret_id: &str, reason: &str, old: Option<&str>, new: Option<&str>, now: UnixTime) -> AuditEvent {
+    AuditEvent {
+        actor_subject: Some("rotate".into()),
+        target: Some(secret_id.to_string()),
+        reason: Some(reason.to_string()),
+        old_version: old.map(str::to_string),
+        new_version: new.map(str::to_string),
+        ..AuditEvent::new(AuditAction::Rotate, AuditOutcome::Rotated, now)
+    }
+}
+
+fn version_revocation(secret_id: &str, version: &str, reason: &str, now: UnixTime) -> Revocation {
+    Revocation {
+        revocation_id: uuid::Uuid::now_v7().to_string(),
+        target_kind: RevocationTarget::SecretVersion,
+        target_id: format!("{secret_id}#{version}"),
+        actor: "rotate".into(),
+        reason: reason.into(),
+        at: now,
+    }
+}
+
+impl RotationService {
+    /// A scheduled run: signing keys first, then one bounded batch of due secrets.
+    pub async fn run_scheduled(&self) -> Result<RunReport> {
+        let mut report = RunReport::default();
+        match self.rotate_signing_keys().await {
+            Ok(changes) => report.signing_key_changes = changes,
+            Err(e) => {
+                tracing::error!(error = %e, "signing-key rotation failed");
+                report.failed += 1;
+            }
+        }
+        let due = self
+            .store
+            .due_secrets(self.clock.now(), self.settings.batch_size)
+            .await?;
+        let outcomes: Vec<(String, Result<SecretOutcome>)> = futures::stream::iter(due)
+            .map(|id| async move {
+                let outcome = self.rotate_secret(&id, false).await;
+                (id, outcome)
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        for (secret_id, outcome) in outcomes {
+            match outcome {
+                Ok(SecretOutcome::Rotated { .. }) => report.rotated += 1,
+                Ok(SecretOutcome::PreviousRetired { .. }) => report.previous_retired += 1,
+                Ok(SecretOutcome::NotDue | SecretOutcome::AlreadyRotated) => report.not_due += 1,
+                Ok(SecretOutcome::Skipped { reason }) => {
+                    tracing::warn!(secret_id = %secret_id, reason, "secret skipped by rotation");
+                    report.skipped += 1;
+                }
+                Err(e) => {
+                    tracing::error!(secret_id = %secret_id, error = %e, "secret rotation failed; will resume");
+                    report.failed += 1;
+                    let retry_at = self.clock.now() + RETRY_BACKOFF_SECONDS;
+                    if let Err(e) = self.store.reschedule(&secret_id, retry_at).await {
+                        tracing::error!(secret_id = %secret_id, error = %e, "could not reschedule failed secret");
+                    }
+                }
+            }
+        }
+        report.remaining = self.store.count_due(self.clock.now()).await?;
+        Ok(report)
+    }
+
+    /// Bring one secret to its rotation policy: resume a rotation in progress, deprecate a PREVIOUS
+    /// past its grace period, and rotate when due (or at once when `force`, for on-demand runs).
+    pub async fn rotate_secret(&self, secret_id: &str, force: bool) -> Result<SecretOutcome> {
+        let mut started_from: Option<Option<String>> = None;
+        let mut retired = None;
+        for _ in 0..MAX_ROUNDS {
+            let now = self.clock.now();
+            let Some(state) = self.store.rotation_state(secret_id).await? else {
+                return Ok(SecretOutcome::Skipped {
+                    reason: "unknown secret",
+                });
+            };
+            let started = started_from
+                .get_or_insert_with(|| state.current_version.clone())
+                .clone();
+            let Some(policy) = state.secret.rotation.clone() else {
+                return Ok(SecretOutcome::Skipped {
+                    reason: "the secret has no rotation policy",
+                });
+            };
+            if let Some(reason) = policy.problem() {
+                self.store.reschedule(secret_id, now + 86_400).await?;
+                return Ok(SecretOutcome::Skipped { reason });
+            }
+            if !state.secret.enabled {
+                self.store.reschedule(secret_id, now + policy.interval_seconds).await?;
+                return Ok(SecretOutcome::Skipped {
+                    reason: "the secret is disabled",
+                });
+            }
+            match (&state.pending_version, state.rotation_step) {
+                (Some(version), Some(step)) => {
+                    if let Some(done) = self.advance(&state, &policy, version, step, now).await? {
+                        return Ok(done);
+                    }
+                    continue;
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(BrokerError::CorruptRecord(
+                        "secret: pending version without step".into(),
+                    ));
+                }
+            }
+            if state.current_version != started {
+                return Ok(SecretOutcome::AlreadyRotated);
+            }
+            if let (Some(previous), Some(expires_at)) = (&state.previous_version, state.previous_expires_at)
+                && expires_at <= now
+            {
+                let next_due = expires_at - policy.grace_seconds + policy.interval_seconds;
+                let event = rotation_event(secret_id, "previous_version_deprecated", Some(previous), None, now);
+                let revocation = version_revocation(secret_id, previous, "previous version past its grace period", now);
+                if self
+                    .store
+                    .retire_previous(secret_id, previous, next_due, &revocation, &event)
+                    .await?
+                {
+                    tracing::info!(secret_id, version = %previous, "previous version deprecated");
+                    retired = Some(previous.clone());
+                }
+                continue;
+            }
+            if !(force || state.due_at.is_some_and(|d| d <= now)) {
+                return Ok(match retired {
+                    Some(version) => SecretOutcome::PreviousRetired { version },
+                    None => SecretOutcome::NotDue,
+                });
+            }
+            self.create_pending(&state, &policy, now).await?;
+        }
+        Err(BrokerError::Internal(format!("rotation of {secret_id} did not settle")))
+    }
+
+    /// Step 1: new material, encrypted under the new version's context, staged PENDING.
+    async fn create_pending(&self, state: &SecretRotationState, policy: &RotationPolicy, now: UnixTime) -> Result<()> {
+        let secret = &state.secret;
+        let version = next_version_id(&secret.id, state.current_version.as_deref());
+        let value = match &policy.generator {
+            SecretGenerator::Random { length, alphabet } => random_secret(*length, *alphabet)?,
+            SecretGenerator::Hook { url } => self
+                .hook
+                .call(url, HookAction::Create, &secret.id, &version)
+                .await?
+                .ok_or(BrokerError::Internal("rotation hook returned no value".into()))?,
+        };
+        let context = secret_encryption_context(&secret.id, &version, &secret.environment);
+        let ciphertext = self.encryptor.encrypt(&value, &context).await?;
+        let staged = self
+            .store
+            .stage_pending(&secret.id, state.current_version.as_deref(), &version, ciphertext, now)
+            .await?;
+        tracing::info!(secret_id = %secret.id, version = %version, staged, value = %value.fingerprint(), "pending version created");
+        Ok(())
+    }
+
+    /// Steps 2-4 for the rotation in progress; `Some` once this call promoted it.
+    async fn advance(
+        &self,
+        state: &SecretRotationState,
+        policy: &RotationPolicy,
+        version: &str,
+        step: RotationStep,
+        now: UnixTime,
+    ) -> Result<Option<SecretOutcome>> {
+        let secret_id = state.secret.id.as_str();
+        let hook_url = match &policy.generator {
+            SecretGenerator::Hook { url } => Some(url.as_str()),
+            SecretGenerator::Random { .. } => None,
+        };
+        match step {
+            RotationStep::Created => {
+                if let Some(url) = hook_url {
+                    self.hook.call(url, HookAction::Set, secret_id, version).await?;
+                }
+                self.store
+                    .advance_step(secret_id, version, RotationStep::Created, RotationStep::Set)
+                    .await?;
+                Ok(None)
+            }
+            RotationStep::Set => {
+                match hook_url {
+                    Some(url) => {
+                        self.hook.call(url, HookAction::Test, secret_id, version).await?;
+                    }
+                    // Rotate cannot decrypt: a generated value is tested by being stored, encrypted
+                    // and still PENDING.
+                    None => {
+                        if self.store.version_stage(secret_id, version).await? != Some(VersionStage::Pending) {
+                            return Err(BrokerError::CorruptRecord(
+                                "pending version is not stored as PENDING".into(),
+                            ));
+                        }
+                    }
+                }
+                self.store
+                    .advance_step(secret_id, version, RotationStep::Set, RotationStep::Tested)
+                    .await?;
+                Ok(None)
+            }
+            RotationStep::Tested => {
+                let old = state.current_version.clone();
+                // A PREVIOUS still in its grace period is replaced, so it is deprecated now.
+                let deprecated = state.previous_version.as_ref().map(|previous| {
+                    (
+                        previous.clone(),
+                        version_revocation(secret_id, previous, "replaced by a newer rotation", now),
+                    )
+                });
+                let previous_expires_at = now + policy.grace_seconds;
+                let next_due_at = match old {
+                    Some(_) => previous_expires_at.min(now + policy.interval_seconds),
+                    None => now + policy.interval_seconds,
+                };
+                let promotion = Promotion {
+                    secret_id: secret_id.to_string(),
+                    new_version: version.to_string(),
+                    old_version: old.clone(),
+                    previous_expires_at,
+                    deprecated,
+                    next_due_at,
+                };
+                let notice = RotationNotice {
+                    notice_id: uuid::Uuid::now_v7().to_string(),
+                    secret_id: secret_id.to_string(),
+                    old_version: old.clone(),
+                    new_version: version.to_string(),
+                    destinations: self.store.destinations_for(secret_id).await?,
+                    at: now,
+                };
+                let event = rotation_event(secret_id, "secret_rotated", old.as_deref(), Some(version), now);
+                if !self.store.promote(&promotion, &event, &notice).await? {
+                    return Ok(None);
+                }
+                tracing::info!(
+                    secret_id,
+                    old_version = old.as_deref().unwrap_or_default(),
+                    new_version = version,
+                    destinations = notice.destinations.len(),
+                    "secret rotated"
+                );
+                if let Some(url) = hook_url
+                    && let Err(e) = self.hook.call(url, HookAction::Finish, secret_id, version).await
+                {
+                    // The rotation is complete; the owner learns it from its next test or notice.
+                    tracing::warn!(secret_id, error = %e, "rotation hook finish call failed");
+                }
+                Ok(Some(SecretOutcome::Rotated {
+                    old_version: old,
+                    new_version: version.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// Advance the signing-key ring as far as `now` allows; returns what changed.
+    pub async fn rotate_signing_keys(&self) -> Result<Vec<String>> {
+        let settings = &self.settings.keys;
+        let mut changes = Vec::new();
+        for _ in 0..MAX_ROUNDS {
+            let now = self.clock.now();
+            let stored = self.key_ring.load().await?;
+            let expected = stored.as_ref().map(|r| r.version);
+            let mut ring = stored.unwrap_or_else(|| KeyRing::bootstrap(&settings.bootstrap_key_id, now));
+            let Some(step) = plan_key_step(&ring, expected.is_some(), now, settings) else {
+                break;
+            };
+            let replaced = match step {
+                KeyStep::Activate(_) => ring.active().map(|k| k.key_id.clone()),
+                _ => None,
+            };
+            let (reason, key_id) = match &step {
+                KeyStep::Initialize => ("signing_key_ring_initialized", ring.active().map(|k| k.key_id.clone())),
+                KeyStep::ScheduleDeletion(kid) => {
+                    match self
+                        .key_admin
+                        .schedule_key_deletion(kid, settings.deletion_window_days)
+                        .await
+                    {
+                        Ok(()) => {}
+                        // Already pending deletion (a run died after scheduling it): done.
+                        Err(e) if e.aws_code() == Some("KMSInvalidStateException") => {}
+                        Err(e) => return Err(e),
+                    }
+                    ring.pending_deletion.retain(|k| k != kid);
+                    ("signing_key_deletion_scheduled", Some(kid.clone()))
+                }
+                KeyStep::Unpublish(kid) => {
+                    ring.keys.retain(|k| &k.key_id != kid);
+                    ring.pending_deletion.push(kid.clone());
+                    ("signing_key_unpublished", Some(kid.clone()))
+                }
+                KeyStep::Activate(kid) => {
+                    for key in &mut ring.keys {
+                        if key.state == SigningKeyState::Active {
+                            key.state = SigningKeyState::Retired;
+                            key.publish_until = Some(now + settings.publish_after_retire_seconds);
+                        } else if &key.key_id == kid {
+                            key.state = SigningKeyState::Active;
+                            key.activated_at = Some(now);
+                        }
+                    }
+                    ("signing_key_activated", Some(kid.clone()))
+                }
+                KeyStep::CreateNext => {
+                    let kid = self
+                        .key_admin
+                        .create_signing_key("nhi-broker token signing key (ES256)")
+                        .await?;
+                    ring.keys.push(SigningKey {
+                        key_id: kid.clone(),
+                        state: SigningKeyState::Next,
+                        created_at: now,
+                        activate_at: Some(now + settings.overlap_seconds),
+                        activated_at: None,
+                        publish_until: None,
+                    });
+                    ("signing_key_created", Some(kid))
+                }
+            };
+            ring.version = expected.unwrap_or(0) + 1;
+            let event = AuditEvent {
+                actor_subject: Some("rotate".into()),
+                target: Some(format!("signing-key:{}", key_id.as_deref().unwrap_or_default())),
+                reason: Some(reason.into()),
+                old_version: replaced,
+                new_version: key_id.clone(),
+                ..AuditEvent::new(AuditAction::Rotate, AuditOutcome::Rotated, now)
+            };
+            if self.key_ring.save(&ring, expected, &event).await? {
+                tracing::info!(
+                    reason,
+                    key_id = key_id.as_deref().unwrap_or_default(),
+                    "signing-key ring changed"
+                );
+                changes.push(format!("{reason}:{}", key_id.unwrap_or_default()));
+            } else if let (KeyStep::CreateNext, Some(kid)) = (&step, key_id) {
+                // Another run added its own next key first; this one was never published.
+                self.key_admin
+                    .schedule_key_deletion(&kid, settings.deletion_window_days)
+                    .await?;
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// Calls a secret's rotation hook over HTTPS (plain HTTP only to loopback), authenticated by a
+/// short-lived broker-signed JWT (`typ: nhi-rotation+jwt`, `aud` = the hook URL) the owning system
+/// verifies against the broker's JWKS. Responses are capped and never logged.
+pub struct HttpRotationHook {
+    client: reqwest::Client,
+    signer: Arc<dyn TokenSigner>,
+    clock: Arc<dyn Clock>,
+    broker_issuer: String,
+}
+
+/// Rotation hook responses above this are refused.
+const MAX_HOOK_RESPONSE_BYTES: usize = 64 * 1024;
+
+#[derive(Serialize)]
+struct HookClaims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    iat: UnixTime,
+    exp: UnixTime,
+    jti: String,
+    nhi_action: &'static str,
+    nhi_version: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct HookCreated {
+    value: String,
+}
+
+impl HttpRotationHook {
+    pub fn new(signer: Arc<dyn TokenSigner>, clock: Arc<dyn Clock>, broker_issuer: &str) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| BrokerError::Config(format!("http client: {e}")))?;
+        Ok(Self {
+            client,
+            signer,
+            clock,
+            broker_issuer: broker_issuer.to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl RotationHook for HttpRotationHook {
+    async fn call(
+        &self,
+        url: &str,
+        action: HookAction,
+        secret_id: &str,
+        version: &str,
+    ) -> Result<Option<SecretString>> {
+        if !crate::jwks::is_allowed_url(url) {
+            return Err(BrokerError::Config("rotation hook url must be https".into()));
+        }
+        let now = self.clock.now();
+        let claims = HookClaims {
+            iss: &self.broker_issuer,
+            aud: url,
+            sub: secret_id,
+            iat: now,
+            exp: now + 60,
+            jti: uuid::Uuid::new_v4().to_string(),
+            nhi_action: action.as_str(),
+            nhi_version: version,
+        };
+        let auth = broker_token::sign_jwt(self.signer.as_ref(), "nhi-rotation+jwt", &claims).await?;
+        let unavailable = |_| BrokerError::Aws {
+            service: "rotation-hook",
+            operation: "call",
+            code: "Unreachable".into(),
+            retryable: true,
+        };
+        let mut response = self
+            .client
+            .post(url)
+            .bearer_auth(auth.token.expose())
+            .json(&serde_json::json!({ "action": action.as_str(), "secret_id": secret_id, "version": version }))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if !response.status().is_success() {
+            return Err(BrokerError::Aws {
+                service: "rotation-hook",
+                operation: "call",
+                code: format!("HTTP{}", response.status().as_u16()),
+                retryable: true,
+            });
+        }
+        if action != HookAction::Create {
+            return Ok(None);
+        }
+        let mut body = Zeroizing::new(Vec::new());
+        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+            if body.len() + chunk.len() > MAX_HOOK_RESPONSE_BYTES {
+                return Err(BrokerError::Internal("rotation hook response too large".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let created: HookCreated = serde_json::from_slice(&body)
+            .map_err(|_| BrokerError::Internal("rotation hook response is not {\"value\": ...}".into()))?;
+        let value = SecretString::new(created.value);
+        if value.is_empty() {
+            return Err(BrokerError::Internal("rotation hook returned an empty value".into()));
+        }
+        Ok(Some(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> KeyRotationSettings {
+        KeyRotationSettings::derived("k0", 1000, 600, 60, 30, 7)
+    }
+
+    fn stored(ring: &KeyRing) -> KeyRing {
+        KeyRing {
+            version: 1,
+            ..ring.clone()
+        }
+    }
+
+    #[test]
+    fn key_ring_schedule_publishes_before_signing_and_after_retiring() {
+        let s = settings();
+        assert_eq!(s.overlap_seconds, 600 + 300 + 60);
+        let ring = KeyRing::bootstrap("k0", 0);
+        assert_eq!(plan_key_step(&ring, false, 0, &s), Some(KeyStep::Initialize));
+        let ring = stored(&ring);
+        assert_eq!(plan_key_step(&ring, true, 999, &s), None);
+        assert_eq!(plan_key_step(&ring, true, 1000, &s), Some(KeyStep::CreateNext));
+        let mut ring = ring;
+        ring.keys.push(SigningKey {
+            key_id: "k1".into(),
+            state: SigningKeyState::Next,
+            created_at: 1000,
+            activate_at: Some(1000 + s.overlap_seconds),
+            activated_at: None,
+            publish_until: None,
+        });
+        // Published, not signing, until the overlap has passed.
+        assert_eq!(plan_key_step(&ring, true, 1000 + s.overlap_seconds - 1, &s), None);
+        assert_eq!(
+            plan_key_step(&ring, true, 1000 + s.overlap_seconds, &s),
+            Some(KeyStep::Activate("k1".into()))
+        );
+        ring.keys[0].state = SigningKeyState::Retired;
+        ring.keys[0].publish_until = Some(5000);
+        ring.keys[1].state = SigningKeyState::Active;
+        ring.keys[1].activated_at = Some(4000);
+        assert_eq!(plan_key_step(&ring, true, 4999, &s), None);
+        assert_eq!(
+            plan_key_step(&ring, true, 5000, &s),
+            Some(KeyStep::Unpublish("k0".into()))
+        );
+        ring.keys.remove(0);
+        ring.pending_deletion.push("k0".into());
+        assert_eq!(
+            plan_key_step(&ring, true, 5000, &s),
+            Some(KeyStep::ScheduleDeletion("k0".into()))
+        );
+    }
+
+    #[test]
+    fn random_secrets_have_the_declared_length_and_alphabet() {
+        for alphabet in [
+            Alphabet::Alphanumeric,
+            Alphabet::Hex,
+            Alphabet::Base64url,
+            Alphabet::Printable,
+        ] {
+            let value = random_secret(300, alphabet).unwrap();
+            assert_eq!(value.len(), 300);
+            assert!(value.expose().bytes().all(|b| alphabet.chars().contains(&b)));
+        }
+        // Every hex digit shows up in 4,096 draws; two draws differ.
+        let value = random_secret(4096, Alphabet::Hex).unwrap();
+        assert!(
+            Alphabet::Hex
+                .chars()
+                .iter()
+                .all(|c| value.expose().as_bytes().contains(c))
+        );
+        assert_ne!(
+            random_secret(32, Alphabet::Hex).unwrap(),
+            random_secret(32, Alphabet::Hex).unwrap()
+        );
+    }
+
+    #[test]
+    fn version_ids_follow_from_the_version_they_replace() {
+        assert_eq!(next_version_id("s", Some("v1")), next_version_id("s", Some("v1")));
+        assert_ne!(next_version_id("s", Some("v1")), next_version_id("s", Some("v2")));
+        assert_ne!(next_version_id("s", None), next_version_id("t", None));
+    }
+}
