@@ -2,6 +2,7 @@
 //! consistent under overlapping runs, notify destinations and audit with version ids only; the
 //! signing-key ring publishes before signing and keeps retired keys until their tokens expire.
 
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use nhi_broker::domain::{Destination, DestinationKind, RotationPolicy, SecretGenerator, TOKEN_TYPE_SECRET};
@@ -512,4 +513,55 @@ async fn a_scheduled_run_finds_due_secrets_through_the_index_in_bounded_batches(
     }
     let third = rotate.service.run_scheduled().await.unwrap();
     assert_eq!(third.rotated, 0, "nothing is rotated twice");
+}
+
+/// Throughput of rotation against the local emulator: 1,000 due secrets (each with a value, so
+/// each rotation also demotes CURRENT to PREVIOUS), rotated by scheduled runs of the deployed batch
+/// size. A measurement, not a timed test; run it alone (README "Measurements"):
+/// `bash infra/local/stack.sh test rotation_of_1000_secrets -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run on demand"]
+async fn rotation_of_1000_secrets_is_measured() {
+    const SECRETS: usize = 1000;
+    let h = Harness::new().await;
+    let setup = std::time::Instant::now();
+    let ids: Vec<String> = futures::stream::iter(0..SECRETS)
+        .map(|i| {
+            let h = &h;
+            async move { secret_with_value(h, &format!("bulk{i:04}"), random_policy(), "bulk-initial-value").await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    println!(
+        "setup: {SECRETS} secrets registered in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let rotate = Rotator::for_secrets(&h, now() + INTERVAL + 5).await;
+    rotate.calls.reset();
+    let started = std::time::Instant::now();
+    let mut runs = 0;
+    loop {
+        let report = rotate.service.run_scheduled().await.unwrap();
+        runs += 1;
+        assert_eq!(report.failed, 0, "{report:?}");
+        if report.remaining == 0 {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = rotate.calls.by_operation();
+    let total: u64 = calls.values().sum();
+    println!(
+        "rotated {SECRETS} secrets in {runs} runs (batch {}, concurrency {}): {elapsed:.1} s, {:.0} secrets/s, \
+         {:.1} AWS calls per secret {calls:?}",
+        rotate.service.settings.batch_size,
+        rotate.service.settings.concurrency,
+        SECRETS as f64 / elapsed,
+        total as f64 / SECRETS as f64,
+    );
+    for id in ids.iter().step_by(97) {
+        assert_rotated_once(&h, id).await;
+    }
 }

@@ -141,6 +141,20 @@ def function_environment(template, refs, params):
     return env
 
 
+def schedules(template, params):
+    """Each scheduled function's expression, e.g. NHI_LOCAL_SCHEDULE_ROTATEFUNCTION=rate(1 hour),
+    so the local runner runs it on the template's schedule."""
+    out = {}
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for name, event in resource.get("Properties", {}).get("Events", {}).items():
+            if event.get("Type") == "Schedule":
+                expression = resolve(event["Properties"]["Schedule"], {}, params, logical_id, name, template)
+                out[f"NHI_LOCAL_SCHEDULE_{logical_id.upper()}"] = expression
+    return out
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template", default="template.yaml")
@@ -170,6 +184,7 @@ def main(argv):
         "AWS_EC2_METADATA_DISABLED": "true",
         **{f"NHI_LOCAL_{k.upper()}": v for k, v in refs.items()},
         **function_environment(template, refs, params),
+        **schedules(template, params),
     }
     with open(args.env_file, "w", encoding="utf-8") as f:
         for k, v in env.items():

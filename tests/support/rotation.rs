@@ -128,6 +128,8 @@ pub struct Rotator {
     pub service: RotationService,
     pub clock: Arc<FixedClock>,
     pub store: Arc<CrashingStore>,
+    /// Every AWS request this rotator sent.
+    pub calls: nhi_broker::aws::call_counter::CallCounter,
 }
 
 impl Rotator {
@@ -174,7 +176,12 @@ impl Rotator {
                 keys: KeyRotationSettings::derived(bootstrap_key, KEY_MAX_AGE, config.max_token_ttl_seconds, 0, 30, 7),
             },
         };
-        Self { service, clock, store }
+        Self {
+            service,
+            clock,
+            store,
+            calls: clients.calls,
+        }
     }
 
     /// Rotate on the harness' deployed signing key, in a ring no other test touches.

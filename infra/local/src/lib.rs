@@ -11,7 +11,8 @@ use nhi_broker::BrokerError;
 use nhi_broker::aws::dynamo::DynamoRegistry;
 use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_broker::domain::{
-    Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource, Secret, Target, TargetKind, secret_encryption_context,
+    Alphabet, Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource, RotationPolicy, Secret, SecretGenerator,
+    Target, TargetKind, secret_encryption_context,
 };
 use nhi_broker::http_api::{BrokerApi, MAX_BODY_BYTES, error_response};
 use nhi_broker::ports::SecretEncryptor;
@@ -33,6 +34,8 @@ pub const DEMO_SECRET: &str = "demo-db-password";
 pub const DEMO_ROLE: &str = "arn:aws:iam::123456789012:role/nhi-broker/demo-deployer";
 /// A made-up value, stored encrypted like any other; never printed by the broker.
 pub const DEMO_SECRET_VALUE: &str = "correct-horse-battery-staple";
+/// The demo secret rotates this often (when rotate runs; see `--schedule-every`).
+pub const DEMO_ROTATION_INTERVAL: i64 = 300;
 /// A second demo workload, allowed to call introspection.
 pub const DEMO_GATEWAY: &str = "repo:example-org/demo-gateway:ref:refs/heads/main";
 pub const DEMO_GATEWAY_GRANT: &str = "demo-gateway-introspects";
@@ -190,7 +193,7 @@ pub async fn bootstrap_demo(
             enabled: true,
         })
         .await?;
-    let secret = Secret {
+    let mut secret = Secret {
         id: DEMO_SECRET.into(),
         owner: "platform-team".into(),
         environment: "dev".into(),
@@ -207,6 +210,16 @@ pub async fn bootstrap_demo(
     registry
         .set_current_version(&secret.id, &version, ciphertext, now)
         .await?;
+    // Rotated by the local rotate schedule: due every DEMO_ROTATION_INTERVAL seconds.
+    secret.rotation = Some(RotationPolicy {
+        interval_seconds: DEMO_ROTATION_INTERVAL,
+        grace_seconds: 120,
+        generator: SecretGenerator::Random {
+            length: 32,
+            alphabet: Alphabet::Alphanumeric,
+        },
+    });
+    registry.put_secret(&secret).await?;
     let grant = |id: &str, subject: &str, targets: Vec<String>, scopes: Vec<String>| Grant {
         id: id.into(),
         issuer: issuer.issuer.clone(),
@@ -239,4 +252,30 @@ pub async fn bootstrap_demo(
             vec![],
         ))
         .await
+}
+
+/// Seconds between runs of an EventBridge schedule expression: `rate(N unit)`; `cron(...)` and
+/// anything else are not emulated locally.
+pub fn schedule_period(expression: &str) -> Option<u64> {
+    let inner = expression.trim().strip_prefix("rate(")?.strip_suffix(')')?;
+    let (count, unit) = inner.trim().split_once(' ')?;
+    let count: u64 = count.parse().ok().filter(|c| *c > 0)?;
+    let unit_seconds = match unit.trim() {
+        "minute" | "minutes" => 60,
+        "hour" | "hours" => 3600,
+        "day" | "days" => 86_400,
+        _ => return None,
+    };
+    Some(count * unit_seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schedule_rates_are_read_and_cron_is_not_emulated() {
+        assert_eq!(super::schedule_period("rate(1 hour)"), Some(3600));
+        assert_eq!(super::schedule_period("rate(5 minutes)"), Some(300));
+        assert_eq!(super::schedule_period("rate(0 minutes)"), None);
+        assert_eq!(super::schedule_period("cron(0 12 * * ? *)"), None);
+    }
 }

@@ -18,6 +18,12 @@ struct Args {
     /// Port of the demo issuer (JWKS and token minting) on 127.0.0.1.
     #[arg(long, env = "NHI_LOCAL_ISSUER_PORT", default_value_t = 8788)]
     issuer_port: u16,
+    /// Run scheduled functions every this many seconds instead of their template schedules (demos).
+    #[arg(long, env = "NHI_LOCAL_SCHEDULE_EVERY")]
+    schedule_every: Option<u64>,
+    /// The rotate function's schedule expression (exported from template.yaml by the provisioner).
+    #[arg(long, env = "NHI_LOCAL_SCHEDULE_ROTATEFUNCTION", default_value = "rate(1 hour)")]
+    rotate_schedule: String,
 }
 
 #[tokio::main]
@@ -54,8 +60,17 @@ async fn run(args: Args) -> Result<(), String> {
     .await
     .map_err(|e| format!("bootstrap of demo issuer and grant failed: {e}"))?;
 
+    let rotate_every = match args.schedule_every {
+        Some(seconds) => seconds.max(1),
+        None => nhi_local::schedule_period(&args.rotate_schedule)
+            .ok_or_else(|| format!("cannot emulate the rotate schedule {:?}", args.rotate_schedule))?,
+    };
+    let rotation =
+        nhi_broker::aws::rotation_service(&config, &nhi_broker::aws::Clients::new(&sdk)).map_err(|e| e.to_string())?;
+
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let issuer_task = tokio::spawn(nhi_local::serve_demo_issuer(issuer, issuer_listener, stopped.clone()));
+    let rotate_task = tokio::spawn(run_schedule(rotation, rotate_every, stopped.clone()));
     let api_task = tokio::spawn(nhi_local::serve_broker(api, api_listener, stopped));
 
     let base = format!("http://127.0.0.1:{}", args.port);
@@ -63,6 +78,7 @@ async fn run(args: Args) -> Result<(), String> {
         "
 nhi-broker exchange API: {base}  (metadata: {base}/.well-known/oauth-authorization-server)
 demo issuer: {issuer_url}  (JWKS: {issuer_url}/jwks.json, workload tokens: {issuer_url}/token)
+rotate: every {rotate_every} s (the template's schedule unless --schedule-every / NHI_LOCAL_SCHEDULE_EVERY)
 
 Try it (README.md has every endpoint):
   TOKEN=$(curl -s {issuer_url}/token)
@@ -79,7 +95,32 @@ Ctrl-C stops everything.
     );
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
-    let _ = tokio::join!(issuer_task, api_task);
+    let _ = tokio::join!(issuer_task, api_task, rotate_task);
     println!("nhi-local stopped");
     Ok(())
+}
+
+/// The rotate function on its schedule, as EventBridge would invoke it: a run now, then one every
+/// `every` seconds, until stopped.
+async fn run_schedule(
+    rotation: nhi_broker::rotation::RotationService,
+    every: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(every));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let event = serde_json::json!({
+            "version": "0", "id": uuid::Uuid::new_v4().to_string(), "detail-type": "Scheduled Event",
+            "source": "aws.events", "account": "123456789012", "region": "us-east-1",
+            "resources": [], "detail": {}
+        });
+        match nhi_broker::jobs::handle_rotate_event(&rotation, event).await {
+            Ok(report) => println!("rotate: {report}"),
+            Err(e) => eprintln!("rotate: run failed: {e}"),
+        }
+    }
 }
