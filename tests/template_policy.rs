@@ -200,24 +200,30 @@ fn only_exchange_may_decrypt_and_key_policies_keep_crypto_from_the_account() {
 }
 
 #[test]
-fn exchange_environment_satisfies_the_typed_config() {
+fn every_function_environment_satisfies_the_typed_config() {
     let t = template();
-    let vars = &resources(&t)["ExchangeFunction"]["Properties"]["Environment"]["Variables"];
-    let names: BTreeSet<String> = vars
-        .as_mapping()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str().unwrap().to_string())
-        .collect();
-    let config = nhi_broker::config::Config::from_lookup(|name| {
-        names.contains(name).then(|| match name {
-            "NHI_BROKER_ISSUER" => "https://broker.example".to_string(),
-            "NHI_MAX_TOKEN_TTL_SECONDS" => "3600".to_string(),
-            "NHI_CLOCK_LEEWAY_SECONDS" => "30".to_string(),
-            _ => "value".to_string(),
-        })
-    });
-    assert!(config.is_ok(), "{config:?}");
+    let mut checked = Vec::new();
+    for (id, resource) in resources(&t) {
+        let Some(vars) = resource["Properties"]["Environment"]["Variables"].as_mapping() else {
+            continue;
+        };
+        let names: BTreeSet<String> = vars.keys().map(|k| k.as_str().unwrap().to_string()).collect();
+        let config = nhi_broker::config::Config::from_lookup(|name| {
+            names.contains(name).then(|| match name {
+                "NHI_BROKER_ISSUER" => "https://broker.example".to_string(),
+                "NHI_MAX_TOKEN_TTL_SECONDS" => "3600".to_string(),
+                "NHI_CLOCK_LEEWAY_SECONDS" => "30".to_string(),
+                "NHI_SIGNING_KEY_MAX_AGE_SECONDS" => "2592000".to_string(),
+                "NHI_SIGNING_KEY_SIGNERS" | "NHI_SIGNING_KEY_ADMIN_ROLE" => {
+                    "arn:aws:iam::123456789012:role/x".to_string()
+                }
+                _ => "value".to_string(),
+            })
+        });
+        assert!(config.is_ok(), "{id:?}: {config:?}");
+        checked.push(id.as_str().unwrap().to_string());
+    }
+    assert_eq!(checked, ["ExchangeFunction", "RotateFunction"]);
 }
 
 #[test]

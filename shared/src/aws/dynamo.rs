@@ -467,9 +467,8 @@ pub(crate) fn condition_failed_at(
 pub struct DynamoLedger {
     client: aws_sdk_dynamodb::Client,
     leases_table: String,
-    audit_table: String,
     revocations_table: String,
-    chain: AuditChain,
+    audit: AuditWriter,
 }
 
 /// A conditional put (the item must not exist yet) inside a transaction.
@@ -513,33 +512,75 @@ pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
     )
 }
 
-/// Run one transaction of `items` plus `event` appended to this writer's audit chain: the event is
-/// recorded exactly when the change is. The chain advances on success and restarts on any failure
-/// (the write may or may not have landed, and a chain must never fork).
-pub(crate) async fn transact_with_audit(
-    client: &aws_sdk_dynamodb::Client,
-    chain: &AuditChain,
-    audit_table: &str,
-    items: Vec<TransactWriteItem>,
-    event: &AuditEvent,
-) -> std::result::Result<std::result::Result<(), TransactError>, BrokerError> {
-    let mut chain = chain.lock().await;
-    let link = chain.next_link(event);
-    let audit = put_new(audit_table, audit_item(event, &link)?, "chain")?;
-    let result = client
-        .transact_write_items()
-        .set_transact_items(Some(items))
-        .transact_items(audit)
-        .send()
-        .await;
-    match result {
-        Ok(_) => {
-            chain.advance(link);
-            Ok(Ok(()))
+/// One writer's audit chain in the audit table (one per execution environment and adapter).
+/// Every change recorded through it is written in the same transaction as its event.
+pub struct AuditWriter {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    chain: AuditChain,
+}
+
+impl AuditWriter {
+    pub fn new(client: aws_sdk_dynamodb::Client, audit_table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: audit_table.into(),
+            chain: AuditChain::default(),
         }
-        Err(e) => {
-            chain.restart();
-            Ok(Err(e))
+    }
+
+    /// Run one transaction of `items` plus `event` appended to the chain: the event is recorded
+    /// exactly when the change is. The chain advances on success and restarts on any failure (the
+    /// write may or may not have landed, and a chain must never fork). The outer error is ours
+    /// (building the request); the inner one is DynamoDB's answer, for callers to interpret.
+    pub(crate) async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        event: &AuditEvent,
+    ) -> Result<std::result::Result<(), TransactError>> {
+        let mut chain = self.chain.lock().await;
+        let link = chain.next_link(event);
+        let audit = put_new(&self.table, audit_item(event, &link)?, "chain")?;
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .transact_items(audit)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                chain.advance(link);
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                chain.restart();
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// An event on its own (denials), appended to the chain.
+    pub(crate) async fn put(&self, event: &AuditEvent) -> Result<()> {
+        let mut chain = self.chain.lock().await;
+        let link = chain.next_link(event);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(audit_item(event, &link)?))
+            .condition_expression("attribute_not_exists(chain)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                chain.advance(link);
+                Ok(())
+            }
+            Err(e) => {
+                chain.restart();
+                Err(BrokerError::aws("dynamodb", "PutItem", &e))
+            }
         }
     }
 }
@@ -552,11 +593,10 @@ impl DynamoLedger {
         revocations_table: impl Into<String>,
     ) -> Self {
         Self {
+            audit: AuditWriter::new(client.clone(), audit_table),
             client,
             leases_table: leases_table.into(),
-            audit_table: audit_table.into(),
             revocations_table: revocations_table.into(),
-            chain: AuditChain::default(),
         }
     }
 
@@ -586,7 +626,7 @@ impl LeaseLedger for DynamoLedger {
             ]);
             items.push(put_new(&self.leases_table, item, "pk")?);
         }
-        match transact_with_audit(&self.client, &self.chain, &self.audit_table, items, event).await? {
+        match self.audit.transact(items, event).await? {
             Ok(()) => Ok(()),
             Err(e) if replay.is_some() && condition_failed_at(&e, 1) => {
                 Err(BrokerError::TokenRejected(TokenRejection::Replayed))
@@ -596,26 +636,7 @@ impl LeaseLedger for DynamoLedger {
     }
 
     async fn record_denial(&self, event: &AuditEvent) -> Result<()> {
-        let mut chain = self.chain.lock().await;
-        let link = chain.next_link(event);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.audit_table)
-            .set_item(Some(audit_item(event, &link)?))
-            .condition_expression("attribute_not_exists(chain)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => {
-                chain.advance(link);
-                Ok(())
-            }
-            Err(e) => {
-                chain.restart();
-                Err(BrokerError::aws("dynamodb", "PutItem", &e))
-            }
-        }
+        self.audit.put(event).await
     }
 
     async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
@@ -649,7 +670,7 @@ impl LeaseLedger for DynamoLedger {
             TransactWriteItem::builder().update(update).build(),
             put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
         ];
-        match transact_with_audit(&self.client, &self.chain, &self.audit_table, items, event).await? {
+        match self.audit.transact(items, event).await? {
             Ok(()) => Ok(true),
             Err(e) if condition_failed_at(&e, 0) => Ok(false),
             Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),

@@ -8,10 +8,9 @@
 //!   key ring      KEYRING#<ring>     #KEYRING         keys, version
 
 use super::dynamo::{
-    Item, TransactError, build_err, condition_failed_at, from_item, is_conditional_check_failed, keys, n, put_new,
-    revocation_item, s, to_item, transact_with_audit,
+    AuditWriter, Item, TransactError, build_err, condition_failed_at, from_item, is_conditional_check_failed, keys, n,
+    put_new, revocation_item, s, to_item,
 };
-use crate::audit::AuditChain;
 use crate::domain::{
     AuditEvent, KeyRing, Revocation, RotationNotice, RotationStep, Secret, SecretRotationState, UnixTime, VersionStage,
 };
@@ -26,9 +25,8 @@ pub const ROTATION_DUE_INDEX: &str = "rotation-due";
 pub struct DynamoKeyRing {
     client: aws_sdk_dynamodb::Client,
     table: String,
-    audit_table: String,
     ring: String,
-    chain: AuditChain,
+    audit: AuditWriter,
 }
 
 impl DynamoKeyRing {
@@ -39,11 +37,10 @@ impl DynamoKeyRing {
         ring: impl Into<String>,
     ) -> Self {
         Self {
+            audit: AuditWriter::new(client.clone(), audit_table),
             client,
             table: registry_table.into(),
-            audit_table: audit_table.into(),
             ring: ring.into(),
-            chain: AuditChain::default(),
         }
     }
 }
@@ -82,7 +79,7 @@ impl KeyRingStore for DynamoKeyRing {
                 .put(put.build().map_err(build_err)?)
                 .build(),
         ];
-        outcome(transact_with_audit(&self.client, &self.chain, &self.audit_table, items, event).await?)
+        outcome(self.audit.transact(items, event).await?)
     }
 }
 
@@ -99,9 +96,8 @@ fn outcome(result: std::result::Result<(), TransactError>) -> Result<bool> {
 pub struct DynamoRotationStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
-    audit_table: String,
     revocations_table: String,
-    chain: AuditChain,
+    audit: AuditWriter,
 }
 
 impl DynamoRotationStore {
@@ -112,11 +108,10 @@ impl DynamoRotationStore {
         revocations_table: impl Into<String>,
     ) -> Self {
         Self {
+            audit: AuditWriter::new(client.clone(), audit_table),
             client,
             table: registry_table.into(),
-            audit_table: audit_table.into(),
             revocations_table: revocations_table.into(),
-            chain: AuditChain::default(),
         }
     }
 
@@ -466,7 +461,7 @@ impl RotationStore for DynamoRotationStore {
             items.push(put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?);
         }
         items.push(put_new(&self.revocations_table, Self::notice_item(notice)?, "pk")?);
-        outcome(transact_with_audit(&self.client, &self.chain, &self.audit_table, items, event).await?)
+        outcome(self.audit.transact(items, event).await?)
     }
 
     async fn retire_previous(
@@ -490,7 +485,7 @@ impl RotationStore for DynamoRotationStore {
             self.stage_update(secret_id, version, VersionStage::Previous, VersionStage::Deprecated)?,
             put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
         ];
-        outcome(transact_with_audit(&self.client, &self.chain, &self.audit_table, items, event).await?)
+        outcome(self.audit.transact(items, event).await?)
     }
 
     async fn reschedule(&self, secret_id: &str, due_at: UnixTime) -> Result<()> {
