@@ -11,6 +11,9 @@ Two more changes keep long local runs (thousands of transactions) linear, withou
 any request returns:
 - moto backs up every table a transaction touches with a deep copy, stream records included. Stream
   records are immutable snapshots, so the backup shares them (a new list, the same records).
+- moto appends every model instance it ever creates to a class-level list (read only by S3 cleanup
+  and a debug listing), deep-copied backups included, so memory grows with every transaction
+  until the process is killed (24 GiB after a few thousand). DynamoDB instances are not tracked.
 - Table and stream shard reference each other, so discarded backups are freed only by Python's
   cycle collector, which runs too rarely for that allocation pattern: collect every 200 requests.
 
@@ -29,6 +32,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.core.common_models import BaseModel
 from moto.dynamodb.models.table import StreamShard
 from werkzeug.serving import run_simple
 
@@ -44,8 +48,19 @@ def _copy_stream_shard(self, memo):
     return clone
 
 
+_tracked_new = BaseModel.__new__
+
+
+def _new_model(cls, *args, **kwargs):
+    """BaseModel.__new__, without tracking DynamoDB instances (see the module docs)."""
+    if cls.__module__.startswith("moto.dynamodb."):
+        return object.__new__(cls)
+    return _tracked_new(cls, *args, **kwargs)
+
+
 def apply_patches():
     StreamShard.__deepcopy__ = _copy_stream_shard
+    BaseModel.__new__ = _new_model
 
 
 class Serialized:
