@@ -111,6 +111,16 @@ pub enum SecretOutcome {
     },
 }
 
+/// What one step of a rotation in progress did.
+enum Advance {
+    /// This run promoted PENDING.
+    Done(SecretOutcome),
+    /// This run's write moved the rotation to this step.
+    To(RotationStep),
+    /// Another run changed the state first.
+    Lost,
+}
+
 /// A scheduled run's counts, logged as structured fields and returned to the invoker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RunReport {
@@ -261,12 +271,20 @@ impl RotationService {
     pub async fn rotate_secret(&self, secret_id: &str, force: bool) -> Result<SecretOutcome> {
         let mut started_from: Option<Option<String>> = None;
         let mut retired = None;
+        // The state this run's own last write produced, when it landed: no need to read it back.
+        let mut known: Option<SecretRotationState> = None;
         for _ in 0..MAX_ROUNDS {
             let now = self.clock.now();
-            let Some(state) = self.store.rotation_state(secret_id).await? else {
-                return Ok(SecretOutcome::Skipped {
-                    reason: "unknown secret",
-                });
+            let state = match known.take() {
+                Some(state) => state,
+                None => match self.store.rotation_state(secret_id).await? {
+                    Some(state) => state,
+                    None => {
+                        return Ok(SecretOutcome::Skipped {
+                            reason: "unknown secret",
+                        });
+                    }
+                },
             };
             let started = started_from
                 .get_or_insert_with(|| state.current_version.clone())
@@ -288,8 +306,16 @@ impl RotationService {
             }
             match (&state.pending_version, state.rotation_step) {
                 (Some(version), Some(step)) => {
-                    if let Some(done) = self.advance(&state, &policy, version, step, now).await? {
-                        return Ok(done);
+                    match self.advance(&state, &policy, version, step, now).await? {
+                        Advance::Done(outcome) => return Ok(outcome),
+                        Advance::To(next) => {
+                            known = Some(SecretRotationState {
+                                rotation_step: Some(next),
+                                ..state.clone()
+                            });
+                        }
+                        // Another run moved it first: read what it did.
+                        Advance::Lost => {}
                     }
                     continue;
                 }
@@ -325,13 +351,25 @@ impl RotationService {
                     None => SecretOutcome::NotDue,
                 });
             }
-            self.create_pending(&state, &policy, now).await?;
+            if let Some(version) = self.create_pending(&state, &policy, now).await? {
+                known = Some(SecretRotationState {
+                    pending_version: Some(version),
+                    rotation_step: Some(RotationStep::Created),
+                    ..state
+                });
+            }
         }
         Err(BrokerError::Internal(format!("rotation of {secret_id} did not settle")))
     }
 
-    /// Step 1: new material, encrypted under the new version's context, staged PENDING.
-    async fn create_pending(&self, state: &SecretRotationState, policy: &RotationPolicy, now: UnixTime) -> Result<()> {
+    /// Step 1: new material, encrypted under the new version's context, staged PENDING. Returns
+    /// the version when this run's write landed.
+    async fn create_pending(
+        &self,
+        state: &SecretRotationState,
+        policy: &RotationPolicy,
+        now: UnixTime,
+    ) -> Result<Option<String>> {
         let secret = &state.secret;
         let version = next_version_id(&secret.id, state.current_version.as_deref());
         let value = match &policy.generator {
@@ -349,10 +387,10 @@ impl RotationService {
             .stage_pending(&secret.id, state.current_version.as_deref(), &version, ciphertext, now)
             .await?;
         tracing::info!(secret_id = %secret.id, version = %version, staged, value = %value.fingerprint(), "pending version created");
-        Ok(())
+        Ok(staged.then_some(version))
     }
 
-    /// Steps 2-4 for the rotation in progress; `Some` once this call promoted it.
+    /// Steps 2-4 for the rotation in progress.
     async fn advance(
         &self,
         state: &SecretRotationState,
@@ -360,7 +398,7 @@ impl RotationService {
         version: &str,
         step: RotationStep,
         now: UnixTime,
-    ) -> Result<Option<SecretOutcome>> {
+    ) -> Result<Advance> {
         let secret_id = state.secret.id.as_str();
         let hook_url = match &policy.generator {
             SecretGenerator::Hook { url } => Some(url.as_str()),
@@ -371,10 +409,8 @@ impl RotationService {
                 if let Some(url) = hook_url {
                     self.hook.call(url, HookAction::Set, secret_id, version).await?;
                 }
-                self.store
-                    .advance_step(secret_id, version, RotationStep::Created, RotationStep::Set)
-                    .await?;
-                Ok(None)
+                self.step(secret_id, version, RotationStep::Created, RotationStep::Set)
+                    .await
             }
             RotationStep::Set => {
                 match hook_url {
@@ -391,10 +427,8 @@ impl RotationService {
                         }
                     }
                 }
-                self.store
-                    .advance_step(secret_id, version, RotationStep::Set, RotationStep::Tested)
-                    .await?;
-                Ok(None)
+                self.step(secret_id, version, RotationStep::Set, RotationStep::Tested)
+                    .await
             }
             RotationStep::Tested => {
                 let old = state.current_version.clone();
@@ -428,7 +462,7 @@ impl RotationService {
                 };
                 let event = rotation_event(secret_id, "secret_rotated", old.as_deref(), Some(version), now);
                 if !self.store.promote(&promotion, &event, &notice).await? {
-                    return Ok(None);
+                    return Ok(Advance::Lost);
                 }
                 tracing::info!(
                     secret_id,
@@ -443,12 +477,20 @@ impl RotationService {
                     // The rotation is complete; the owner learns it from its next test or notice.
                     tracing::warn!(secret_id, error = %e, "rotation hook finish call failed");
                 }
-                Ok(Some(SecretOutcome::Rotated {
+                Ok(Advance::Done(SecretOutcome::Rotated {
                     old_version: old,
                     new_version: version.to_string(),
                 }))
             }
         }
+    }
+
+    async fn step(&self, secret_id: &str, version: &str, from: RotationStep, to: RotationStep) -> Result<Advance> {
+        Ok(if self.store.advance_step(secret_id, version, from, to).await? {
+            Advance::To(to)
+        } else {
+            Advance::Lost
+        })
     }
 
     /// Advance the signing-key ring as far as `now` allows; returns what changed.
