@@ -280,6 +280,8 @@ impl Hook {
                     let action = body["action"].as_str().unwrap_or_default().to_string();
                     let version = body["version"].as_str().unwrap_or_default().to_string();
                     assert_eq!(claims.claims["nhi_action"], action.as_str());
+                    assert_eq!(claims.claims["nhi_version"], version.as_str());
+                    assert_eq!(claims.claims["sub"], body["secret_id"]);
                     seen.lock().unwrap().push((action.clone(), version.clone()));
                     let reply = if action == "create" {
                         serde_json::json!({ "value": format!("hook-made-credential-{version}") })

@@ -57,19 +57,19 @@ impl Clients {
     }
 }
 
+/// The signing-key ring in the registry.
+pub fn key_ring(config: &Config, dynamo: &aws_sdk_dynamodb::Client) -> Arc<dynamo_rotation::DynamoKeyRing> {
+    Arc::new(dynamo_rotation::DynamoKeyRing::new(
+        dynamo.clone(),
+        &config.registry_table,
+        &config.audit_table,
+        &config.signing_key_ring,
+    ))
+}
+
 /// The ring-aware signer every function that signs uses.
-pub fn signer(config: &Config, dynamo: &aws_sdk_dynamodb::Client, kms: &aws_sdk_kms::Client) -> kms::KmsSigner {
-    kms::KmsSigner::with_ring(
-        kms.clone(),
-        &config.signing_key_id,
-        Arc::new(dynamo_rotation::DynamoKeyRing::new(
-            dynamo.clone(),
-            &config.registry_table,
-            &config.audit_table,
-            &config.signing_key_ring,
-        )),
-        config.signing_keys_cache,
-    )
+pub fn signer(config: &Config, ring: Arc<dyn crate::ports::KeyRingStore>, kms: &aws_sdk_kms::Client) -> kms::KmsSigner {
+    kms::KmsSigner::with_ring(kms.clone(), &config.signing_key_id, ring, config.signing_keys_cache)
 }
 
 /// The rotate function's service: secrets registry, KMS (encrypt only, key lifecycle, signing for
@@ -77,7 +77,8 @@ pub fn signer(config: &Config, dynamo: &aws_sdk_dynamodb::Client, kms: &aws_sdk_
 pub fn rotation_service(config: &Config, clients: &Clients) -> Result<crate::rotation::RotationService> {
     use crate::rotation::{HttpRotationHook, KeyRotationSettings, RotationService, RotationSettings};
     let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
-    let signer = Arc::new(signer(config, &clients.dynamo, &clients.kms));
+    let ring = key_ring(config, &clients.dynamo);
+    let signer = Arc::new(signer(config, ring.clone(), &clients.kms));
     Ok(RotationService {
         store: Arc::new(dynamo_rotation::DynamoRotationStore::new(
             clients.dynamo.clone(),
@@ -87,12 +88,7 @@ pub fn rotation_service(config: &Config, clients: &Clients) -> Result<crate::rot
         )),
         encryptor: Arc::new(kms::KmsSecretCipher::new(clients.kms.clone(), &config.secrets_key_id)),
         hook: Arc::new(HttpRotationHook::new(signer, clock.clone(), &config.broker_issuer)?),
-        key_ring: Arc::new(dynamo_rotation::DynamoKeyRing::new(
-            clients.dynamo.clone(),
-            &config.registry_table,
-            &config.audit_table,
-            &config.signing_key_ring,
-        )),
+        key_ring: ring,
         key_admin: Arc::new(kms::KmsKeyAdmin::new(
             clients.kms.clone(),
             config.rotation.signing_key_policy(),
@@ -140,7 +136,7 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
             // Secrets are read fresh on every release: a rotation takes effect at once.
             secrets: Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
             decryptor: Arc::new(kms::KmsSecretCipher::new(kms.clone(), &config.secrets_key_id)),
-            signer: Arc::new(signer(config, &dynamo, &kms)),
+            signer: Arc::new(signer(config, key_ring(config, &dynamo), &kms)),
             roles: Arc::new(sts::StsRoleAssumer::new(sts)),
             issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
             clock: Arc::new(SystemClock),
