@@ -139,6 +139,10 @@ pub enum BrokerError {
     /// The issuer's JWKS could not be fetched or parsed.
     #[error("jwks unavailable: {0}")]
     JwksUnavailable(&'static str),
+    /// A secret's rotation hook (the owning system) was unreachable or refused: `Unreachable` or
+    /// `HTTP<status>`. Retried by a later run.
+    #[error("rotation hook failed: {0}")]
+    RotationHookFailed(String),
     /// Stored data that does not parse: a bug or a hand-edited item.
     #[error("corrupt record: {0}")]
     CorruptRecord(String),
@@ -198,9 +202,11 @@ impl BrokerError {
                 "temporarily_unavailable",
                 "the broker is temporarily unable to serve this request; retry later",
             ),
-            Self::Aws { .. } | Self::CorruptRecord(_) | Self::Config(_) | Self::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error")
-            }
+            Self::Aws { .. }
+            | Self::RotationHookFailed(_)
+            | Self::CorruptRecord(_)
+            | Self::Config(_)
+            | Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error"),
         };
         ClientError {
             status,
@@ -213,7 +219,7 @@ impl BrokerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Aws { retryable, .. } => *retryable,
-            Self::JwksUnavailable(_) | Self::Internal(_) => true,
+            Self::JwksUnavailable(_) | Self::RotationHookFailed(_) | Self::Internal(_) => true,
             _ => false,
         }
     }
@@ -302,6 +308,14 @@ mod tests {
         .client_error();
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.description.contains("AccessDenied"));
+    }
+
+    #[test]
+    fn rotation_hook_failures_are_retried_and_never_shown() {
+        let e = BrokerError::RotationHookFailed("HTTP503".into());
+        assert!(e.is_retryable());
+        assert!(e.aws_code().is_none(), "not an AWS error");
+        assert_eq!(e.client_error().description, "internal error");
     }
 
     #[test]

@@ -496,12 +496,7 @@ impl crate::ports::RotationHook for ScriptedHook {
     ) -> Result<Option<SecretString>> {
         self.calls.lock().unwrap().push((action, version.to_string()));
         if self.fail.load(Ordering::SeqCst) {
-            return Err(BrokerError::Aws {
-                service: "rotation-hook",
-                operation: "call",
-                code: "HTTP503".into(),
-                retryable: true,
-            });
+            return Err(BrokerError::RotationHookFailed("HTTP503".into()));
         }
         Ok((action == crate::ports::HookAction::Create).then(|| SecretString::new(format!("made-for-{version}"))))
     }

@@ -655,12 +655,7 @@ impl RotationHook for HttpRotationHook {
             nhi_version: version,
         };
         let auth = broker_token::sign_jwt(self.signer.as_ref(), "nhi-rotation+jwt", &claims).await?;
-        let unavailable = |_| BrokerError::Aws {
-            service: "rotation-hook",
-            operation: "call",
-            code: "Unreachable".into(),
-            retryable: true,
-        };
+        let unavailable = |_| BrokerError::RotationHookFailed("Unreachable".into());
         let mut response = self
             .client
             .post(url)
@@ -670,12 +665,10 @@ impl RotationHook for HttpRotationHook {
             .await
             .map_err(unavailable)?;
         if !response.status().is_success() {
-            return Err(BrokerError::Aws {
-                service: "rotation-hook",
-                operation: "call",
-                code: format!("HTTP{}", response.status().as_u16()),
-                retryable: true,
-            });
+            return Err(BrokerError::RotationHookFailed(format!(
+                "HTTP{}",
+                response.status().as_u16()
+            )));
         }
         if action != HookAction::Create {
             return Ok(None);

@@ -448,6 +448,16 @@ pub(crate) fn is_conditional_check_failed<E: aws_sdk_dynamodb::error::ProvideErr
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
+/// `Ok(true)` when a transaction landed, `Ok(false)` when its first item's condition failed
+/// (another writer changed that state first), otherwise the error.
+pub(crate) fn landed(result: std::result::Result<(), TransactError>) -> Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if condition_failed_at(&e, 0) => Ok(false),
+        Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
+    }
+}
+
 /// Whether a cancelled transaction failed on the condition of its `index`-th item.
 pub(crate) fn condition_failed_at(
     err: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
@@ -670,11 +680,7 @@ impl LeaseLedger for DynamoLedger {
             TransactWriteItem::builder().update(update).build(),
             put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
         ];
-        match self.audit.transact(items, event).await? {
-            Ok(()) => Ok(true),
-            Err(e) if condition_failed_at(&e, 0) => Ok(false),
-            Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
-        }
+        landed(self.audit.transact(items, event).await?)
     }
 }
 

@@ -8,7 +8,7 @@
 //!   key ring      KEYRING#<ring>     #KEYRING         keys, version
 
 use super::dynamo::{
-    AuditWriter, Item, TransactError, build_err, condition_failed_at, from_item, is_conditional_check_failed, keys, n,
+    AuditWriter, Item, build_err, condition_failed_at, from_item, is_conditional_check_failed, keys, landed, n,
     put_new, revocation_item, s, to_item,
 };
 use crate::domain::{
@@ -79,17 +79,7 @@ impl KeyRingStore for DynamoKeyRing {
                 .put(put.build().map_err(build_err)?)
                 .build(),
         ];
-        outcome(self.audit.transact(items, event).await?)
-    }
-}
-
-/// `Ok(true)` when the transaction landed, `Ok(false)` when its first item's condition failed
-/// (another writer changed the state first).
-fn outcome(result: std::result::Result<(), TransactError>) -> Result<bool> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if condition_failed_at(&e, 0) => Ok(false),
-        Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
+        landed(self.audit.transact(items, event).await?)
     }
 }
 
@@ -461,7 +451,7 @@ impl RotationStore for DynamoRotationStore {
             items.push(put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?);
         }
         items.push(put_new(&self.revocations_table, Self::notice_item(notice)?, "pk")?);
-        outcome(self.audit.transact(items, event).await?)
+        landed(self.audit.transact(items, event).await?)
     }
 
     async fn retire_previous(
@@ -485,7 +475,7 @@ impl RotationStore for DynamoRotationStore {
             self.stage_update(secret_id, version, VersionStage::Previous, VersionStage::Deprecated)?,
             put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
         ];
-        outcome(self.audit.transact(items, event).await?)
+        landed(self.audit.transact(items, event).await?)
     }
 
     async fn reschedule(&self, secret_id: &str, due_at: UnixTime) -> Result<()> {
