@@ -34,6 +34,7 @@ fn main() {
             justification: "bench".into(),
             status: GrantStatus::Active,
             created_at: NOW,
+            delivers_to: None,
         },
         Target {
             id: "https://api".into(),

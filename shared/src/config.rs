@@ -27,6 +27,27 @@ pub struct Config {
     /// How long a function reuses the signing-key ring it read (0 disables).
     pub signing_keys_cache: Duration,
     pub rotation: RotationConfig,
+    pub fanout: FanoutConfig,
+    pub sweep: SweepConfig,
+}
+
+/// What revoke-fanout needs beyond the shared settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutConfig {
+    pub page_size: usize,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff_seconds: i64,
+    /// A destination that has not confirmed a change within this window is flagged unconfirmed.
+    pub confirm_window_seconds: i64,
+}
+
+/// What expire-sweeper needs beyond the shared settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepConfig {
+    pub page_size: usize,
+    pub max_per_run: usize,
+    pub concurrency: usize,
 }
 
 /// What rotate needs beyond the shared settings.
@@ -98,6 +119,14 @@ impl Config {
         let concurrency = int("NHI_ROTATION_CONCURRENCY", 8, 1, 64);
         let signing_key_max_age_seconds = int("NHI_SIGNING_KEY_MAX_AGE_SECONDS", 30 * 86_400, 0, 366 * 86_400);
         let key_deletion_window_days = int("NHI_SIGNING_KEY_DELETION_WINDOW_DAYS", 30, 7, 30);
+        let fanout_page_size = int("NHI_FANOUT_PAGE_SIZE", 100, 1, 1000);
+        let fanout_concurrency = int("NHI_FANOUT_CONCURRENCY", 16, 1, 64);
+        let delivery_max_attempts = int("NHI_DELIVERY_MAX_ATTEMPTS", 6, 1, 20);
+        let delivery_backoff_seconds = int("NHI_DELIVERY_BACKOFF_SECONDS", 30, 1, 3600);
+        let confirm_window_seconds = int("NHI_DELIVERY_CONFIRM_WINDOW_SECONDS", 3600, 60, 7 * 86_400);
+        let sweep_page_size = int("NHI_SWEEP_PAGE_SIZE", 100, 1, 1000);
+        let sweep_max_per_run = int("NHI_SWEEP_MAX_PER_RUN", 5000, 1, 100_000);
+        let sweep_concurrency = int("NHI_SWEEP_CONCURRENCY", 8, 1, 64);
         let key_signers: Vec<String> = lookup("NHI_SIGNING_KEY_SIGNERS")
             .unwrap_or_default()
             .split(',')
@@ -161,6 +190,18 @@ impl Config {
                 key_deletion_window_days: key_deletion_window_days as i32,
                 key_signers,
                 key_admin_role,
+            },
+            fanout: FanoutConfig {
+                page_size: fanout_page_size as usize,
+                concurrency: fanout_concurrency as usize,
+                max_attempts: delivery_max_attempts as u32,
+                backoff_seconds: delivery_backoff_seconds,
+                confirm_window_seconds,
+            },
+            sweep: SweepConfig {
+                page_size: sweep_page_size as usize,
+                max_per_run: sweep_max_per_run as usize,
+                concurrency: sweep_concurrency as usize,
             },
         })
     }

@@ -390,6 +390,10 @@ pub struct Grant {
     pub justification: String,
     pub status: GrantStatus,
     pub created_at: UnixTime,
+    /// The subject copies what it obtains into this destination (a sync job): its leases' copies
+    /// live there, so the destination is told when they are revoked or expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivers_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -436,6 +440,9 @@ pub struct Lease {
     pub issued_at: UnixTime,
     pub expires_at: UnixTime,
     pub status: LeaseStatus,
+    /// Destination holding a copy of what this lease released (from the grant's `delivers_to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 /// What happened, for the audit trail.
@@ -447,6 +454,10 @@ pub enum AuditAction {
     Revoke,
     /// A secret version promoted or retired, or a signing key created, activated, retired or deleted.
     Rotate,
+    /// A lease or grant reached its end and was swept.
+    Expire,
+    /// A change event could not be confirmed by a destination.
+    Deliver,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,15 +467,25 @@ pub enum AuditOutcome {
     Denied,
     Revoked,
     Rotated,
+    Expired,
+    Unconfirmed,
 }
 
-/// What a revocation names. Leases today; secrets, grants, subjects and destinations with fanout.
+/// What a revocation names; revoke-fanout finds every lease and copy derived from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationTarget {
     Lease,
     /// One version of a secret (`<secret id>#<version>`), e.g. a PREVIOUS version past its grace.
     SecretVersion,
+    /// A whole secret: every version, every lease, every destination holding it.
+    Secret,
+    /// A grant (by id): it stops matching, and its leases go with it.
+    Grant,
+    /// A workload identity (`<issuer>#<sub>`): every lease it holds.
+    Subject,
+    /// A destination: told to drop what it holds, and never told anything again.
+    Destination,
 }
 
 impl RevocationTarget {
@@ -472,7 +493,118 @@ impl RevocationTarget {
         match self {
             Self::Lease => "lease",
             Self::SecretVersion => "secret_version",
+            Self::Secret => "secret",
+            Self::Grant => "grant",
+            Self::Subject => "subject",
+            Self::Destination => "destination",
         }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        [
+            Self::Lease,
+            Self::SecretVersion,
+            Self::Secret,
+            Self::Grant,
+            Self::Subject,
+            Self::Destination,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+    }
+}
+
+/// What a destination is told: a revocation or a rotation, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum ChangeEvent {
+    Revoked {
+        event_id: String,
+        target_kind: RevocationTarget,
+        target_id: String,
+        reason: String,
+        at: UnixTime,
+    },
+    Rotated {
+        event_id: String,
+        secret_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old_version: Option<String>,
+        new_version: String,
+        at: UnixTime,
+    },
+}
+
+impl ChangeEvent {
+    /// The revocation id or rotation notice id.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Self::Revoked { event_id, .. } | Self::Rotated { event_id, .. } => event_id,
+        }
+    }
+
+    /// `<kind>:<id>` of what changed (the SET `sub_id`).
+    pub fn subject(&self) -> String {
+        match self {
+            Self::Revoked {
+                target_kind, target_id, ..
+            } => format!("{}:{target_id}", target_kind.as_str()),
+            Self::Rotated { secret_id, .. } => format!("secret:{secret_id}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Not yet acknowledged; retried with backoff.
+    Pending,
+    /// The destination acknowledged it (webhook 2xx, EventBridge entry accepted).
+    Confirmed,
+    /// Retries exhausted or the confirmation window passed: the destination is treated as exposed.
+    Unconfirmed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// One change event owed to one destination, and the proof of what happened to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub destination_id: String,
+    pub event: ChangeEvent,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub created_at: UnixTime,
+    /// Unconfirmed after this, whatever the retries say (drift).
+    pub confirm_by: UnixTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<UnixTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<UnixTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<UnixTime>,
+    /// A short code (`http_500`, `unreachable`, `failed_entry`), never a response body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// What the destination answered when it confirmed (HTTP status or EventBridge event id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+}
+
+impl Delivery {
+    /// The SET `jti`: the same for every attempt, so receivers drop duplicates (RFC 8417 2.2).
+    pub fn jti(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{}\n{}", self.event.event_id(), self.destination_id));
+        hex::encode(&digest[..16])
     }
 }
 

@@ -24,6 +24,8 @@ pub enum TokenRejection {
     WrongAudience,
     Replayed,
     MissingJti,
+    /// A broker token presented as subject token whose `jti` is on the deny list.
+    Revoked,
 }
 
 impl TokenRejection {
@@ -44,6 +46,7 @@ impl TokenRejection {
             Self::WrongAudience => "subject_token audience is not accepted by the broker",
             Self::Replayed => "subject_token has already been exchanged",
             Self::MissingJti => "subject_token lacks the jti its issuer requires for one-time use",
+            Self::Revoked => "subject_token has been revoked",
         }
     }
 
@@ -65,6 +68,7 @@ impl TokenRejection {
             Self::WrongAudience => "token_wrong_audience",
             Self::Replayed => "token_replayed",
             Self::MissingJti => "token_missing_jti",
+            Self::Revoked => "token_revoked",
         }
     }
 }

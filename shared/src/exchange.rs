@@ -100,6 +100,14 @@ impl ExchangeService {
             leeway_seconds: self.settings.clock_leeway_seconds,
         };
         let (subject, grants) = verifier.verify(&request.subject_token, now, context).await?;
+        // A broker token (the broker registered as an issuer, for chained exchanges) is dead once
+        // revoked, even though its signature still verifies.
+        if subject.issuer.issuer == self.settings.broker_issuer
+            && let Some(jti) = subject.claims.get("jti").and_then(serde_json::Value::as_str)
+            && self.ledger.is_denied(jti).await?
+        {
+            return Err(BrokerError::TokenRejected(crate::error::TokenRejection::Revoked));
+        }
 
         // Resolve what is asked for before policy: an unknown target is `invalid_target`.
         let (target, current_secret) = match request.requested {
@@ -160,6 +168,7 @@ impl ExchangeService {
             issued_at: now,
             expires_at,
             status: LeaseStatus::Active,
+            destination: decision.grant.delivers_to.clone(),
         };
         // The credential is produced before the lease is recorded and returned only after: a failed
         // write releases nothing.

@@ -62,6 +62,8 @@ pub struct InMemoryLedger {
     pub events: Mutex<Vec<AuditEvent>>,
     pub replay_keys: Mutex<std::collections::HashSet<String>>,
     pub revocations: Mutex<Vec<Revocation>>,
+    /// Revoked broker JWT ids (the jti deny list).
+    pub denied: Mutex<std::collections::HashSet<String>>,
     /// When set, every write fails as DynamoDB would under throttling.
     pub fail_writes: std::sync::atomic::AtomicBool,
 }
@@ -108,6 +110,10 @@ impl LeaseLedger for InMemoryLedger {
             .iter()
             .find(|l| l.lease_id == lease_id)
             .cloned())
+    }
+
+    async fn is_denied(&self, jti: &str) -> Result<bool> {
+        Ok(self.denied.lock().unwrap().contains(jti))
     }
 
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {

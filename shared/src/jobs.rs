@@ -1,9 +1,10 @@
-//! Event parsing and handlers of the scheduled and stream-driven functions. Fanout and sweeping
-//! still only validate and acknowledge their events (issue: revoke-fanout and expire-sweeper).
+//! Event parsing and handlers of the scheduled and stream-driven functions.
 
 use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use crate::fanout::{FanoutReport, FanoutService, FanoutWork};
+use crate::sweeper::SweepService;
 use serde_json::Value;
 
 /// A scheduled invocation: the fields a run is keyed and logged by.
@@ -95,24 +96,178 @@ pub async fn handle_rotate_event(
     }
 }
 
-/// Acknowledge a batch of stream records, reporting the ones that are not DynamoDB INSERT/MODIFY/
-/// REMOVE records as failures by sequence number (ReportBatchItemFailures semantics).
-pub fn acknowledge_stream_batch(event: &StreamEvent) -> DynamoDbEventResponse {
-    let failures = event
-        .records
-        .iter()
-        .filter(|r| !is_known_record(r))
-        .map(|r| {
-            let mut failure = DynamoDbBatchItemFailure::default();
-            failure.item_identifier = r.change.sequence_number.clone();
-            failure
-        })
-        .collect();
+/// What one revocations-table stream record asks of fanout. `Err` for records that can never be
+/// processed (they are reported, retried a bounded number of times, then land in the DLQ).
+pub fn fanout_work(record: &EventRecord) -> Result<FanoutWork, String> {
+    #[derive(serde::Deserialize, Default)]
+    struct Marker {
+        record_type: Option<String>,
+        resume_cursor: Option<String>,
+    }
+    let marker = |image: &serde_dynamo::Item| -> Result<Marker, String> {
+        serde_dynamo::from_item(image.clone()).map_err(|e| format!("unreadable image: {e}"))
+    };
+    match record.event_name.as_str() {
+        "INSERT" => {
+            let image = &record.change.new_image;
+            match marker(image)?.record_type.as_deref() {
+                Some("revocation") => Ok(FanoutWork::Revocation {
+                    revocation: serde_dynamo::from_item(image.clone()).map_err(|e| format!("not a revocation: {e}"))?,
+                    cursor: None,
+                }),
+                Some("rotation") => Ok(FanoutWork::Rotation(
+                    serde_dynamo::from_item(image.clone()).map_err(|e| format!("not a rotation notice: {e}"))?,
+                )),
+                other => Err(format!("unknown record_type {other:?}")),
+            }
+        }
+        // A revocation's sweep saved its place: resume from there.
+        "MODIFY" => {
+            let new = marker(&record.change.new_image)?;
+            let old = marker(&record.change.old_image).unwrap_or_default();
+            match (new.record_type.as_deref(), new.resume_cursor) {
+                (Some("revocation"), Some(cursor)) if old.resume_cursor.as_deref() != Some(cursor.as_str()) => {
+                    Ok(FanoutWork::Revocation {
+                        revocation: serde_dynamo::from_item(record.change.new_image.clone())
+                            .map_err(|e| format!("not a revocation: {e}"))?,
+                        cursor: Some(cursor),
+                    })
+                }
+                _ => Ok(FanoutWork::Nothing("modification without new progress")),
+            }
+        }
+        "REMOVE" => Ok(FanoutWork::Nothing("expired by TTL")),
+        other => Err(format!("unknown stream event {other:?}")),
+    }
+}
+
+/// Process a batch in order. The first record that fails is reported (ReportBatchItemFailures)
+/// and processing stops there: Lambda retries from it, so later records are not run twice out of
+/// order. Each record's work is idempotent, so the retry redoes only what is missing.
+pub async fn handle_stream_batch(
+    service: &FanoutService,
+    event: &StreamEvent,
+    deadline: Option<std::time::Instant>,
+) -> DynamoDbEventResponse {
     let mut response = DynamoDbEventResponse::default();
-    response.batch_item_failures = failures;
+    let mut total = FanoutReport::default();
+    for record in &event.records {
+        let sequence = record.change.sequence_number.clone();
+        let outcome = match fanout_work(record) {
+            Ok(work) => service.process(work, deadline).await.map_err(|e| e.to_string()),
+            Err(problem) => Err(problem),
+        };
+        match outcome {
+            Ok(report) => {
+                tracing::info!(
+                    sequence_number = sequence.as_deref().unwrap_or_default(),
+                    event_name = %record.event_name,
+                    leases_revoked = report.leases_revoked,
+                    sessions_denied = report.sessions_denied,
+                    deliveries_confirmed = report.deliveries_confirmed,
+                    deliveries_pending = report.deliveries_pending,
+                    deliveries_unconfirmed = report.deliveries_unconfirmed,
+                    deliveries_skipped = report.deliveries_skipped,
+                    continued = report.continued,
+                    "stream record processed"
+                );
+                add_report(&mut total, &report);
+            }
+            Err(problem) => {
+                tracing::error!(
+                    sequence_number = sequence.as_deref().unwrap_or_default(),
+                    problem = %problem,
+                    "stream record failed; reported for retry"
+                );
+                let mut failure = DynamoDbBatchItemFailure::default();
+                failure.item_identifier = sequence;
+                response.batch_item_failures.push(failure);
+                break;
+            }
+        }
+    }
+    crate::sweeper::emit_metrics(
+        "revoke-fanout",
+        &[
+            ("LeasesRevoked", total.leases_revoked),
+            ("DeliveriesConfirmed", total.deliveries_confirmed),
+            ("DeliveriesPending", total.deliveries_pending),
+            ("DeliveriesUnconfirmed", total.deliveries_unconfirmed),
+            ("RecordsFailed", response.batch_item_failures.len() as u64),
+        ],
+    );
     response
 }
 
-fn is_known_record(record: &EventRecord) -> bool {
-    matches!(record.event_name.as_str(), "INSERT" | "MODIFY" | "REMOVE")
+fn add_report(total: &mut FanoutReport, report: &FanoutReport) {
+    total.leases_revoked += report.leases_revoked;
+    total.deliveries_confirmed += report.deliveries_confirmed;
+    total.deliveries_pending += report.deliveries_pending;
+    total.deliveries_unconfirmed += report.deliveries_unconfirmed;
+}
+
+/// revoke-fanout is invoked by the stream and by its retry schedule.
+pub async fn handle_fanout_event(
+    service: &FanoutService,
+    payload: Value,
+    deadline: Option<std::time::Instant>,
+) -> Result<Value, crate::BrokerError> {
+    if payload.get("Records").is_some() {
+        let event: StreamEvent = serde_json::from_value(payload).map_err(|e| {
+            tracing::warn!(problem = %e, "revoke-fanout event refused");
+            crate::BrokerError::InvalidRequest("not a DynamoDB stream event")
+        })?;
+        let response = handle_stream_batch(service, &event, deadline).await;
+        return serde_json::to_value(&response).map_err(|e| crate::BrokerError::Internal(e.to_string()));
+    }
+    let run = parse_scheduled_event(payload).map_err(|e| {
+        tracing::warn!(problem = %e, "revoke-fanout event refused");
+        crate::BrokerError::InvalidRequest("not a DynamoDB stream event or a scheduled event")
+    })?;
+    let report = service.retry_due().await?;
+    tracing::info!(
+        run_id = %run.id,
+        deliveries_confirmed = report.deliveries_confirmed,
+        deliveries_pending = report.deliveries_pending,
+        deliveries_unconfirmed = report.deliveries_unconfirmed,
+        "delivery retry run finished"
+    );
+    crate::sweeper::emit_metrics(
+        "revoke-fanout",
+        &[
+            ("DeliveriesConfirmed", report.deliveries_confirmed),
+            ("DeliveriesPending", report.deliveries_pending),
+            ("DeliveriesUnconfirmed", report.deliveries_unconfirmed),
+        ],
+    );
+    serde_json::to_value(&report).map_err(|e| crate::BrokerError::Internal(e.to_string()))
+}
+
+/// expire-sweeper: one run per scheduled event; counts go to the log and to EMF metrics.
+pub async fn handle_sweep_event(service: &SweepService, payload: Value) -> Result<Value, crate::BrokerError> {
+    let run = parse_scheduled_event(payload).map_err(|e| {
+        tracing::warn!(problem = %e, "expire-sweeper event refused");
+        crate::BrokerError::InvalidRequest("not a scheduled event")
+    })?;
+    let report = service.run().await?;
+    tracing::info!(
+        run_id = %run.id,
+        leases_expired = report.leases_expired,
+        destination_notices = report.destination_notices,
+        grants_revoked = report.grants_revoked,
+        deliveries_unconfirmed = report.deliveries_unconfirmed,
+        already_done = report.already_done,
+        remaining = report.remaining,
+        "sweep finished"
+    );
+    crate::sweeper::emit_metrics(
+        "expire-sweeper",
+        &[
+            ("LeasesExpired", report.leases_expired),
+            ("GrantsRevoked", report.grants_revoked),
+            ("DestinationsUnconfirmed", report.deliveries_unconfirmed),
+            ("Remaining", report.remaining),
+        ],
+    );
+    serde_json::to_value(&report).map_err(|e| crate::BrokerError::Internal(e.to_string()))
 }

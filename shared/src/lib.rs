@@ -9,6 +9,7 @@ pub mod demo_issuer;
 pub mod domain;
 pub mod error;
 pub mod exchange;
+pub mod fanout;
 pub mod fakes;
 pub mod http_api;
 pub mod jobs;
@@ -17,7 +18,9 @@ pub mod policy;
 pub mod ports;
 pub mod redact;
 pub mod rotation;
+pub mod secevent;
 pub mod subject_token;
+pub mod sweeper;
 pub mod telemetry;
 pub mod token_admin;
 

@@ -166,6 +166,7 @@ mod tests {
             justification: "deploys".into(),
             status: GrantStatus::Active,
             created_at: NOW - 10,
+            delivers_to: None,
         }
     }
 

@@ -2,8 +2,8 @@
 //! an AWS adapter (`crate::aws`) tested against moto.
 
 use crate::domain::{
-    AuditEvent, Grant, Issuer, KeyRing, Lease, Revocation, RotationNotice, RotationStep, Secret, SecretRotationState,
-    Target, UnixTime, VersionStage,
+    AuditEvent, ChangeEvent, Delivery, Destination, Grant, Issuer, KeyRing, Lease, Revocation, RotationNotice,
+    RotationStep, Secret, SecretRotationState, Target, UnixTime, VersionStage,
 };
 use crate::error::Result;
 use crate::redact::SecretString;
@@ -38,6 +38,8 @@ pub trait LeaseLedger: Send + Sync {
     /// Mark an active lease revoked, with its revocation record and audit event, atomically.
     /// `Ok(false)` when the lease was no longer active (revocation is idempotent).
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;
+    /// Whether a broker JWT `jti` is on the deny list (revoked before it expired).
+    async fn is_denied(&self, jti: &str) -> Result<bool>;
 }
 
 /// A secret's metadata with its CURRENT version id and that version's ciphertext, read together.
@@ -205,6 +207,124 @@ pub trait RotationHook: Send + Sync {
     /// Call `url` for `action` on one version. `Create` returns the new value; other actions `None`.
     async fn call(&self, url: &str, action: HookAction, secret_id: &str, version: &str)
     -> Result<Option<SecretString>>;
+}
+
+/// Which leases a revocation reaches, resolved through an index on each relation (never a scan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseScope {
+    Lease(String),
+    Grant(String),
+    Subject { issuer: String, subject: String },
+    Secret(String),
+    SecretVersion { secret_id: String, version: String },
+    /// Destinations hold copies of secrets, not leases.
+    Nothing,
+}
+
+/// One page of active leases and where the next page starts (opaque).
+#[derive(Debug, Clone, Default)]
+pub struct LeasePage {
+    pub leases: Vec<Lease>,
+    pub next: Option<String>,
+}
+
+/// The leases side of revocation fanout.
+#[async_trait]
+pub trait FanoutLedger: Send + Sync {
+    /// Active, unexpired leases in `scope`, one page at a time from `cursor`.
+    async fn active_leases(&self, scope: &LeaseScope, now: UnixTime, cursor: Option<&str>, limit: usize)
+    -> Result<LeasePage>;
+    /// Mark one lease revoked (if still active), deny its JWT `jti` until the token expires, and
+    /// record its audit event, atomically. `Ok(false)`: it was no longer active.
+    async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;
+    /// Remember where a revocation's sweep stopped; the record's stream entry resumes it.
+    async fn save_progress(&self, revocation: &Revocation, cursor: &str) -> Result<()>;
+}
+
+/// The registry side of revocation fanout.
+#[async_trait]
+pub trait FanoutRegistry: Send + Sync {
+    /// Disable what the revocation names in the registry (grant revoked, secret or destination
+    /// disabled). Idempotent; `Ok(false)` when there was nothing (left) to change.
+    async fn disable_target(&self, revocation: &Revocation) -> Result<bool>;
+    /// Ids of the destinations registered as holding a copy of the secret.
+    async fn destinations_of_secret(&self, secret_id: &str) -> Result<Vec<String>>;
+    async fn destination(&self, id: &str) -> Result<Option<Destination>>;
+}
+
+/// Delivery records: one per (destination, change event), changed only by conditional writes.
+#[async_trait]
+pub trait DeliveryLedger: Send + Sync {
+    /// Create the record (pending, due now) unless it exists; returns the stored record.
+    async fn open(&self, delivery: &Delivery) -> Result<Delivery>;
+    /// Replace `before` with `after` if nobody changed it since `before` was read (same status and
+    /// attempt count). A move to `Unconfirmed` also flags the destination and records `event`.
+    async fn update(&self, before: &Delivery, after: &Delivery, event: Option<&AuditEvent>) -> Result<bool>;
+    /// Pending deliveries whose next attempt is due, earliest first.
+    async fn due(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>>;
+    /// Pending deliveries past their confirmation window (drift), earliest first.
+    async fn overdue(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>>;
+}
+
+/// Why a destination did not acknowledge: a short code for the record, never a body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyFailure(pub String);
+
+/// Tells a destination about a change: a signed SET to a webhook, an event on a bus.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// `Ok(receipt)` only when the destination acknowledged the event.
+    async fn notify(
+        &self,
+        destination: &Destination,
+        event: &ChangeEvent,
+        jti: &str,
+    ) -> std::result::Result<String, NotifyFailure>;
+}
+
+/// Denies exactly the AWS role sessions of revoked leases (their `SourceIdentity` is the lease id)
+/// until they would have expired.
+#[async_trait]
+pub trait SessionDenier: Send + Sync {
+    async fn deny_sessions(&self, role_arn: &str, sessions: &[(String, UnixTime)], now: UnixTime) -> Result<()>;
+}
+
+/// An active lease past its expiry, as the sparse expiry index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredLease {
+    pub lease_id: String,
+    pub expires_at: UnixTime,
+    pub grant_id: String,
+    pub target: String,
+    pub destination: Option<String>,
+}
+
+/// A grant whose approval has run out while it is still active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LapsedGrant {
+    pub issuer: String,
+    pub grant_id: String,
+    pub approval_expires_at: UnixTime,
+}
+
+/// What expire-sweeper reads and changes. Every change is conditional on the state it was read in,
+/// so overlapping runs change each item once.
+#[async_trait]
+pub trait ExpiryStore: Send + Sync {
+    /// Active leases that expired at or before `now` in one shard of the expiry index.
+    async fn expired_leases(&self, shard: u32, now: UnixTime, limit: usize) -> Result<Vec<ExpiredLease>>;
+    /// Mark it expired (if still active), with its audit event and, when a destination holds a
+    /// copy, the revocation record that makes fanout tell it; atomically.
+    async fn expire_lease(
+        &self,
+        lease: &ExpiredLease,
+        revocation: Option<&Revocation>,
+        event: &AuditEvent,
+    ) -> Result<bool>;
+    async fn lapsed_grants(&self, now: UnixTime, limit: usize) -> Result<Vec<LapsedGrant>>;
+    /// Revoke it (if still active) with the revocation record fanout sweeps its leases from.
+    async fn revoke_lapsed_grant(&self, grant: &LapsedGrant, revocation: &Revocation, event: &AuditEvent)
+    -> Result<bool>;
 }
 
 /// Public keys of subject-token issuers.

@@ -105,9 +105,18 @@ impl ExchangeService {
             }
         };
         let lease = self.resolve_lease(token).await?;
-        let active = lease
+        let mut active = lease
             .as_ref()
             .filter(|l| l.status == LeaseStatus::Active && l.expires_at > now);
+        // The deny list is written with every fanout revocation; a lease that still reads active
+        // (e.g. restored from a backup) is not trusted over it.
+        if let Some(l) = active
+            && l.kind == crate::domain::TargetKind::Jwt
+            && self.ledger.is_denied(&l.lease_id).await?
+        {
+            tracing::warn!(lease_id = %l.lease_id, "lease reads active but its jti is denied");
+            active = None;
+        }
         tracing::info!(
             caller = %caller.subject,
             lease_id = lease.as_ref().map(|l| l.lease_id.as_str()).unwrap_or_default(),

@@ -39,6 +39,7 @@ fn world() -> FakeBroker {
             justification: "tests".into(),
             status: GrantStatus::Active,
             created_at: NOW - 100,
+            delivers_to: None,
         },
         Target {
             id: TARGET.into(),
@@ -182,20 +183,49 @@ fn rotate_accepts_its_schedule_and_on_demand_samples_and_nothing_else() {
 }
 
 #[test]
-fn stream_sample_is_acknowledged_and_unknown_records_are_reported_individually() {
+fn stream_sample_records_parse_into_fanout_work_and_unknown_records_are_refused() {
+    use nhi_broker::domain::RevocationTarget;
+    use nhi_broker::fanout::FanoutWork;
+    use nhi_broker::jobs::fanout_work;
     let event: aws_lambda_events::dynamodb::Event = serde_json::from_str(STREAM_EVENT).unwrap();
-    assert!(
-        nhi_broker::jobs::acknowledge_stream_batch(&event)
-            .batch_item_failures
-            .is_empty()
-    );
+    match fanout_work(&event.records[0]).unwrap() {
+        FanoutWork::Revocation { revocation, cursor } => {
+            assert_eq!(revocation.target_kind, RevocationTarget::Grant);
+            assert_eq!(revocation.target_id, "demo-app-deploys");
+            assert_eq!(cursor, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    match fanout_work(&event.records[1]).unwrap() {
+        FanoutWork::Rotation(notice) => {
+            assert_eq!(notice.secret_id, "demo-db-password");
+            assert_eq!(notice.destinations, ["demo-webhook"]);
+        }
+        other => panic!("{other:?}"),
+    }
     let mut value: serde_json::Value = serde_json::from_str(STREAM_EVENT).unwrap();
-    let mut bogus = value["Records"][0].clone();
+    let template = value["Records"][0].clone();
+    let mut bogus = template.clone();
     bogus["eventName"] = "BOGUS".into();
-    bogus["dynamodb"]["SequenceNumber"] = "222".into();
-    value["Records"].as_array_mut().unwrap().push(bogus);
+    let mut unknown_type = template.clone();
+    unknown_type["dynamodb"]["NewImage"]["record_type"] = serde_json::json!({"S": "gossip"});
+    let mut no_target = template.clone();
+    no_target["dynamodb"]["NewImage"].as_object_mut().unwrap().remove("target_kind");
+    let mut resumed = template.clone();
+    resumed["eventName"] = "MODIFY".into();
+    resumed["dynamodb"]["OldImage"] = template["dynamodb"]["NewImage"].clone();
+    resumed["dynamodb"]["NewImage"]["resume_cursor"] = serde_json::json!({"S": "{}"});
+    let mut unchanged = template.clone();
+    unchanged["eventName"] = "MODIFY".into();
+    unchanged["dynamodb"]["OldImage"] = template["dynamodb"]["NewImage"].clone();
+    value["Records"] = serde_json::json!([bogus, unknown_type, no_target, resumed, unchanged]);
     let event: aws_lambda_events::dynamodb::Event = serde_json::from_value(value).unwrap();
-    let response = nhi_broker::jobs::acknowledge_stream_batch(&event);
-    assert_eq!(response.batch_item_failures.len(), 1);
-    assert_eq!(response.batch_item_failures[0].item_identifier.as_deref(), Some("222"));
+    assert!(fanout_work(&event.records[0]).is_err());
+    assert!(fanout_work(&event.records[1]).unwrap_err().contains("gossip"));
+    assert!(fanout_work(&event.records[2]).is_err());
+    assert!(matches!(
+        fanout_work(&event.records[3]).unwrap(),
+        FanoutWork::Revocation { cursor: Some(_), .. }
+    ));
+    assert!(matches!(fanout_work(&event.records[4]).unwrap(), FanoutWork::Nothing(_)));
 }

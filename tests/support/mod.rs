@@ -136,6 +136,7 @@ impl Harness {
             justification: "tests".into(),
             status: GrantStatus::Active,
             created_at: now(),
+            delivers_to: None,
         }
     }
 

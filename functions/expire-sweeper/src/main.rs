@@ -1,4 +1,4 @@
-//! expire-sweeper: run by an EventBridge schedule. Validates and acknowledges its schedule event.
+//! expire-sweeper: run by an EventBridge schedule. Logic: `nhi_broker::sweeper`.
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
@@ -6,10 +6,12 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
+    let config = nhi_broker::config::Config::from_env()?;
+    let clients = nhi_broker::aws::Clients::new(&nhi_broker::aws::sdk_config().await);
+    let service = nhi_broker::aws::sweep_service(&config, &clients);
+    let service = &service;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        let run = nhi_broker::jobs::parse_scheduled_event(event.payload)?;
-        tracing::info!(run_id = %run.id, scheduled_time = %run.time, detail_type = %run.detail_type, "scheduled run received");
-        Ok::<_, Error>(serde_json::json!({ "run_id": run.id }))
+        Ok::<_, Error>(nhi_broker::jobs::handle_sweep_event(service, event.payload).await?)
     }))
     .await
 }

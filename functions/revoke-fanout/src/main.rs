@@ -1,20 +1,22 @@
-//! revoke-fanout: invoked by the revocations table's DynamoDB stream. Reports unprocessable records
-//! through ReportBatchItemFailures instead of failing the whole batch.
+//! revoke-fanout: invoked by the revocations table's DynamoDB stream (revocations and rotation
+//! notices) and by a schedule that retries unconfirmed deliveries. Logic: `nhi_broker::fanout`.
 
-use aws_lambda_events::dynamodb::Event;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Event>| async move {
-        let response = nhi_broker::jobs::acknowledge_stream_batch(&event.payload);
-        tracing::info!(
-            records = event.payload.records.len(),
-            failures = response.batch_item_failures.len(),
-            "revocation stream batch received"
-        );
-        Ok::<_, Error>(response)
+    let config = nhi_broker::config::Config::from_env()?;
+    let clients = nhi_broker::aws::Clients::new(&nhi_broker::aws::sdk_config().await);
+    let service = nhi_broker::aws::fanout_service(&config, &clients)?;
+    let service = &service;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
+        // The invocation's deadline (epoch ms) as an Instant: a long sweep saves its place before it.
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        Ok::<_, Error>(nhi_broker::jobs::handle_fanout_event(service, event.payload, Some(deadline)).await?)
     }))
     .await
 }

@@ -235,6 +235,7 @@ pub async fn bootstrap_demo(
         justification: "local demo".into(),
         status: GrantStatus::Active,
         created_at: now,
+        delivers_to: None,
     };
     registry
         .put_grant(&grant(

@@ -9,7 +9,7 @@
 //! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
 
 use crate::audit::{AuditChain, ChainLink};
-use crate::domain::{AuditEvent, Destination, Grant, Issuer, Lease, LeaseStatus, Revocation, Secret, Target};
+use crate::domain::{AuditEvent, Destination, Grant, GrantStatus, Issuer, Lease, LeaseStatus, Revocation, Secret, Target};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::ports::{CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, SecretStore};
@@ -54,6 +54,19 @@ pub mod keys {
         format!("REPLAY#{key}")
     }
     pub const REPLAY_SK: &str = "REPLAY";
+    /// Deny-list entry of a revoked broker JWT (`jti` = lease id), kept until the token expires.
+    pub fn deny_pk(jti: &str) -> String {
+        format!("DENY#{jti}")
+    }
+    pub const DENY_SK: &str = "DENY";
+    /// A delivery record in its destination's item collection.
+    pub fn delivery_sk(event_id: &str) -> String {
+        format!("DELIVERY#{event_id}")
+    }
+    /// Partition of the sparse delivery retry and drift indexes: every pending delivery.
+    pub const DELIVERY_SHARD: &str = "DELIVERY";
+    /// Partition of the sparse `approval-due` index: every active grant.
+    pub const APPROVAL_SHARD: &str = "APPROVAL";
     /// Revocations table: one item collection per revoked thing, ordered by time.
     pub fn revocation_pk(kind: &str, id: &str) -> String {
         format!("{kind}#{id}")
@@ -167,7 +180,10 @@ impl DynamoRegistry {
                 ("sk", s(keys::grant_sk(&grant.id))),
                 ("item_type", s("grant")),
                 ("item_id", s(&grant.id)),
-            ],
+            ]
+            .into_iter()
+            // Active grants sit on the sparse approval-due index until the sweeper revokes them.
+            .chain((grant.status == GrantStatus::Active).then(|| ("approval_shard", s(keys::APPROVAL_SHARD)))),
         )?;
         self.put(item, "PutItem").await
     }
@@ -662,6 +678,20 @@ impl LeaseLedger for DynamoLedger {
         output.item.map(|item| from_item(item, "lease")).transpose()
     }
 
+    async fn is_denied(&self, jti: &str) -> Result<bool> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.leases_table)
+            .key("pk", s(keys::deny_pk(jti)))
+            .key("sk", s(keys::DENY_SK))
+            .projection_expression("pk")
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
+        Ok(output.item.is_some())
+    }
+
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
         let update = Update::builder()
             .table_name(&self.leases_table)
@@ -709,6 +739,7 @@ mod tests {
             issued_at: 1,
             expires_at: 61,
             status: LeaseStatus::Active,
+            destination: None,
         }
     }
 

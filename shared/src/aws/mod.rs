@@ -3,7 +3,10 @@
 
 pub mod call_counter;
 pub mod dynamo;
+pub mod dynamo_fanout;
 pub mod dynamo_rotation;
+pub mod eventbridge;
+pub mod iam;
 pub mod kms;
 pub mod sts;
 
@@ -27,6 +30,8 @@ pub struct Clients {
     pub dynamo: aws_sdk_dynamodb::Client,
     pub kms: aws_sdk_kms::Client,
     pub sts: aws_sdk_sts::Client,
+    pub eventbridge: aws_sdk_eventbridge::Client,
+    pub iam: aws_sdk_iam::Client,
     pub calls: CallCounter,
 }
 
@@ -48,10 +53,22 @@ impl Clients {
                 .interceptor(calls.clone())
                 .build(),
         );
+        let eventbridge = aws_sdk_eventbridge::Client::from_conf(
+            aws_sdk_eventbridge::config::Builder::from(sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let iam = aws_sdk_iam::Client::from_conf(
+            aws_sdk_iam::config::Builder::from(sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
         Self {
             dynamo,
             kms,
             sts,
+            eventbridge,
+            iam,
             calls,
         }
     }
@@ -109,6 +126,77 @@ pub fn rotation_service(config: &Config, clients: &Clients) -> Result<crate::rot
     })
 }
 
+/// revoke-fanout: leases and deliveries in DynamoDB, SETs signed with the broker's key ring,
+/// EventBridge buses, IAM deny policies for AWS sessions.
+pub fn fanout_service(config: &Config, clients: &Clients) -> Result<crate::fanout::FanoutService> {
+    use crate::fanout::{FanoutService, FanoutSettings};
+    let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
+    let signer = Arc::new(signer(config, key_ring(config, &clients.dynamo), &clients.kms));
+    Ok(FanoutService {
+        leases: Arc::new(dynamo_fanout::DynamoFanoutLedger::new(
+            clients.dynamo.clone(),
+            &config.leases_table,
+            &config.audit_table,
+            &config.revocations_table,
+            config.fanout.concurrency,
+        )),
+        registry: Arc::new(dynamo_fanout::DynamoFanoutRegistry::new(
+            clients.dynamo.clone(),
+            &config.registry_table,
+        )),
+        deliveries: Arc::new(dynamo_fanout::DynamoDeliveryLedger::new(
+            clients.dynamo.clone(),
+            &config.registry_table,
+            &config.audit_table,
+        )),
+        notifier: Arc::new(crate::secevent::DestinationNotifier {
+            webhook: crate::secevent::WebhookPusher::new(signer, clock.clone(), &config.broker_issuer)?,
+            bus: Arc::new(eventbridge::EventBridgeBus::new(clients.eventbridge.clone())),
+        }),
+        sessions: Arc::new(iam::IamSessionDenier::new(
+            clients.iam.clone(),
+            clients.dynamo.clone(),
+            &config.registry_table,
+        )),
+        clock,
+        settings: FanoutSettings {
+            page_size: config.fanout.page_size,
+            concurrency: config.fanout.concurrency,
+            max_attempts: config.fanout.max_attempts,
+            backoff_seconds: config.fanout.backoff_seconds,
+            confirm_window_seconds: config.fanout.confirm_window_seconds,
+            ..FanoutSettings::default()
+        },
+    })
+}
+
+/// expire-sweeper: the expiry indexes, delivery records and audit chains. Never signs or decrypts.
+pub fn sweep_service(config: &Config, clients: &Clients) -> crate::sweeper::SweepService {
+    use crate::sweeper::{SweepService, SweepSettings};
+    SweepService {
+        store: Arc::new(dynamo_fanout::DynamoExpiryStore::new(
+            clients.dynamo.clone(),
+            &config.leases_table,
+            &config.registry_table,
+            &config.audit_table,
+            &config.revocations_table,
+            config.sweep.concurrency,
+        )),
+        deliveries: Arc::new(dynamo_fanout::DynamoDeliveryLedger::new(
+            clients.dynamo.clone(),
+            &config.registry_table,
+            &config.audit_table,
+        )),
+        clock: Arc::new(SystemClock),
+        settings: SweepSettings {
+            page_size: config.sweep.page_size,
+            max_per_run: config.sweep.max_per_run,
+            concurrency: config.sweep.concurrency,
+            ..SweepSettings::default()
+        },
+    }
+}
+
 /// The exchange API wired to DynamoDB, KMS and HTTPS JWKS. Built once per execution environment.
 pub fn broker_api(config: &Config, sdk: &aws_config::SdkConfig) -> Result<BrokerApi> {
     broker_api_with(config, Clients::new(sdk))
@@ -120,6 +208,7 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
         kms,
         sts,
         calls,
+        ..
     } = clients;
     Ok(BrokerApi::with_call_counter(
         ExchangeService {

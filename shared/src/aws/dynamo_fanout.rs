@@ -1,0 +1,681 @@
+//! DynamoDB adapters of revoke-fanout and expire-sweeper: lease sweeps through the lease indexes,
+//! the jti deny list, delivery records, registry disables, expiry through sparse deadline indexes.
+
+use super::dynamo::{
+    AuditWriter, Item, build_err, from_item, is_conditional_check_failed, keys, landed, n, put_new, revocation_item, s,
+    to_item,
+};
+use crate::domain::{
+    AuditEvent, Delivery, DeliveryStatus, Destination, Lease, LeaseStatus, Revocation, RevocationTarget, TargetKind,
+    UnixTime,
+};
+use crate::error::{BrokerError, Result};
+use crate::ports::{
+    DeliveryLedger, ExpiredLease, ExpiryStore, FanoutLedger, FanoutRegistry, LapsedGrant, LeasePage, LeaseScope,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const DELIVERY_DUE_INDEX: &str = "delivery-due";
+pub const DELIVERY_OVERDUE_INDEX: &str = "delivery-overdue";
+pub const ACTIVE_BY_EXPIRY_INDEX: &str = "active-by-expiry";
+pub const APPROVAL_DUE_INDEX: &str = "approval-due";
+
+/// Several audit chains, so concurrent writes of one function do not queue behind one chain.
+struct AuditPool {
+    writers: Vec<AuditWriter>,
+    next: AtomicUsize,
+}
+
+impl AuditPool {
+    fn new(client: &aws_sdk_dynamodb::Client, table: &str, size: usize) -> Self {
+        Self {
+            writers: (0..size.max(1)).map(|_| AuditWriter::new(client.clone(), table)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn writer(&self) -> &AuditWriter {
+        &self.writers[self.next.fetch_add(1, Ordering::Relaxed) % self.writers.len()]
+    }
+}
+
+/// A query's LastEvaluatedKey as an opaque cursor (string and number attributes only).
+pub fn encode_cursor(key: &Item) -> Result<String> {
+    let map: serde_json::Map<String, serde_json::Value> = key
+        .iter()
+        .map(|(k, v)| match v {
+            AttributeValue::S(x) => Ok((k.clone(), serde_json::json!({ "S": x }))),
+            AttributeValue::N(x) => Ok((k.clone(), serde_json::json!({ "N": x }))),
+            _ => Err(BrokerError::Internal("unexpected key attribute type".into())),
+        })
+        .collect::<Result<_>>()?;
+    Ok(serde_json::Value::Object(map).to_string())
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<Item> {
+    let bad = || BrokerError::CorruptRecord("revocation progress cursor".into());
+    let value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(cursor).map_err(|_| bad())?;
+    value
+        .into_iter()
+        .map(|(k, v)| {
+            if let Some(x) = v.get("S").and_then(|x| x.as_str()) {
+                Ok((k, AttributeValue::S(x.into())))
+            } else if let Some(x) = v.get("N").and_then(|x| x.as_str()) {
+                Ok((k, AttributeValue::N(x.into())))
+            } else {
+                Err(bad())
+            }
+        })
+        .collect()
+}
+
+fn attr_str(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn attr_num(item: &Item, name: &str) -> Option<i64> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+pub struct DynamoFanoutLedger {
+    client: aws_sdk_dynamodb::Client,
+    leases_table: String,
+    revocations_table: String,
+    audit: AuditPool,
+}
+
+impl DynamoFanoutLedger {
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        leases_table: &str,
+        audit_table: &str,
+        revocations_table: &str,
+        audit_chains: usize,
+    ) -> Self {
+        Self {
+            audit: AuditPool::new(&client, audit_table, audit_chains),
+            client,
+            leases_table: leases_table.into(),
+            revocations_table: revocations_table.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl FanoutLedger for DynamoFanoutLedger {
+    async fn active_leases(
+        &self,
+        scope: &LeaseScope,
+        now: UnixTime,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<LeasePage> {
+        let (index, key_attr, key, extra_filter): (&str, &str, String, Vec<(&str, &str, String)>) = match scope {
+            LeaseScope::Nothing => return Ok(LeasePage::default()),
+            LeaseScope::Lease(id) => {
+                let item = self
+                    .client
+                    .get_item()
+                    .table_name(&self.leases_table)
+                    .key("pk", s(keys::lease_pk(id)))
+                    .key("sk", s(keys::LEASE_SK))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+                    .item;
+                let lease = item.map(|i| from_item::<Lease>(i, "lease")).transpose()?;
+                return Ok(LeasePage {
+                    leases: lease
+                        .into_iter()
+                        .filter(|l| l.status == LeaseStatus::Active && l.expires_at > now)
+                        .collect(),
+                    next: None,
+                });
+            }
+            LeaseScope::Grant(id) => ("by-grant", "grant_id", id.clone(), vec![]),
+            LeaseScope::Subject { issuer, subject } => {
+                ("by-subject", "subject_key", keys::subject_key(issuer, subject), vec![])
+            }
+            // Target ids of different kinds may coincide: only secret leases.
+            LeaseScope::Secret(id) => (
+                "by-target",
+                "target",
+                id.clone(),
+                vec![("kind", ":kind", TargetKind::Secret.as_str().into())],
+            ),
+            LeaseScope::SecretVersion { secret_id, version } => (
+                "by-target",
+                "target",
+                secret_id.clone(),
+                vec![
+                    ("kind", ":kind", TargetKind::Secret.as_str().into()),
+                    ("secret_version", ":version", version.clone()),
+                ],
+            ),
+        };
+        let mut filter = "#status = :active".to_string();
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.leases_table)
+            .index_name(index)
+            .key_condition_expression("#k = :k AND expires_at > :now")
+            .expression_attribute_names("#k", key_attr)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":k", s(key))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
+            .limit(limit.clamp(1, 1000) as i32);
+        for (i, (attr, placeholder, value)) in extra_filter.into_iter().enumerate() {
+            let name = format!("#f{i}");
+            filter.push_str(&format!(" AND {name} = {placeholder}"));
+            request = request
+                .expression_attribute_names(name, attr)
+                .expression_attribute_values(placeholder, s(value));
+        }
+        if let Some(cursor) = cursor {
+            request = request.set_exclusive_start_key(Some(decode_cursor(cursor)?));
+        }
+        let output = request
+            .filter_expression(filter)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+        let leases = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| from_item::<Lease>(i, "lease"))
+            .collect::<Result<Vec<_>>>()?;
+        let next = output.last_evaluated_key.as_ref().map(encode_cursor).transpose()?;
+        Ok(LeasePage { leases, next })
+    }
+
+    async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
+        let update = Update::builder()
+            .table_name(&self.leases_table)
+            .key("pk", s(keys::lease_pk(&lease.lease_id)))
+            .key("sk", s(keys::LEASE_SK))
+            .update_expression("SET #status = :revoked, revoked_at = :at, revocation_id = :rid REMOVE active_shard")
+            .condition_expression("#status = :active")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":revoked", s(LeaseStatus::Revoked.as_str()))
+            .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
+            .expression_attribute_values(":at", n(event.at))
+            .expression_attribute_values(":rid", s(&revocation.revocation_id))
+            .build()
+            .map_err(build_err)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        if lease.kind == TargetKind::Jwt {
+            // The deny entry lives exactly as long as the token could.
+            let deny = Item::from([
+                ("pk".to_string(), s(keys::deny_pk(&lease.lease_id))),
+                ("sk".to_string(), s(keys::DENY_SK)),
+                ("revocation_id".to_string(), s(&revocation.revocation_id)),
+                ("ttl".to_string(), n(lease.expires_at)),
+            ]);
+            let put = Put::builder()
+                .table_name(&self.leases_table)
+                .set_item(Some(deny))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        landed(self.audit.writer().transact(items, event).await?)
+    }
+
+    async fn save_progress(&self, revocation: &Revocation, cursor: &str) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.revocations_table)
+            .key(
+                "pk",
+                s(keys::revocation_pk(revocation.target_kind.as_str(), &revocation.target_id)),
+            )
+            .key("sk", s(keys::revocation_sk(revocation.at, &revocation.revocation_id)))
+            .update_expression("SET resume_cursor = :c ADD resume_passes :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":c", s(cursor))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "UpdateItem", &e))?;
+        Ok(())
+    }
+}
+
+pub struct DynamoFanoutRegistry {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoFanoutRegistry {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// A conditional update that only ever switches something off; false when it already was
+    /// (or the item is gone).
+    async fn switch_off(&self, pk: String, sk: &str, update: &str, condition: &str, status_name: bool) -> Result<bool> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression(update)
+            .condition_expression(condition);
+        request = if status_name {
+            request
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":active", s("active"))
+                .expression_attribute_values(":revoked", s("revoked"))
+        } else {
+            request
+                .expression_attribute_values(":true", AttributeValue::Bool(true))
+                .expression_attribute_values(":false", AttributeValue::Bool(false))
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_check_failed(&e) => Ok(false),
+            Err(e) => Err(BrokerError::aws("dynamodb", "UpdateItem", &e)),
+        }
+    }
+}
+
+#[async_trait]
+impl FanoutRegistry for DynamoFanoutRegistry {
+    async fn disable_target(&self, revocation: &Revocation) -> Result<bool> {
+        let id = &revocation.target_id;
+        match revocation.target_kind {
+            RevocationTarget::Grant => {
+                // Grants live in their issuer's collection; the type index finds the key.
+                let found = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("by-type")
+                    .key_condition_expression("item_type = :t AND item_id = :id")
+                    .expression_attribute_values(":t", s("grant"))
+                    .expression_attribute_values(":id", s(id))
+                    .send()
+                    .await
+                    .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+                let mut changed = false;
+                for item in found.items.unwrap_or_default() {
+                    let (Some(pk), Some(sk)) = (attr_str(&item, "pk"), attr_str(&item, "sk")) else {
+                        continue;
+                    };
+                    changed |= self
+                        .switch_off(
+                            pk,
+                            &sk,
+                            "SET #status = :revoked REMOVE approval_shard",
+                            "#status = :active",
+                            true,
+                        )
+                        .await?;
+                }
+                Ok(changed)
+            }
+            RevocationTarget::Secret => {
+                self.switch_off(
+                    keys::secret_pk(id),
+                    keys::SECRET_SK,
+                    "SET enabled = :false",
+                    "enabled = :true",
+                    false,
+                )
+                .await
+            }
+            RevocationTarget::Destination => {
+                self.switch_off(
+                    keys::destination_pk(id),
+                    keys::DESTINATION_SK,
+                    "SET enabled = :false",
+                    "enabled = :true",
+                    false,
+                )
+                .await
+            }
+            RevocationTarget::Lease | RevocationTarget::Subject | RevocationTarget::SecretVersion => Ok(false),
+        }
+    }
+
+    async fn destinations_of_secret(&self, secret_id: &str) -> Result<Vec<String>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :dest)")
+            .expression_attribute_values(":pk", s(keys::secret_pk(secret_id)))
+            .expression_attribute_values(":dest", s(keys::destination_link_sk("")))
+            .projection_expression("destination_id")
+            .into_paginator()
+            .items()
+            .send();
+        let mut ids = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+            if let Some(id) = attr_str(&item, "destination_id") {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn destination(&self, id: &str) -> Result<Option<Destination>> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::destination_pk(id)))
+            .key("sk", s(keys::DESTINATION_SK))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+            .item;
+        item.map(|i| from_item(i, "destination")).transpose()
+    }
+}
+
+/// Delivery records live in their destination's item collection (`DEST#<id>`, `DELIVERY#<event>`),
+/// so a destination's history is one Query. Pending records carry `delivery_shard`, which puts
+/// them on the sparse retry (`next_attempt_at`) and drift (`confirm_by`) indexes.
+pub struct DynamoDeliveryLedger {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    audit: AuditWriter,
+}
+
+impl DynamoDeliveryLedger {
+    pub fn new(client: aws_sdk_dynamodb::Client, registry_table: &str, audit_table: &str) -> Self {
+        Self {
+            audit: AuditWriter::new(client.clone(), audit_table),
+            client,
+            table: registry_table.into(),
+        }
+    }
+
+    fn item(delivery: &Delivery) -> Result<Item> {
+        let mut extra = vec![
+            ("pk", s(keys::destination_pk(&delivery.destination_id))),
+            ("sk", s(keys::delivery_sk(delivery.event.event_id()))),
+            ("record_type", s("delivery")),
+        ];
+        if delivery.status == DeliveryStatus::Pending {
+            extra.push(("delivery_shard", s(keys::DELIVERY_SHARD)));
+        }
+        to_item(delivery, extra)
+    }
+
+    async fn query_index(&self, index: &str, sort_key: &str, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("delivery_shard = :shard AND #due <= :now")
+            .expression_attribute_names("#due", sort_key)
+            .expression_attribute_values(":shard", s(keys::DELIVERY_SHARD))
+            .expression_attribute_values(":now", n(now))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+        output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| from_item(i, "delivery"))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DeliveryLedger for DynamoDeliveryLedger {
+    async fn open(&self, delivery: &Delivery) -> Result<Delivery> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Self::item(delivery)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(delivery.clone()),
+            Err(e) if is_conditional_check_failed(&e) => {
+                let item = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", s(keys::destination_pk(&delivery.destination_id)))
+                    .key("sk", s(keys::delivery_sk(delivery.event.event_id())))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+                    .item
+                    .ok_or_else(|| BrokerError::Internal("delivery record vanished".into()))?;
+                from_item(item, "delivery")
+            }
+            Err(e) => Err(BrokerError::aws("dynamodb", "PutItem", &e)),
+        }
+    }
+
+    async fn update(&self, before: &Delivery, after: &Delivery, event: Option<&AuditEvent>) -> Result<bool> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(Self::item(after)?))
+            .condition_expression("#status = :status AND attempts = :attempts")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", s(before.status.as_str()))
+            .expression_attribute_values(":attempts", n(i64::from(before.attempts)))
+            .build()
+            .map_err(build_err)?;
+        let Some(event) = event else {
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(put.item))
+                .condition_expression("#status = :status AND attempts = :attempts")
+                .set_expression_attribute_names(put.expression_attribute_names)
+                .set_expression_attribute_values(put.expression_attribute_values)
+                .send()
+                .await;
+            return match result {
+                Ok(_) => Ok(true),
+                Err(e) if is_conditional_check_failed(&e) => Ok(false),
+                Err(e) => Err(BrokerError::aws("dynamodb", "PutItem", &e)),
+            };
+        };
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
+        if after.status == DeliveryStatus::Unconfirmed && after.last_error.as_deref() != Some("unknown_destination") {
+            // The destination is flagged exposed: inventory and metrics read it from here.
+            let flag = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(keys::destination_pk(&after.destination_id)))
+                .key("sk", s(keys::DESTINATION_SK))
+                .update_expression(
+                    "SET exposed = :true, exposed_since = if_not_exists(exposed_since, :now), \
+                     last_unconfirmed_event = :event ADD unconfirmed_deliveries :one",
+                )
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":true", AttributeValue::Bool(true))
+                .expression_attribute_values(":now", n(event.at))
+                .expression_attribute_values(":event", s(after.event.event_id()))
+                .expression_attribute_values(":one", n(1))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().update(flag).build());
+        }
+        landed(self.audit.transact(items, event).await?)
+    }
+
+    async fn due(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
+        self.query_index(DELIVERY_DUE_INDEX, "next_attempt_at", now, limit).await
+    }
+
+    async fn overdue(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
+        self.query_index(DELIVERY_OVERDUE_INDEX, "confirm_by", now, limit).await
+    }
+}
+
+pub struct DynamoExpiryStore {
+    client: aws_sdk_dynamodb::Client,
+    leases_table: String,
+    registry_table: String,
+    revocations_table: String,
+    audit: AuditPool,
+}
+
+impl DynamoExpiryStore {
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        leases_table: &str,
+        registry_table: &str,
+        audit_table: &str,
+        revocations_table: &str,
+        audit_chains: usize,
+    ) -> Self {
+        Self {
+            audit: AuditPool::new(&client, audit_table, audit_chains),
+            client,
+            leases_table: leases_table.into(),
+            registry_table: registry_table.into(),
+            revocations_table: revocations_table.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl ExpiryStore for DynamoExpiryStore {
+    async fn expired_leases(&self, shard: u32, now: UnixTime, limit: usize) -> Result<Vec<ExpiredLease>> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.leases_table)
+            .index_name(ACTIVE_BY_EXPIRY_INDEX)
+            .key_condition_expression("active_shard = :shard AND expires_at <= :now")
+            .expression_attribute_values(":shard", s(format!("ACTIVE#{shard}")))
+            .expression_attribute_values(":now", n(now))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+        output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| {
+                let lease_id = attr_str(&item, "pk")
+                    .and_then(|pk| pk.strip_prefix("LEASE#").map(str::to_string))
+                    .ok_or_else(|| BrokerError::CorruptRecord("expiry index entry without a lease key".into()))?;
+                Ok(ExpiredLease {
+                    lease_id,
+                    expires_at: attr_num(&item, "expires_at").unwrap_or_default(),
+                    grant_id: attr_str(&item, "grant_id").unwrap_or_default(),
+                    target: attr_str(&item, "target").unwrap_or_default(),
+                    destination: attr_str(&item, "destination"),
+                })
+            })
+            .collect()
+    }
+
+    async fn expire_lease(&self, lease: &ExpiredLease, revocation: Option<&Revocation>, event: &AuditEvent) -> Result<bool> {
+        let update = Update::builder()
+            .table_name(&self.leases_table)
+            .key("pk", s(keys::lease_pk(&lease.lease_id)))
+            .key("sk", s(keys::LEASE_SK))
+            .update_expression("SET #status = :expired, expired_at = :now REMOVE active_shard")
+            .condition_expression("#status = :active AND expires_at <= :now")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":expired", s(LeaseStatus::Expired.as_str()))
+            .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
+            .expression_attribute_values(":now", n(event.at))
+            .build()
+            .map_err(build_err)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        if let Some(revocation) = revocation {
+            items.push(put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?);
+        }
+        landed(self.audit.writer().transact(items, event).await?)
+    }
+
+    async fn lapsed_grants(&self, now: UnixTime, limit: usize) -> Result<Vec<LapsedGrant>> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.registry_table)
+            .index_name(APPROVAL_DUE_INDEX)
+            .key_condition_expression("approval_shard = :shard AND approval_expires_at <= :now")
+            .expression_attribute_values(":shard", s(keys::APPROVAL_SHARD))
+            .expression_attribute_values(":now", n(now))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+        output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| {
+                let issuer = attr_str(&item, "pk").and_then(|pk| pk.strip_prefix("ISSUER#").map(str::to_string));
+                let grant_id = attr_str(&item, "sk").and_then(|sk| sk.strip_prefix("GRANT#").map(str::to_string));
+                match (issuer, grant_id) {
+                    (Some(issuer), Some(grant_id)) => Ok(LapsedGrant {
+                        issuer,
+                        grant_id,
+                        approval_expires_at: attr_num(&item, "approval_expires_at").unwrap_or_default(),
+                    }),
+                    _ => Err(BrokerError::CorruptRecord("approval index entry without a grant key".into())),
+                }
+            })
+            .collect()
+    }
+
+    async fn revoke_lapsed_grant(&self, grant: &LapsedGrant, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
+        let update = Update::builder()
+            .table_name(&self.registry_table)
+            .key("pk", s(keys::issuer_pk(&grant.issuer)))
+            .key("sk", s(keys::grant_sk(&grant.grant_id)))
+            .update_expression("SET #status = :revoked REMOVE approval_shard")
+            .condition_expression("#status = :active AND approval_expires_at <= :now")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":revoked", s("revoked"))
+            .expression_attribute_values(":active", s("active"))
+            .expression_attribute_values(":now", n(event.at))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
+        ];
+        landed(self.audit.writer().transact(items, event).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let key = Item::from([
+            ("pk".to_string(), s("LEASE#1")),
+            ("expires_at".to_string(), n(42)),
+        ]);
+        assert_eq!(decode_cursor(&encode_cursor(&key).unwrap()).unwrap(), key);
+        assert!(decode_cursor("not json").is_err());
+        assert!(decode_cursor(r#"{"pk":{"B":"x"}}"#).is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! expire-sweeper: expires leases and lapsed grants deterministically (DynamoDB TTL is lazy and
+//! only deletes), and flags destinations that did not confirm a change in time (drift).
+//!
+//! Everything is found through sparse indexes keyed on the deadline, and every change is a
+//! conditional write on the state read, so overlapping runs change each item exactly once.
+
+use crate::domain::{AuditAction, AuditEvent, AuditOutcome, DeliveryStatus, Revocation, RevocationTarget, UnixTime};
+use crate::error::Result;
+use crate::fanout::unconfirmed_event;
+use crate::ports::{Clock, DeliveryLedger, ExpiredLease, ExpiryStore, LapsedGrant};
+use futures::StreamExt;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Who the sweeper's revocation records name as actor.
+pub const SWEEPER_ACTOR: &str = "system:expire-sweeper";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepSettings {
+    /// Shards of the active-lease expiry index.
+    pub shards: u32,
+    /// Items read per query page.
+    pub page_size: usize,
+    /// Items changed per run, per kind (leases, grants, deliveries); the rest wait for the next run.
+    pub max_per_run: usize,
+    pub concurrency: usize,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        Self {
+            shards: crate::aws::dynamo::ACTIVE_SHARDS,
+            page_size: 100,
+            max_per_run: 5000,
+            concurrency: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub leases_expired: u64,
+    /// Expired leases whose copy lives at a destination: a revocation record tells it.
+    pub destination_notices: u64,
+    pub grants_revoked: u64,
+    pub deliveries_unconfirmed: u64,
+    /// Changed by an overlapping run between our read and our write.
+    pub already_done: u64,
+    /// Still due when this run stopped at `max_per_run` (a lower bound).
+    pub remaining: u64,
+}
+
+pub struct SweepService {
+    pub store: Arc<dyn ExpiryStore>,
+    pub deliveries: Arc<dyn DeliveryLedger>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: SweepSettings,
+}
+
+impl SweepService {
+    pub async fn run(&self) -> Result<SweepReport> {
+        let now = self.clock.now();
+        let mut report = SweepReport::default();
+        self.expire_leases(now, &mut report).await?;
+        self.revoke_lapsed_grants(now, &mut report).await?;
+        self.flag_drift(now, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn expire_leases(&self, now: UnixTime, report: &mut SweepReport) -> Result<()> {
+        let mut budget = self.settings.max_per_run;
+        for shard in 0..self.settings.shards {
+            loop {
+                let page = self.store.expired_leases(shard, now, self.settings.page_size).await?;
+                if page.is_empty() {
+                    break;
+                }
+                if budget == 0 {
+                    report.remaining += page.len() as u64;
+                    break;
+                }
+                let take = page.len().min(budget);
+                budget -= take;
+                let full = page.len() == self.settings.page_size;
+                let results: Vec<Result<(bool, bool)>> = futures::stream::iter(page.into_iter().take(take).map(|lease| async move {
+                    let revocation = lease.destination.as_ref().map(|_| expiry_revocation(&lease, now));
+                    let event = AuditEvent {
+                        actor_subject: Some(SWEEPER_ACTOR.into()),
+                        target: Some(lease.target.clone()),
+                        grant_id: Some(lease.grant_id.clone()),
+                        lease_id: Some(lease.lease_id.clone()),
+                        reason: Some("lease_expired".into()),
+                        ..AuditEvent::new(AuditAction::Expire, AuditOutcome::Expired, now)
+                    };
+                    let changed = self.store.expire_lease(&lease, revocation.as_ref(), &event).await?;
+                    Ok((changed, revocation.is_some()))
+                }))
+                .buffer_unordered(self.settings.concurrency.max(1))
+                .collect()
+                .await;
+                for result in results {
+                    match result? {
+                        (true, notified) => {
+                            report.leases_expired += 1;
+                            report.destination_notices += u64::from(notified);
+                        }
+                        (false, _) => report.already_done += 1,
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke_lapsed_grants(&self, now: UnixTime, report: &mut SweepReport) -> Result<()> {
+        let mut budget = self.settings.max_per_run;
+        loop {
+            let page = self.store.lapsed_grants(now, self.settings.page_size).await?;
+            if page.is_empty() {
+                break;
+            }
+            if budget == 0 {
+                report.remaining += page.len() as u64;
+                break;
+            }
+            let full = page.len() == self.settings.page_size;
+            for grant in page.into_iter().take(budget) {
+                budget -= 1;
+                let revocation = lapsed_grant_revocation(&grant, now);
+                let event = AuditEvent {
+                    actor_subject: Some(SWEEPER_ACTOR.into()),
+                    actor_issuer: Some(grant.issuer.clone()),
+                    grant_id: Some(grant.grant_id.clone()),
+                    reason: Some("approval_expired".into()),
+                    ..AuditEvent::new(AuditAction::Expire, AuditOutcome::Revoked, now)
+                };
+                if self.store.revoke_lapsed_grant(&grant, &revocation, &event).await? {
+                    report.grants_revoked += 1;
+                } else {
+                    report.already_done += 1;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flag_drift(&self, now: UnixTime, report: &mut SweepReport) -> Result<()> {
+        let mut budget = self.settings.max_per_run;
+        loop {
+            let page = self.deliveries.overdue(now, self.settings.page_size).await?;
+            if page.is_empty() {
+                break;
+            }
+            if budget == 0 {
+                report.remaining += page.len() as u64;
+                break;
+            }
+            let full = page.len() == self.settings.page_size;
+            for delivery in page.into_iter().take(budget) {
+                budget -= 1;
+                let after = crate::domain::Delivery {
+                    status: DeliveryStatus::Unconfirmed,
+                    next_attempt_at: None,
+                    last_error: Some(delivery.last_error.clone().unwrap_or_else(|| "confirm_window_passed".into())),
+                    ..delivery.clone()
+                };
+                let event = unconfirmed_event(&after, now);
+                if self.deliveries.update(&delivery, &after, Some(&event)).await? {
+                    tracing::warn!(
+                        destination_id = %delivery.destination_id,
+                        event_id = %delivery.event.event_id(),
+                        "destination did not confirm within the window: flagged unconfirmed"
+                    );
+                    report.deliveries_unconfirmed += 1;
+                } else {
+                    report.already_done += 1;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The record that makes fanout tell a lease's destination to drop its copy. Its id is derived
+/// from the lease, so two runs expiring the same lease could only write the same record.
+pub fn expiry_revocation(lease: &ExpiredLease, now: UnixTime) -> Revocation {
+    Revocation {
+        revocation_id: format!("expired-{}", lease.lease_id),
+        target_kind: RevocationTarget::Lease,
+        target_id: lease.lease_id.clone(),
+        actor: SWEEPER_ACTOR.into(),
+        reason: "lease_expired".into(),
+        at: now,
+    }
+}
+
+pub fn lapsed_grant_revocation(grant: &LapsedGrant, now: UnixTime) -> Revocation {
+    Revocation {
+        revocation_id: format!("approval-expired-{}-{}", grant.grant_id, grant.approval_expires_at),
+        target_kind: RevocationTarget::Grant,
+        target_id: grant.grant_id.clone(),
+        actor: SWEEPER_ACTOR.into(),
+        reason: "approval_expired".into(),
+        at: now,
+    }
+}
+
+/// A CloudWatch Embedded Metric Format document: one JSON line that CloudWatch Logs turns into
+/// metrics without a PutMetricData call (or its IAM permission).
+pub fn emf_document(function: &str, metrics: &[(&str, u64)], timestamp_ms: i64) -> String {
+    let mut root = serde_json::Map::new();
+    root.insert(
+        "_aws".into(),
+        serde_json::json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "NhiBroker",
+                "Dimensions": [["Function"]],
+                "Metrics": metrics.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
+            }],
+        }),
+    );
+    root.insert("Function".into(), function.into());
+    for (name, value) in metrics {
+        root.insert((*name).into(), (*value).into());
+    }
+    serde_json::Value::Object(root).to_string()
+}
+
+/// Write an EMF document to stdout (the Lambda log stream), outside the tracing formatter.
+pub fn emit_metrics(function: &str, metrics: &[(&str, u64)]) {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    println!("{}", emf_document(function, metrics, ms));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_names_every_metric_with_its_value() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&emf_document("expire-sweeper", &[("LeasesExpired", 3), ("Remaining", 0)], 7)).unwrap();
+        assert_eq!(doc["_aws"]["Timestamp"], 7);
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], "LeasesExpired");
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "Function");
+        assert_eq!(doc["Function"], "expire-sweeper");
+        assert_eq!(doc["LeasesExpired"], 3);
+        assert_eq!(doc["Remaining"], 0);
+    }
+}
