@@ -47,9 +47,22 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "dynamodb:GetShardIterator",
                 "dynamodb:ListStreams",
                 "sqs:SendMessage",
+                "dynamodb:Query",
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                // Signs SETs; never decrypts or encrypts.
+                "kms:Sign",
+                "events:PutEvents",
+                "iam:PutRolePolicy",
+                "iam:DeleteRolePolicy",
             ]),
         ),
-        ("ExpireSweeperRole", set(&[])),
+        (
+            "ExpireSweeperRole",
+            // No KMS at all, no deletes: it only moves state forward.
+            set(&["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem"]),
+        ),
     ])
 }
 

@@ -107,7 +107,10 @@ pub fn lease_scope(revocation: &Revocation) -> Result<LeaseScope> {
         RevocationTarget::Secret => LeaseScope::Secret(id.into()),
         // Issuers are URLs without fragments, so the first '#' ends the issuer.
         RevocationTarget::Subject => {
-            let (issuer, subject) = id.split_once('#').filter(|(i, s)| !i.is_empty() && !s.is_empty()).ok_or_else(bad)?;
+            let (issuer, subject) = id
+                .split_once('#')
+                .filter(|(i, s)| !i.is_empty() && !s.is_empty())
+                .ok_or_else(bad)?;
             LeaseScope::Subject {
                 issuer: issuer.into(),
                 subject: subject.into(),
@@ -115,8 +118,10 @@ pub fn lease_scope(revocation: &Revocation) -> Result<LeaseScope> {
         }
         // Version ids never contain '#'; secret ids may.
         RevocationTarget::SecretVersion => {
-            let (secret_id, version) =
-                id.rsplit_once('#').filter(|(s, v)| !s.is_empty() && !v.is_empty()).ok_or_else(bad)?;
+            let (secret_id, version) = id
+                .rsplit_once('#')
+                .filter(|(s, v)| !s.is_empty() && !v.is_empty())
+                .ok_or_else(bad)?;
             LeaseScope::SecretVersion {
                 secret_id: secret_id.into(),
                 version: version.into(),
@@ -147,7 +152,12 @@ impl FanoutService {
         }
     }
 
-    async fn revoke(&self, revocation: &Revocation, cursor: Option<String>, deadline: Option<Instant>) -> Result<FanoutReport> {
+    async fn revoke(
+        &self,
+        revocation: &Revocation,
+        cursor: Option<String>,
+        deadline: Option<Instant>,
+    ) -> Result<FanoutReport> {
         let scope = lease_scope(revocation)?;
         let mut report = FanoutReport::default();
         let event = ChangeEvent::Revoked {
@@ -229,24 +239,34 @@ impl FanoutService {
             .collect();
         let mut opened = Vec::new();
         for destination_id in &lease_destinations {
-            opened.push(self.deliveries.open(&self.new_delivery(destination_id, event, now)).await?);
+            opened.push(
+                self.deliveries
+                    .open(&self.new_delivery(destination_id, event, now))
+                    .await?,
+            );
         }
         // 3. The leases, each with its jti deny entry and audit event.
-        let results: Vec<Result<bool>> = futures::stream::iter(leases.iter().map(|lease| {
-            let audit = AuditEvent {
-                actor_subject: Some(revocation.actor.clone()),
-                actor_issuer: None,
-                target: Some(lease.target.clone()),
-                grant_id: Some(lease.grant_id.clone()),
-                lease_id: Some(lease.lease_id.clone()),
-                reason: Some(revocation.reason.clone()),
-                ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
-            };
-            async move { self.leases.revoke_derived(lease, revocation, &audit).await }
-        }))
-        .buffer_unordered(self.settings.concurrency.max(1))
-        .collect()
-        .await;
+        // Boxed and collected first: a lazily mapped iterator of borrowing futures is not provably Send.
+        let revocations: Vec<futures::future::BoxFuture<'_, Result<bool>>> = leases
+            .iter()
+            .map(|lease| {
+                let audit = AuditEvent {
+                    actor_subject: Some(revocation.actor.clone()),
+                    actor_issuer: None,
+                    target: Some(lease.target.clone()),
+                    grant_id: Some(lease.grant_id.clone()),
+                    lease_id: Some(lease.lease_id.clone()),
+                    reason: Some(revocation.reason.clone()),
+                    ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
+                };
+                Box::pin(async move { self.leases.revoke_derived(lease, revocation, &audit).await })
+                    as futures::future::BoxFuture<'_, Result<bool>>
+            })
+            .collect();
+        let results: Vec<Result<bool>> = futures::stream::iter(revocations)
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
         for result in results {
             match result? {
                 true => report.leases_revoked += 1,
@@ -303,7 +323,10 @@ impl FanoutService {
             if !told.insert(destination_id.clone()) {
                 continue;
             }
-            let delivery = self.deliveries.open(&self.new_delivery(destination_id, event, now)).await?;
+            let delivery = self
+                .deliveries
+                .open(&self.new_delivery(destination_id, event, now))
+                .await?;
             self.attempt(delivery, report).await?;
         }
         Ok(())
@@ -318,7 +341,11 @@ impl FanoutService {
         }
         let now = self.clock.now();
         let outcome = match self.registry.destination(&delivery.destination_id).await? {
-            Some(destination) => self.notifier.notify(&destination, &delivery.event, &delivery.jti()).await,
+            Some(destination) => {
+                self.notifier
+                    .notify(&destination, &delivery.event, &delivery.jti())
+                    .await
+            }
             None => Err(crate::ports::NotifyFailure("unknown_destination".into())),
         };
         let attempts = delivery.attempts + 1;
@@ -414,7 +441,11 @@ mod tests {
     #[test]
     fn scopes_parse_their_composite_ids() {
         assert_eq!(
-            lease_scope(&revocation(RevocationTarget::Subject, "https://token.actions.githubusercontent.com#repo:o/r:ref:refs/heads/main")).unwrap(),
+            lease_scope(&revocation(
+                RevocationTarget::Subject,
+                "https://token.actions.githubusercontent.com#repo:o/r:ref:refs/heads/main"
+            ))
+            .unwrap(),
             LeaseScope::Subject {
                 issuer: "https://token.actions.githubusercontent.com".into(),
                 subject: "repo:o/r:ref:refs/heads/main".into()
@@ -427,14 +458,20 @@ mod tests {
                 version: "v-1".into()
             }
         );
-        assert_eq!(lease_scope(&revocation(RevocationTarget::Destination, "d")).unwrap(), LeaseScope::Nothing);
+        assert_eq!(
+            lease_scope(&revocation(RevocationTarget::Destination, "d")).unwrap(),
+            LeaseScope::Nothing
+        );
         for (kind, id) in [
             (RevocationTarget::Subject, "no-separator"),
             (RevocationTarget::Subject, "#sub"),
             (RevocationTarget::SecretVersion, "secret#"),
             (RevocationTarget::Lease, ""),
         ] {
-            assert!(matches!(lease_scope(&revocation(kind, id)), Err(BrokerError::CorruptRecord(_))), "{id}");
+            assert!(
+                matches!(lease_scope(&revocation(kind, id)), Err(BrokerError::CorruptRecord(_))),
+                "{id}"
+            );
         }
     }
 }

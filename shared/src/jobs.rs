@@ -1,10 +1,10 @@
 //! Event parsing and handlers of the scheduled and stream-driven functions.
 
+use crate::fanout::{FanoutReport, FanoutService, FanoutWork};
+use crate::sweeper::SweepService;
 use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use crate::fanout::{FanoutReport, FanoutService, FanoutWork};
-use crate::sweeper::SweepService;
 use serde_json::Value;
 
 /// A scheduled invocation: the fields a run is keyed and logged by.

@@ -214,9 +214,15 @@ pub trait RotationHook: Send + Sync {
 pub enum LeaseScope {
     Lease(String),
     Grant(String),
-    Subject { issuer: String, subject: String },
+    Subject {
+        issuer: String,
+        subject: String,
+    },
     Secret(String),
-    SecretVersion { secret_id: String, version: String },
+    SecretVersion {
+        secret_id: String,
+        version: String,
+    },
     /// Destinations hold copies of secrets, not leases.
     Nothing,
 }
@@ -232,8 +238,13 @@ pub struct LeasePage {
 #[async_trait]
 pub trait FanoutLedger: Send + Sync {
     /// Active, unexpired leases in `scope`, one page at a time from `cursor`.
-    async fn active_leases(&self, scope: &LeaseScope, now: UnixTime, cursor: Option<&str>, limit: usize)
-    -> Result<LeasePage>;
+    async fn active_leases(
+        &self,
+        scope: &LeaseScope,
+        now: UnixTime,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<LeasePage>;
     /// Mark one lease revoked (if still active), deny its JWT `jti` until the token expires, and
     /// record its audit event, atomically. `Ok(false)`: it was no longer active.
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;
@@ -323,8 +334,12 @@ pub trait ExpiryStore: Send + Sync {
     ) -> Result<bool>;
     async fn lapsed_grants(&self, now: UnixTime, limit: usize) -> Result<Vec<LapsedGrant>>;
     /// Revoke it (if still active) with the revocation record fanout sweeps its leases from.
-    async fn revoke_lapsed_grant(&self, grant: &LapsedGrant, revocation: &Revocation, event: &AuditEvent)
-    -> Result<bool>;
+    async fn revoke_lapsed_grant(
+        &self,
+        grant: &LapsedGrant,
+        revocation: &Revocation,
+        event: &AuditEvent,
+    ) -> Result<bool>;
 }
 
 /// Public keys of subject-token issuers.

@@ -4,7 +4,7 @@
 use crate::broker_token::sign_jwt;
 use crate::domain::{ChangeEvent, Destination, DestinationKind, UnixTime};
 use crate::error::{BrokerError, Result};
-use crate::ports::{Clock, NotifyFailure, Notifier, TokenSigner};
+use crate::ports::{Clock, Notifier, NotifyFailure, TokenSigner};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Value, json};

@@ -82,22 +82,29 @@ impl SweepService {
                 let take = page.len().min(budget);
                 budget -= take;
                 let full = page.len() == self.settings.page_size;
-                let results: Vec<Result<(bool, bool)>> = futures::stream::iter(page.into_iter().take(take).map(|lease| async move {
-                    let revocation = lease.destination.as_ref().map(|_| expiry_revocation(&lease, now));
-                    let event = AuditEvent {
-                        actor_subject: Some(SWEEPER_ACTOR.into()),
-                        target: Some(lease.target.clone()),
-                        grant_id: Some(lease.grant_id.clone()),
-                        lease_id: Some(lease.lease_id.clone()),
-                        reason: Some("lease_expired".into()),
-                        ..AuditEvent::new(AuditAction::Expire, AuditOutcome::Expired, now)
-                    };
-                    let changed = self.store.expire_lease(&lease, revocation.as_ref(), &event).await?;
-                    Ok((changed, revocation.is_some()))
-                }))
-                .buffer_unordered(self.settings.concurrency.max(1))
-                .collect()
-                .await;
+                let expiries: Vec<futures::future::BoxFuture<'_, Result<(bool, bool)>>> = page
+                    .into_iter()
+                    .take(take)
+                    .map(|lease| {
+                        Box::pin(async move {
+                            let revocation = lease.destination.as_ref().map(|_| expiry_revocation(&lease, now));
+                            let event = AuditEvent {
+                                actor_subject: Some(SWEEPER_ACTOR.into()),
+                                target: Some(lease.target.clone()),
+                                grant_id: Some(lease.grant_id.clone()),
+                                lease_id: Some(lease.lease_id.clone()),
+                                reason: Some("lease_expired".into()),
+                                ..AuditEvent::new(AuditAction::Expire, AuditOutcome::Expired, now)
+                            };
+                            let changed = self.store.expire_lease(&lease, revocation.as_ref(), &event).await?;
+                            Ok((changed, revocation.is_some()))
+                        }) as futures::future::BoxFuture<'_, Result<(bool, bool)>>
+                    })
+                    .collect();
+                let results: Vec<Result<(bool, bool)>> = futures::stream::iter(expiries)
+                    .buffer_unordered(self.settings.concurrency.max(1))
+                    .collect()
+                    .await;
                 for result in results {
                     match result? {
                         (true, notified) => {
@@ -167,7 +174,12 @@ impl SweepService {
                 let after = crate::domain::Delivery {
                     status: DeliveryStatus::Unconfirmed,
                     next_attempt_at: None,
-                    last_error: Some(delivery.last_error.clone().unwrap_or_else(|| "confirm_window_passed".into())),
+                    last_error: Some(
+                        delivery
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "confirm_window_passed".into()),
+                    ),
                     ..delivery.clone()
                 };
                 let event = unconfirmed_event(&after, now);
@@ -251,10 +263,17 @@ mod tests {
 
     #[test]
     fn emf_names_every_metric_with_its_value() {
-        let doc: serde_json::Value =
-            serde_json::from_str(&emf_document("expire-sweeper", &[("LeasesExpired", 3), ("Remaining", 0)], 7)).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&emf_document(
+            "expire-sweeper",
+            &[("LeasesExpired", 3), ("Remaining", 0)],
+            7,
+        ))
+        .unwrap();
         assert_eq!(doc["_aws"]["Timestamp"], 7);
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], "LeasesExpired");
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
+            "LeasesExpired"
+        );
         assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "Function");
         assert_eq!(doc["Function"], "expire-sweeper");
         assert_eq!(doc["LeasesExpired"], 3);

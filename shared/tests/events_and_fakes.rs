@@ -210,7 +210,10 @@ fn stream_sample_records_parse_into_fanout_work_and_unknown_records_are_refused(
     let mut unknown_type = template.clone();
     unknown_type["dynamodb"]["NewImage"]["record_type"] = serde_json::json!({"S": "gossip"});
     let mut no_target = template.clone();
-    no_target["dynamodb"]["NewImage"].as_object_mut().unwrap().remove("target_kind");
+    no_target["dynamodb"]["NewImage"]
+        .as_object_mut()
+        .unwrap()
+        .remove("target_kind");
     let mut resumed = template.clone();
     resumed["eventName"] = "MODIFY".into();
     resumed["dynamodb"]["OldImage"] = template["dynamodb"]["NewImage"].clone();
@@ -227,5 +230,8 @@ fn stream_sample_records_parse_into_fanout_work_and_unknown_records_are_refused(
         fanout_work(&event.records[3]).unwrap(),
         FanoutWork::Revocation { cursor: Some(_), .. }
     ));
-    assert!(matches!(fanout_work(&event.records[4]).unwrap(), FanoutWork::Nothing(_)));
+    assert!(matches!(
+        fanout_work(&event.records[4]).unwrap(),
+        FanoutWork::Nothing(_)
+    ));
 }

@@ -14,7 +14,10 @@ async fn main() -> Result<(), Error> {
     let service = &service;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
         // The invocation's deadline (epoch ms) as an Instant: a long sweep saves its place before it.
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let deadline = Instant::now() + Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
         Ok::<_, Error>(nhi_broker::jobs::handle_fanout_event(service, event.payload, Some(deadline)).await?)
     }))

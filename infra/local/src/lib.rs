@@ -1,6 +1,8 @@
 //! Local runner: serves the exchange handler (the same `BrokerApi::handle` the Lambda binary
 //! runs) and a demo OIDC issuer on loopback only.
 
+pub mod stream;
+
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;

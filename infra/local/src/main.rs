@@ -24,6 +24,23 @@ struct Args {
     /// The rotate function's schedule expression (exported from template.yaml by the provisioner).
     #[arg(long, env = "NHI_LOCAL_SCHEDULE_ROTATEFUNCTION", default_value = "rate(1 hour)")]
     rotate_schedule: String,
+    /// expire-sweeper's schedule expression (from template.yaml).
+    #[arg(
+        long,
+        env = "NHI_LOCAL_SCHEDULE_EXPIRESWEEPERFUNCTION",
+        default_value = "rate(5 minutes)"
+    )]
+    sweep_schedule: String,
+    /// revoke-fanout's delivery-retry schedule expression (from template.yaml).
+    #[arg(
+        long,
+        env = "NHI_LOCAL_SCHEDULE_REVOKEFANOUTFUNCTION",
+        default_value = "rate(1 minute)"
+    )]
+    retry_schedule: String,
+    /// How often the emulated event source mapping polls the revocations stream, in milliseconds.
+    #[arg(long, env = "NHI_LOCAL_STREAM_POLL_MS", default_value_t = 1000)]
+    stream_poll_ms: u64,
 }
 
 #[tokio::main]
@@ -60,17 +77,87 @@ async fn run(args: Args) -> Result<(), String> {
     .await
     .map_err(|e| format!("bootstrap of demo issuer and grant failed: {e}"))?;
 
-    let rotate_every = match args.schedule_every {
-        Some(seconds) => seconds.max(1),
-        None => nhi_local::schedule_period(&args.rotate_schedule)
-            .ok_or_else(|| format!("cannot emulate the rotate schedule {:?}", args.rotate_schedule))?,
+    let period = |expression: &str, what: &str| -> Result<u64, String> {
+        match args.schedule_every {
+            Some(seconds) => Ok(seconds.max(1)),
+            None => nhi_local::schedule_period(expression)
+                .ok_or_else(|| format!("cannot emulate the {what} schedule {expression:?}")),
+        }
     };
-    let rotation =
-        nhi_broker::aws::rotation_service(&config, &nhi_broker::aws::Clients::new(&sdk)).map_err(|e| e.to_string())?;
+    let rotate_every = period(&args.rotate_schedule, "rotate")?;
+    let sweep_every = period(&args.sweep_schedule, "expire-sweeper")?;
+    let retry_every = period(&args.retry_schedule, "revoke-fanout retry")?;
+    let clients = nhi_broker::aws::Clients::new(&sdk);
+    let rotation = Arc::new(nhi_broker::aws::rotation_service(&config, &clients).map_err(|e| e.to_string())?);
+    let fanout = Arc::new(nhi_broker::aws::fanout_service(&config, &clients).map_err(|e| e.to_string())?);
+    let sweeper = Arc::new(nhi_broker::aws::sweep_service(&config, &clients));
+    let mut poller = nhi_local::stream::StreamPoller::from_env().await?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let issuer_task = tokio::spawn(nhi_local::serve_demo_issuer(issuer, issuer_listener, stopped.clone()));
-    let rotate_task = tokio::spawn(run_schedule(rotation, rotate_every, stopped.clone()));
+    let rotate_task = {
+        let rotation = rotation.clone();
+        tokio::spawn(run_schedule("rotate", rotate_every, stopped.clone(), move |event| {
+            let rotation = rotation.clone();
+            async move { nhi_broker::jobs::handle_rotate_event(&rotation, event).await }
+        }))
+    };
+    let sweep_task = {
+        let sweeper = sweeper.clone();
+        tokio::spawn(run_schedule(
+            "expire-sweeper",
+            sweep_every,
+            stopped.clone(),
+            move |event| {
+                let sweeper = sweeper.clone();
+                async move { nhi_broker::jobs::handle_sweep_event(&sweeper, event).await }
+            },
+        ))
+    };
+    let retry_task = {
+        let fanout = fanout.clone();
+        tokio::spawn(run_schedule(
+            "revoke-fanout (retries)",
+            retry_every,
+            stopped.clone(),
+            move |event| {
+                let fanout = fanout.clone();
+                async move { nhi_broker::jobs::handle_fanout_event(&fanout, event, None).await }
+            },
+        ))
+    };
+    let stream_task = {
+        let mut stop = stopped.clone();
+        let every = std::time::Duration::from_millis(args.stream_poll_ms.max(100));
+        tokio::spawn(async move {
+            loop {
+                let polled = poller
+                    .poll_once(|event| {
+                        let fanout = fanout.clone();
+                        async move {
+                            // Lambda's timeout for the function (template: 300 s).
+                            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+                            nhi_broker::jobs::handle_fanout_event(&fanout, event, Some(deadline))
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                    })
+                    .await;
+                match polled {
+                    Ok(outcome) if outcome.invocations > 0 => println!(
+                        "revoke-fanout: {} invocation(s), {} record(s) done, {} failure(s) reported, dead-lettered {:?}",
+                        outcome.invocations, outcome.records_done, outcome.failures_reported, outcome.dead_lettered
+                    ),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("revoke-fanout: stream poll failed: {e}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
     let api_task = tokio::spawn(nhi_local::serve_broker(api, api_listener, stopped));
 
     let base = format!("http://127.0.0.1:{}", args.port);
@@ -78,7 +165,9 @@ async fn run(args: Args) -> Result<(), String> {
         "
 nhi-broker exchange API: {base}  (metadata: {base}/.well-known/oauth-authorization-server)
 demo issuer: {issuer_url}  (JWKS: {issuer_url}/jwks.json, workload tokens: {issuer_url}/token)
-rotate: every {rotate_every} s (the template's schedule unless --schedule-every / NHI_LOCAL_SCHEDULE_EVERY)
+rotate every {rotate_every} s, expire-sweeper every {sweep_every} s, delivery retries every {retry_every} s
+  (the template's schedules unless --schedule-every / NHI_LOCAL_SCHEDULE_EVERY)
+revoke-fanout: driven by the revocations table's stream (polled like Lambda's event source mapping)
 
 Try it (README.md has every endpoint):
   TOKEN=$(curl -s {issuer_url}/token)
@@ -95,18 +184,18 @@ Ctrl-C stops everything.
     );
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
-    let _ = tokio::join!(issuer_task, api_task, rotate_task);
+    let _ = tokio::join!(issuer_task, api_task, rotate_task, sweep_task, retry_task, stream_task);
     println!("nhi-local stopped");
     Ok(())
 }
 
-/// The rotate function on its schedule, as EventBridge would invoke it: a run now, then one every
-/// `every` seconds, until stopped.
-async fn run_schedule(
-    rotation: nhi_broker::rotation::RotationService,
-    every: u64,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// A scheduled function, as EventBridge would invoke it: a run now, then one every `every`
+/// seconds, until stopped.
+async fn run_schedule<F, Fut>(name: &'static str, every: u64, mut stop: tokio::sync::watch::Receiver<bool>, run: F)
+where
+    F: Fn(serde_json::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, nhi_broker::BrokerError>>,
+{
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(every));
     loop {
         tokio::select! {
@@ -118,9 +207,9 @@ async fn run_schedule(
             "source": "aws.events", "account": "123456789012", "region": "us-east-1",
             "resources": [], "detail": {}
         });
-        match nhi_broker::jobs::handle_rotate_event(&rotation, event).await {
-            Ok(report) => println!("rotate: {report}"),
-            Err(e) => eprintln!("rotate: run failed: {e}"),
+        match run(event).await {
+            Ok(report) => println!("{name}: {report}"),
+            Err(e) => eprintln!("{name}: run failed: {e}"),
         }
     }
 }

@@ -9,7 +9,9 @@
 //! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
 
 use crate::audit::{AuditChain, ChainLink};
-use crate::domain::{AuditEvent, Destination, Grant, GrantStatus, Issuer, Lease, LeaseStatus, Revocation, Secret, Target};
+use crate::domain::{
+    AuditEvent, Destination, Grant, GrantStatus, Issuer, Lease, LeaseStatus, Revocation, Secret, Target,
+};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::ports::{CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, SecretStore};

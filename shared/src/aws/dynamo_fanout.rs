@@ -31,7 +31,9 @@ struct AuditPool {
 impl AuditPool {
     fn new(client: &aws_sdk_dynamodb::Client, table: &str, size: usize) -> Self {
         Self {
-            writers: (0..size.max(1)).map(|_| AuditWriter::new(client.clone(), table)).collect(),
+            writers: (0..size.max(1))
+                .map(|_| AuditWriter::new(client.clone(), table))
+                .collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -233,7 +235,10 @@ impl FanoutLedger for DynamoFanoutLedger {
             .table_name(&self.revocations_table)
             .key(
                 "pk",
-                s(keys::revocation_pk(revocation.target_kind.as_str(), &revocation.target_id)),
+                s(keys::revocation_pk(
+                    revocation.target_kind.as_str(),
+                    &revocation.target_id,
+                )),
             )
             .key("sk", s(keys::revocation_sk(revocation.at, &revocation.revocation_id)))
             .update_expression("SET resume_cursor = :c ADD resume_passes :one")
@@ -522,7 +527,8 @@ impl DeliveryLedger for DynamoDeliveryLedger {
     }
 
     async fn due(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
-        self.query_index(DELIVERY_DUE_INDEX, "next_attempt_at", now, limit).await
+        self.query_index(DELIVERY_DUE_INDEX, "next_attempt_at", now, limit)
+            .await
     }
 
     async fn overdue(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
@@ -591,7 +597,12 @@ impl ExpiryStore for DynamoExpiryStore {
             .collect()
     }
 
-    async fn expire_lease(&self, lease: &ExpiredLease, revocation: Option<&Revocation>, event: &AuditEvent) -> Result<bool> {
+    async fn expire_lease(
+        &self,
+        lease: &ExpiredLease,
+        revocation: Option<&Revocation>,
+        event: &AuditEvent,
+    ) -> Result<bool> {
         let update = Update::builder()
             .table_name(&self.leases_table)
             .key("pk", s(keys::lease_pk(&lease.lease_id)))
@@ -637,13 +648,20 @@ impl ExpiryStore for DynamoExpiryStore {
                         grant_id,
                         approval_expires_at: attr_num(&item, "approval_expires_at").unwrap_or_default(),
                     }),
-                    _ => Err(BrokerError::CorruptRecord("approval index entry without a grant key".into())),
+                    _ => Err(BrokerError::CorruptRecord(
+                        "approval index entry without a grant key".into(),
+                    )),
                 }
             })
             .collect()
     }
 
-    async fn revoke_lapsed_grant(&self, grant: &LapsedGrant, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
+    async fn revoke_lapsed_grant(
+        &self,
+        grant: &LapsedGrant,
+        revocation: &Revocation,
+        event: &AuditEvent,
+    ) -> Result<bool> {
         let update = Update::builder()
             .table_name(&self.registry_table)
             .key("pk", s(keys::issuer_pk(&grant.issuer)))
@@ -670,10 +688,7 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
-        let key = Item::from([
-            ("pk".to_string(), s("LEASE#1")),
-            ("expires_at".to_string(), n(42)),
-        ]);
+        let key = Item::from([("pk".to_string(), s("LEASE#1")), ("expires_at".to_string(), n(42))]);
         assert_eq!(decode_cursor(&encode_cursor(&key).unwrap()).unwrap(), key);
         assert!(decode_cursor("not json").is_err());
         assert!(decode_cursor(r#"{"pk":{"B":"x"}}"#).is_err());

@@ -26,9 +26,13 @@ impl EventBus for EventBridgeBus {
             .detail_type(detail_type)
             .detail(detail)
             .build();
-        let output = self.client.put_events().entries(entry).send().await.map_err(|e| {
-            NotifyFailure(format!("eventbridge_{}", e.code().unwrap_or("unreachable")))
-        })?;
+        let output = self
+            .client
+            .put_events()
+            .entries(entry)
+            .send()
+            .await
+            .map_err(|e| NotifyFailure(format!("eventbridge_{}", e.code().unwrap_or("unreachable"))))?;
         let first = output.entries().first();
         match first.and_then(|e| e.event_id()) {
             Some(id) if output.failed_entry_count() == 0 => Ok(id.to_string()),

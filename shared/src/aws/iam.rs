@@ -157,7 +157,11 @@ impl IamSessionDenier {
             item.insert("cutoff_until".into(), n(until));
         }
         item.insert("version".into(), n(state.version));
-        let mut request = self.dynamo.put_item().table_name(&self.registry_table).set_item(Some(item));
+        let mut request = self
+            .dynamo
+            .put_item()
+            .table_name(&self.registry_table)
+            .set_item(Some(item));
         request = match expected {
             Some(v) => request
                 .condition_expression("version = :v")
@@ -203,7 +207,8 @@ impl IamSessionDenier {
 #[async_trait]
 impl SessionDenier for IamSessionDenier {
     async fn deny_sessions(&self, role_arn: &str, sessions: &[(String, UnixTime)], now: UnixTime) -> Result<()> {
-        let role = role_name(role_arn).ok_or_else(|| BrokerError::CorruptRecord("lease target is not a role ARN".into()))?;
+        let role =
+            role_name(role_arn).ok_or_else(|| BrokerError::CorruptRecord("lease target is not a role ARN".into()))?;
         for _ in 0..10 {
             let current = self.load(role_arn).await?;
             let expected = current.as_ref().map(|s| s.version);
@@ -234,7 +239,10 @@ mod tests {
 
     #[test]
     fn names_the_role_from_its_arn() {
-        assert_eq!(role_name("arn:aws:iam::123456789012:role/nhi-broker/deployer"), Some("deployer"));
+        assert_eq!(
+            role_name("arn:aws:iam::123456789012:role/nhi-broker/deployer"),
+            Some("deployer")
+        );
         assert_eq!(role_name("arn:aws:iam::123456789012:role/deployer"), Some("deployer"));
         assert_eq!(role_name("arn:aws:iam::123456789012:user/x"), None);
     }
@@ -245,15 +253,24 @@ mod tests {
         assert_eq!(state.sessions.keys().collect::<Vec<_>>(), ["lease-a"]);
         let policy: serde_json::Value = serde_json::from_str(&state.policy().unwrap()).unwrap();
         assert_eq!(policy["Statement"][0]["Effect"], "Deny");
-        assert_eq!(policy["Statement"][0]["Condition"]["StringEquals"]["aws:SourceIdentity"][0], "lease-a");
-        assert!(state.merged(&[], 300).policy().is_none(), "expired sessions leave nothing to deny");
+        assert_eq!(
+            policy["Statement"][0]["Condition"]["StringEquals"]["aws:SourceIdentity"][0],
+            "lease-a"
+        );
+        assert!(
+            state.merged(&[], 300).policy().is_none(),
+            "expired sessions leave nothing to deny"
+        );
 
         let many: Vec<(String, UnixTime)> = (0..400).map(|i| (format!("{:036}", i), 1000 + i)).collect();
         let collapsed = DenyState::default().merged(&many, 150);
         assert!(collapsed.sessions.is_empty());
         assert_eq!(collapsed.cutoff, Some((151, 1399)));
         let policy = collapsed.policy().unwrap();
-        assert!(policy.len() < MAX_POLICY_CHARS && policy.contains("aws:TokenIssueTime"), "{policy}");
+        assert!(
+            policy.len() < MAX_POLICY_CHARS && policy.contains("aws:TokenIssueTime"),
+            "{policy}"
+        );
         assert!(collapsed.merged(&[], 1400).policy().is_none());
     }
 }
