@@ -16,6 +16,7 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             set(&[
                 "dynamodb:Query",
                 "dynamodb:GetItem",
+                "dynamodb:ConditionCheckItem",
                 "dynamodb:PutItem",
                 "dynamodb:UpdateItem",
                 "kms:Sign",
@@ -221,22 +222,41 @@ fn every_function_environment_satisfies_the_typed_config() {
             continue;
         };
         let names: BTreeSet<String> = vars.keys().map(|k| k.as_str().unwrap().to_string()).collect();
+        // A Ref to a parameter takes the parameter's default; other values get stand-ins.
+        let default_of = |name: &str| -> Option<String> {
+            let parameter = reference(vars.get(name)?)?;
+            match &t["Parameters"][parameter.as_str()]["Default"] {
+                Value::Number(n) => Some(n.to_string()),
+                Value::String(s) if s.parse::<i64>().is_ok() => Some(s.clone()),
+                _ => None,
+            }
+        };
         let config = nhi_broker::config::Config::from_lookup(|name| {
-            names.contains(name).then(|| match name {
-                "NHI_BROKER_ISSUER" => "https://broker.example".to_string(),
-                "NHI_MAX_TOKEN_TTL_SECONDS" => "3600".to_string(),
-                "NHI_CLOCK_LEEWAY_SECONDS" => "30".to_string(),
-                "NHI_SIGNING_KEY_MAX_AGE_SECONDS" => "2592000".to_string(),
-                "NHI_SIGNING_KEY_SIGNERS" | "NHI_SIGNING_KEY_ADMIN_ROLE" => {
-                    "arn:aws:iam::123456789012:role/x".to_string()
-                }
-                _ => "value".to_string(),
+            names.contains(name).then(|| default_of(name)).flatten().or_else(|| {
+                names.contains(name).then(|| match name {
+                    "NHI_BROKER_ISSUER" => "https://broker.example".to_string(),
+                    "NHI_MAX_TOKEN_TTL_SECONDS" => "3600".to_string(),
+                    "NHI_CLOCK_LEEWAY_SECONDS" => "30".to_string(),
+                    "NHI_SIGNING_KEY_MAX_AGE_SECONDS" => "2592000".to_string(),
+                    "NHI_SIGNING_KEY_SIGNERS" | "NHI_SIGNING_KEY_ADMIN_ROLE" => {
+                        "arn:aws:iam::123456789012:role/x".to_string()
+                    }
+                    _ => "value".to_string(),
+                })
             })
         });
         assert!(config.is_ok(), "{id:?}: {config:?}");
         checked.push(id.as_str().unwrap().to_string());
     }
-    assert_eq!(checked, ["ExchangeFunction", "RotateFunction"]);
+    assert_eq!(
+        checked,
+        [
+            "ExchangeFunction",
+            "RotateFunction",
+            "RevokeFanoutFunction",
+            "ExpireSweeperFunction"
+        ]
+    );
 }
 
 #[test]

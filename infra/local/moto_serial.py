@@ -16,6 +16,9 @@ any request returns:
   until the process is killed (24 GiB after a few thousand). DynamoDB instances are not tracked.
 - Table and stream shard reference each other, so discarded backups are freed only by Python's
   cycle collector, which runs too rarely for that allocation pattern: collect every 200 requests.
+- A cancelled transaction rolls back by replacing each touched table with its backup object, so
+  stream iterators handed out before (which hold the old shard) never see later records, unlike
+  DynamoDB's. The backup's state is copied back into the live table and shard instead.
 
 Usage: moto_serial.py -H 127.0.0.1 -p PORT
 """
@@ -33,6 +36,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from moto.core.common_models import BaseModel
+from moto.dynamodb.exceptions import TransactionCanceledException
+from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import StreamShard
 from werkzeug.serving import run_simple
 
@@ -58,9 +63,33 @@ def _new_model(cls, *args, **kwargs):
     return _tracked_new(cls, *args, **kwargs)
 
 
+_transact = DynamoDBBackend.transact_write_items
+
+
+def _transact_in_place(self, transact_items):
+    """transact_write_items, rolling back into the live table and stream shard objects."""
+    live = dict(self.tables)
+    try:
+        return _transact(self, transact_items)
+    except TransactionCanceledException:
+        for name, table in live.items():
+            backup = self.tables.get(name)
+            if backup is None or backup is table:
+                continue
+            shard = table.stream_shard
+            table.__dict__.update(backup.__dict__)
+            if shard is not None and backup.stream_shard is not None:
+                shard.items = backup.stream_shard.items
+                shard.table = table
+                table.stream_shard = shard
+            self.tables[name] = table
+        raise
+
+
 def apply_patches():
     StreamShard.__deepcopy__ = _copy_stream_shard
     BaseModel.__new__ = _new_model
+    DynamoDBBackend.transact_write_items = _transact_in_place
 
 
 class Serialized:

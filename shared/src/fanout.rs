@@ -182,6 +182,14 @@ impl FanoutService {
         if revocation.target_kind == RevocationTarget::Destination {
             holders.push(revocation.target_id.clone());
         }
+        // A lease revoked or expired on its own: its copy's holder is told even though the lease
+        // is no longer active (the sweeper writes these records for expired leases).
+        if let LeaseScope::Lease(lease_id) = &scope
+            && cursor.is_none()
+            && let Some(destination) = self.leases.lease(lease_id).await?.and_then(|l| l.destination)
+        {
+            holders.push(destination);
+        }
         if cursor.is_none() {
             self.deliver(&holders, &event, &mut told, &mut report).await?;
         }

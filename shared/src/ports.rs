@@ -245,6 +245,8 @@ pub trait FanoutLedger: Send + Sync {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<LeasePage>;
+    /// One lease, whatever its status.
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>>;
     /// Mark one lease revoked (if still active), deny its JWT `jti` until the token expires, and
     /// record its audit event, atomically. `Ok(false)`: it was no longer active.
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;

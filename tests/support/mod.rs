@@ -2,6 +2,7 @@
 //! by `make test` from template.yaml), a demo issuer whose JWKS is served over loopback HTTP, and
 //! a log capture that lets tests prove no secret reaches a log line.
 
+pub mod fanout;
 pub mod rotation;
 
 use aws_sdk_dynamodb::types::AttributeValue;

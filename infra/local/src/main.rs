@@ -91,7 +91,8 @@ async fn run(args: Args) -> Result<(), String> {
     let rotation = Arc::new(nhi_broker::aws::rotation_service(&config, &clients).map_err(|e| e.to_string())?);
     let fanout = Arc::new(nhi_broker::aws::fanout_service(&config, &clients).map_err(|e| e.to_string())?);
     let sweeper = Arc::new(nhi_broker::aws::sweep_service(&config, &clients));
-    let mut poller = nhi_local::stream::StreamPoller::from_env().await?;
+    let mut poller =
+        nhi_local::stream::StreamPoller::from_env(nhi_local::stream::StartingPosition::TrimHorizon).await?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let issuer_task = tokio::spawn(nhi_local::serve_demo_issuer(issuer, issuer_listener, stopped.clone()));

@@ -39,11 +39,19 @@ pub struct StreamPoller {
     pub batch_size: usize,
     pub max_retries: u32,
     shards: HashMap<String, ShardCursor>,
+    start: StartingPosition,
+}
+
+/// Where a new poller starts reading, as the mapping's `StartingPosition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartingPosition {
+    TrimHorizon,
+    Latest,
 }
 
 impl StreamPoller {
-    /// The stream of `table` on the emulator at `endpoint`, read from its oldest record.
-    pub async fn new(endpoint: &str, region: &str, table: &str) -> Result<Self, String> {
+    /// The stream of `table` on the emulator at `endpoint`.
+    pub async fn new(endpoint: &str, region: &str, table: &str, start: StartingPosition) -> Result<Self, String> {
         let mut poller = Self {
             http: reqwest::Client::new(),
             endpoint: endpoint.trim_end_matches('/').to_string(),
@@ -52,21 +60,24 @@ impl StreamPoller {
             batch_size: 100,
             max_retries: 5,
             shards: HashMap::new(),
+            start,
         };
         let streams = poller.call("ListStreams", json!({ "TableName": table })).await?;
         poller.stream_arn = streams["Streams"][0]["StreamArn"]
             .as_str()
             .ok_or_else(|| format!("table {table} has no stream"))?
             .to_string();
+        // Iterators are taken now, so `Latest` means "records written after this call".
+        poller.open_shards().await?;
         Ok(poller)
     }
 
     /// Poller for the revocations table named by the environment (`make local`, tests).
-    pub async fn from_env() -> Result<Self, String> {
+    pub async fn from_env(start: StartingPosition) -> Result<Self, String> {
         let endpoint = std::env::var("AWS_ENDPOINT_URL").map_err(|_| "AWS_ENDPOINT_URL is not set")?;
         let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
         let table = std::env::var("NHI_REVOCATIONS_TABLE").map_err(|_| "NHI_REVOCATIONS_TABLE is not set")?;
-        Self::new(&endpoint, &region, &table).await
+        Self::new(&endpoint, &region, &table, start).await
     }
 
     async fn call(&self, operation: &str, body: Value) -> Result<Value, String> {
@@ -103,6 +114,14 @@ impl StreamPoller {
         Fut: std::future::Future<Output = Result<Value, String>>,
     {
         let mut outcome = PollOutcome::default();
+        for shard_id in self.open_shards().await? {
+            self.poll_shard(&shard_id, &mut handler, &mut outcome).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Every shard of the stream, with an iterator at the starting position for new ones.
+    async fn open_shards(&mut self) -> Result<Vec<String>, String> {
         let description = self
             .call("DescribeStream", json!({ "StreamArn": self.stream_arn }))
             .await?;
@@ -112,29 +131,36 @@ impl StreamPoller {
             .flatten()
             .filter_map(|s| s["ShardId"].as_str().map(String::from))
             .collect();
-        for shard_id in shard_ids {
-            if !self.shards.contains_key(&shard_id) {
-                let iterator = self
-                    .call(
-                        "GetShardIterator",
-                        json!({ "StreamArn": self.stream_arn, "ShardId": shard_id, "ShardIteratorType": "TRIM_HORIZON" }),
-                    )
-                    .await?["ShardIterator"]
-                    .as_str()
-                    .ok_or("GetShardIterator returned no iterator")?
-                    .to_string();
-                self.shards.insert(
-                    shard_id.clone(),
-                    ShardCursor {
-                        iterator,
-                        done_below: None,
-                        retries: HashMap::new(),
-                    },
-                );
+        for shard_id in &shard_ids {
+            if self.shards.contains_key(shard_id) {
+                continue;
             }
-            self.poll_shard(&shard_id, &mut handler, &mut outcome).await?;
+            let iterator = self
+                .call(
+                    "GetShardIterator",
+                    json!({
+                        "StreamArn": self.stream_arn,
+                        "ShardId": shard_id,
+                        "ShardIteratorType": match self.start {
+                            StartingPosition::TrimHorizon => "TRIM_HORIZON",
+                            StartingPosition::Latest => "LATEST",
+                        },
+                    }),
+                )
+                .await?["ShardIterator"]
+                .as_str()
+                .ok_or("GetShardIterator returned no iterator")?
+                .to_string();
+            self.shards.insert(
+                shard_id.clone(),
+                ShardCursor {
+                    iterator,
+                    done_below: None,
+                    retries: HashMap::new(),
+                },
+            );
         }
-        Ok(outcome)
+        Ok(shard_ids)
     }
 
     async fn poll_shard<F, Fut>(

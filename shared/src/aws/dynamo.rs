@@ -16,7 +16,7 @@ use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::ports::{CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, SecretStore};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -496,6 +496,8 @@ pub struct DynamoLedger {
     client: aws_sdk_dynamodb::Client,
     leases_table: String,
     revocations_table: String,
+    /// When set, every release re-checks its grant (and secret) in the same transaction.
+    registry_table: Option<String>,
     audit: AuditWriter,
 }
 
@@ -625,6 +627,23 @@ impl DynamoLedger {
             client,
             leases_table: leases_table.into(),
             revocations_table: revocations_table.into(),
+            registry_table: None,
+        }
+    }
+
+    /// Re-check each release's grant and secret in the registry as part of its transaction.
+    pub fn with_registry_guard(mut self, registry_table: &str) -> Self {
+        self.registry_table = Some(registry_table.into());
+        self
+    }
+
+    /// An operator's revocation (a secret, grant, subject, lease or destination): the record
+    /// revoke-fanout sweeps from and its audit event, atomically.
+    pub async fn record_revocation(&self, revocation: &Revocation, event: &AuditEvent) -> Result<()> {
+        let items = vec![put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?];
+        match self.audit.transact(items, event).await? {
+            Ok(()) => Ok(()),
+            Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
         }
     }
 
@@ -654,10 +673,44 @@ impl LeaseLedger for DynamoLedger {
             ]);
             items.push(put_new(&self.leases_table, item, "pk")?);
         }
+        // The grant (and a secret) must still be live when the lease lands, whatever a cached
+        // read said: a revocation that disabled them first can never miss a lease written after
+        // its sweep.
+        let guard_at = items.len();
+        if let Some(registry) = &self.registry_table {
+            let grant = ConditionCheck::builder()
+                .table_name(registry)
+                .key("pk", s(keys::issuer_pk(&lease.issuer)))
+                .key("sk", s(keys::grant_sk(&lease.grant_id)))
+                .condition_expression("#status = :active AND approval_expires_at > :now")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":active", s("active"))
+                .expression_attribute_values(":now", n(lease.issued_at))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().condition_check(grant).build());
+            if lease.kind == crate::domain::TargetKind::Secret {
+                let secret = ConditionCheck::builder()
+                    .table_name(registry)
+                    .key("pk", s(keys::secret_pk(&lease.target)))
+                    .key("sk", s(keys::SECRET_SK))
+                    .condition_expression("enabled = :true")
+                    .expression_attribute_values(":true", AttributeValue::Bool(true))
+                    .build()
+                    .map_err(build_err)?;
+                items.push(TransactWriteItem::builder().condition_check(secret).build());
+            }
+        }
         match self.audit.transact(items, event).await? {
             Ok(()) => Ok(()),
             Err(e) if replay.is_some() && condition_failed_at(&e, 1) => {
                 Err(BrokerError::TokenRejected(TokenRejection::Replayed))
+            }
+            Err(e) if self.registry_table.is_some() && condition_failed_at(&e, guard_at) => {
+                Err(BrokerError::PolicyDenied(crate::error::PolicyDenial::GrantRevoked))
+            }
+            Err(e) if self.registry_table.is_some() && condition_failed_at(&e, guard_at + 1) => {
+                Err(BrokerError::InvalidTarget("the secret is disabled"))
             }
             Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
         }

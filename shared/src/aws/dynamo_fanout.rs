@@ -117,18 +117,7 @@ impl FanoutLedger for DynamoFanoutLedger {
         let (index, key_attr, key, extra_filter): (&str, &str, String, Vec<(&str, &str, String)>) = match scope {
             LeaseScope::Nothing => return Ok(LeasePage::default()),
             LeaseScope::Lease(id) => {
-                let item = self
-                    .client
-                    .get_item()
-                    .table_name(&self.leases_table)
-                    .key("pk", s(keys::lease_pk(id)))
-                    .key("sk", s(keys::LEASE_SK))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
-                    .item;
-                let lease = item.map(|i| from_item::<Lease>(i, "lease")).transpose()?;
+                let lease = self.lease(id).await?;
                 return Ok(LeasePage {
                     leases: lease
                         .into_iter()
@@ -194,6 +183,21 @@ impl FanoutLedger for DynamoFanoutLedger {
             .collect::<Result<Vec<_>>>()?;
         let next = output.last_evaluated_key.as_ref().map(encode_cursor).transpose()?;
         Ok(LeasePage { leases, next })
+    }
+
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.leases_table)
+            .key("pk", s(keys::lease_pk(lease_id)))
+            .key("sk", s(keys::LEASE_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+            .item;
+        item.map(|i| from_item::<Lease>(i, "lease")).transpose()
     }
 
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {

@@ -216,12 +216,15 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
                 Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
                 config.policy_cache,
             )),
-            ledger: Arc::new(dynamo::DynamoLedger::new(
-                dynamo.clone(),
-                &config.leases_table,
-                &config.audit_table,
-                &config.revocations_table,
-            )),
+            ledger: Arc::new(
+                dynamo::DynamoLedger::new(
+                    dynamo.clone(),
+                    &config.leases_table,
+                    &config.audit_table,
+                    &config.revocations_table,
+                )
+                .with_registry_guard(&config.registry_table),
+            ),
             // Secrets are read fresh on every release: a rotation takes effect at once.
             secrets: Arc::new(dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
             decryptor: Arc::new(kms::KmsSecretCipher::new(kms.clone(), &config.secrets_key_id)),
