@@ -13,8 +13,8 @@ use nhi_broker::BrokerError;
 use nhi_broker::aws::dynamo::DynamoRegistry;
 use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_broker::domain::{
-    Alphabet, Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource, RotationPolicy, Secret, SecretGenerator,
-    Target, TargetKind, secret_encryption_context,
+    Alphabet, Destination, DestinationKind, Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource,
+    RotationPolicy, Secret, SecretGenerator, Target, TargetKind, secret_encryption_context,
 };
 use nhi_broker::http_api::{BrokerApi, MAX_BODY_BYTES, error_response};
 use nhi_broker::ports::SecretEncryptor;
@@ -41,6 +41,8 @@ pub const DEMO_ROTATION_INTERVAL: i64 = 300;
 /// A second demo workload, allowed to call introspection.
 pub const DEMO_GATEWAY: &str = "repo:example-org/demo-gateway:ref:refs/heads/main";
 pub const DEMO_GATEWAY_GRANT: &str = "demo-gateway-introspects";
+/// A webhook destination holding a copy of the demo secret (served by the demo issuer at /events).
+pub const DEMO_DESTINATION: &str = "demo-webhook";
 
 /// Bind on 127.0.0.1 only: the local stack never listens on other interfaces.
 pub async fn bind_loopback(port: u16) -> std::io::Result<TcpListener> {
@@ -147,6 +149,29 @@ async fn issuer_route(issuer: Arc<DemoIssuer>, request: hyper::Request<Incoming>
                 Err(_) => text(500, "text/plain", "mint failed".into()),
             }
         }
+        // The demo destination: SETs from revoke-fanout (RFC 8935 push), acknowledged with 202.
+        "/events" if request.method() == hyper::Method::POST => {
+            let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => return text(413, "application/json", r#"{"err":"invalid_request"}"#.into()),
+            };
+            let token = String::from_utf8_lossy(&body);
+            let claims = token
+                .split('.')
+                .nth(1)
+                .and_then(|p| base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).ok())
+                .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
+            match claims {
+                Some(claims) => {
+                    println!(
+                        "demo destination: SET jti={} txn={} sub_id={} events={} (verify it with the broker JWKS)",
+                        claims["jti"], claims["txn"], claims["sub_id"]["id"], claims["events"]
+                    );
+                    text(202, "application/json", String::new())
+                }
+                None => text(400, "application/json", r#"{"err":"invalid_request"}"#.into()),
+            }
+        }
         _ => text(404, "text/plain", "not found".into()),
     }
 }
@@ -222,6 +247,23 @@ pub async fn bootstrap_demo(
         },
     });
     registry.put_secret(&secret).await?;
+    // A destination holding a copy of the demo secret: the demo issuer's /events prints what it gets.
+    registry
+        .put_destination(&Destination {
+            id: DEMO_DESTINATION.into(),
+            kind: DestinationKind::Webhook {
+                url: format!("{}/events", issuer.issuer),
+            },
+            secrets: vec![DEMO_SECRET.into()],
+            owner: "platform-team".into(),
+            enabled: true,
+        })
+        .await
+        .or_else(|e| match e {
+            // Already registered by an earlier start against the same tables.
+            nhi_broker::BrokerError::Aws { ref code, .. } if code.contains("TransactionCanceled") => Ok(()),
+            other => Err(other),
+        })?;
     let grant = |id: &str, subject: &str, targets: Vec<String>, scopes: Vec<String>| Grant {
         id: id.into(),
         issuer: issuer.issuer.clone(),
