@@ -786,3 +786,74 @@ async fn revoking_1000_leases_is_measured() {
         total as f64 / 1000.0
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_poison_record_is_retried_a_bounded_number_of_times_then_dead_lettered_and_later_records_proceed() {
+    let _one_at_a_time = exclusive().await;
+    let h = Harness::new().await;
+    let mut f = Fanout::new(&h).await;
+    // A revocation record no fanout can act on (no target kind), then a good one behind it.
+    let at = f.now();
+    h.dynamo
+        .put_item()
+        .table_name(&h.config.revocations_table)
+        .item("pk", AttributeValue::S(format!("grant#poison-{}", h.id)))
+        .item("sk", AttributeValue::S(format!("{at:012}#poison")))
+        .item("record_type", AttributeValue::S("revocation".into()))
+        .item("revocation_id", AttributeValue::S("poison".into()))
+        .item("target_id", AttributeValue::S("poison".into()))
+        .send()
+        .await
+        .unwrap();
+    let lease = jwt_lease(&h, &h.grant_id, now() + 600, None);
+    record_leases(&h, std::slice::from_ref(&lease)).await;
+    revoke(&h, RevocationTarget::Lease, &lease.lease_id, "after-poison", at).await;
+
+    let outcome = f.drain().await;
+    assert_eq!(
+        outcome.failures_reported, 6,
+        "the first attempt and 5 retries (MaximumRetryAttempts)"
+    );
+    assert_eq!(outcome.dead_lettered.len(), 1);
+    assert_eq!(
+        lease_status(&h, &lease.lease_id).await,
+        "revoked",
+        "the stream moved past the poison record"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_revoked_broker_jwt_is_refused_as_a_subject_token() {
+    let _one_at_a_time = exclusive().await;
+    let h = Harness::new().await;
+    let mut f = Fanout::new(&h).await;
+    // The broker trusted as an issuer (chained exchanges), with its own JWKS.
+    let jwks = serde_json::to_string(&h.broker_jwks().await).unwrap();
+    h.registry
+        .put_issuer(&nhi_broker::domain::Issuer {
+            issuer: h.config.broker_issuer.clone(),
+            name: "nhi-broker".into(),
+            audiences: vec![h.target.clone()],
+            jwks: nhi_broker::domain::JwksSource::Static { jwks },
+            algorithms: vec!["ES256".into()],
+            enabled: true,
+            one_time_jti: false,
+        })
+        .await
+        .unwrap();
+    let mut chained = h.grant(&format!("chained-{}", h.id), &h.subject, now() + 3600);
+    chained.issuer = h.config.broker_issuer.clone();
+    chained.targets = vec![h.staging_target.clone()];
+    chained.environment = "staging".into();
+    h.registry.put_grant(&chained).await.unwrap();
+
+    let (broker_token, lease_id) = exchange_jwt(&h).await;
+    let (status, body) = h.post_token(&h.form(&broker_token, &h.staging_target)).await;
+    assert_eq!(status, 200, "a live broker token is exchangeable: {body}");
+
+    revoke(&h, RevocationTarget::Lease, &lease_id, "chain-cut", f.now()).await;
+    f.drain().await;
+    let (status, body) = h.post_token(&h.form(&broker_token, &h.staging_target)).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error_description"], "subject_token has been revoked");
+}
