@@ -282,7 +282,11 @@ async fn revoking_a_secret_revokes_every_lease_and_tells_every_destination_once_
 
     // One audit event per revoked lease.
     let events = h
-        .scan(&h.config.audit_table, "reason = :r", &[(":r", "suspected leak")])
+        .scan(
+            &h.config.audit_table,
+            "reason = :r AND target = :t",
+            &[(":r", "suspected leak"), (":t", &secret)],
+        )
         .await;
     let mut audited: Vec<&str> = events
         .iter()

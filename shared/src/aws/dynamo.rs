@@ -205,6 +205,62 @@ impl DynamoRegistry {
 }
 
 impl DynamoRegistry {
+    /// Every item of one type (`issuer`, `grant`, `target`, `secret`, `destination`) through the
+    /// `by-type` index, page by page; `progress` is told the running count after each page.
+    pub async fn list_type(&self, item_type: &str, mut progress: impl FnMut(usize)) -> Result<Vec<Item>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name("by-type")
+            .key_condition_expression("item_type = :t")
+            .expression_attribute_values(":t", s(item_type))
+            .into_paginator()
+            .send();
+        let mut items = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+            items.extend(page.items.unwrap_or_default());
+            progress(items.len());
+        }
+        Ok(items)
+    }
+
+    /// One registry item by key (consistent read).
+    pub async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+            .item)
+    }
+
+    /// Every item in one partition (a secret with its versions and destination links, a
+    /// destination with its delivery records).
+    pub async fn collection(&self, pk: &str) -> Result<Vec<Item>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut items = Vec::new();
+        while let Some(item) = pages.next().await {
+            items.push(item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?);
+        }
+        Ok(items)
+    }
+
     /// Create or update a secret's metadata, leaving its versions and CURRENT pointer alone. A
     /// rotation policy puts the secret on the `rotation-due` index: due one interval from now, or
     /// at once when it has no value yet (rotation makes the first one); an existing due time stays.
@@ -345,6 +401,22 @@ impl DynamoRegistry {
         Ok(())
     }
 
+    /// A secret's first value (operators): like `set_current_version`, refused with `Ok(false)`
+    /// when the secret already has a CURRENT version (later values come from rotation).
+    pub async fn set_first_version(
+        &self,
+        secret_id: &str,
+        version: &str,
+        ciphertext: Vec<u8>,
+        now: i64,
+    ) -> Result<bool> {
+        match self.store_current(secret_id, version, ciphertext, now, true).await {
+            Ok(()) => Ok(true),
+            Err(BrokerError::Aws { code, .. }) if code.contains("TransactionCanceled") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Store an encrypted version and make it CURRENT, atomically. The version id must be new and
     /// the secret must exist. (Staged PENDING/PREVIOUS rotation is the rotate function's job.)
     pub async fn set_current_version(
@@ -353,6 +425,17 @@ impl DynamoRegistry {
         version: &str,
         ciphertext: Vec<u8>,
         now: i64,
+    ) -> Result<()> {
+        self.store_current(secret_id, version, ciphertext, now, false).await
+    }
+
+    async fn store_current(
+        &self,
+        secret_id: &str,
+        version: &str,
+        ciphertext: Vec<u8>,
+        now: i64,
+        first_only: bool,
     ) -> Result<()> {
         let blob = AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(ciphertext));
         let version_item = Item::from([
@@ -370,7 +453,11 @@ impl DynamoRegistry {
             .key("sk", s(keys::SECRET_SK))
             .update_expression("SET current_version = :v, current_ciphertext = :c")
             // Never under a rotation in progress: that would leave two versions claiming CURRENT.
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(pending_version)")
+            .condition_expression(if first_only {
+                "attribute_exists(pk) AND attribute_not_exists(pending_version) AND attribute_not_exists(current_version)"
+            } else {
+                "attribute_exists(pk) AND attribute_not_exists(pending_version)"
+            })
             .expression_attribute_values(":v", s(version))
             .expression_attribute_values(":c", blob)
             .build()

@@ -1,0 +1,1283 @@
+//! brokerctl: what operators do to the broker's state — register issuers, targets, secrets, grants
+//! and destinations (one at a time or from a manifest in git), revoke anything, and ask where a
+//! secret is active and what happened. Every write goes through the same adapters the functions
+//! use; the CLI encrypts secret values under their context and never decrypts or prints them.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use nhi_broker::BrokerError;
+use nhi_broker::audit::{GENESIS_HASH, link_hash};
+use nhi_broker::aws::dynamo::{DynamoLedger, DynamoRegistry, Item, from_item, keys};
+use nhi_broker::domain::{
+    Alphabet, AuditAction, AuditEvent, AuditOutcome, ChangeEvent, Delivery, DeliveryStatus, Destination, Grant,
+    GrantStatus, Issuer, Lease, Revocation, RevocationTarget, RotationPolicy, Secret, SecretGenerator, Target,
+    TargetKind, secret_encryption_context,
+};
+use nhi_broker::ports::SecretEncryptor;
+use nhi_broker::redact::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// A failure to report: a message for people and the process exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 2,
+        }
+    }
+}
+
+impl From<BrokerError> for CliError {
+    fn from(e: BrokerError) -> Self {
+        let message = match &e {
+            BrokerError::Aws {
+                service,
+                operation,
+                code,
+                ..
+            } if code.contains("AccessDenied") || code.contains("UnauthorizedOperation") => {
+                format!("missing permission: {service}:{operation} was denied ({code}); check the profile's IAM policy")
+            }
+            BrokerError::Aws { code, .. } if code.contains("ResourceNotFound") => {
+                format!("{e}: check the table names (NHI_*_TABLE) and the region")
+            }
+            BrokerError::Aws { code, .. } if code == "DispatchFailure" => {
+                format!("{e}: AWS endpoint unreachable (AWS_ENDPOINT_URL, region, network)")
+            }
+            _ => e.to_string(),
+        };
+        Self { message, code: 1 }
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+/// What a command produced: lines for people, a JSON document for machines, an exit code.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub text: String,
+    pub json: Value,
+    pub exit: i32,
+}
+
+impl Report {
+    fn new(text: String, json: Value) -> Self {
+        Self { text, json, exit: 0 }
+    }
+}
+
+/// Table names and keys, from the same variables the functions read (or flags).
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub registry: String,
+    pub leases: String,
+    pub audit: String,
+    pub revocations: String,
+    pub secrets_key_id: Option<String>,
+    /// Event bus the on-demand rotation event is put on.
+    pub event_bus: String,
+}
+
+pub struct Ctl {
+    pub tables: Tables,
+    pub dynamo: aws_sdk_dynamodb::Client,
+    pub kms: aws_sdk_kms::Client,
+    pub eventbridge: aws_sdk_eventbridge::Client,
+    pub registry: DynamoRegistry,
+    pub ledger: DynamoLedger,
+    /// Who is acting, recorded as `operator:<name>`.
+    pub operator: String,
+    pub now: i64,
+    /// Progress lines for long listings (stderr in the binary).
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// RFC 3339 (UTC) for people.
+pub fn time(at: i64) -> String {
+    aws_smithy_types::DateTime::from_secs(at)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|_| at.to_string())
+}
+
+/// `2027-01-31T00:00:00Z` or epoch seconds.
+pub fn parse_time(value: &str) -> CliResult<i64> {
+    if let Ok(secs) = value.parse::<i64>() {
+        return Ok(secs);
+    }
+    aws_smithy_types::DateTime::from_str(value, aws_smithy_types::date_time::Format::DateTime)
+        .map(|t| t.secs())
+        .map_err(|_| {
+            CliError::usage(format!(
+                "{value:?} is not an RFC 3339 time (2027-01-31T00:00:00Z) or epoch seconds"
+            ))
+        })
+}
+
+/// Render rows as aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.to_vec())];
+    for row in rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
+fn attr<'a>(item: &'a Item, name: &str) -> &'a str {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+fn attr_num(item: &Item, name: &str) -> Option<i64> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+/// A grant as written in a manifest: no status or creation time (the broker keeps those).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSpec {
+    pub id: String,
+    pub issuer: String,
+    pub subject: String,
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
+    pub environment: String,
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub max_ttl_seconds: i64,
+    #[serde(default)]
+    pub session_policy: Option<String>,
+    /// RFC 3339 or epoch seconds.
+    pub approval_expires_at: Value,
+    pub owner: String,
+    pub justification: String,
+    #[serde(default)]
+    pub delivers_to: Option<String>,
+}
+
+/// A manifest that can live in git: `brokerctl apply -f FILE` makes the registry match it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub issuers: Vec<Issuer>,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub grants: Vec<GrantSpec>,
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+}
+
+impl Manifest {
+    pub fn parse(text: &str, path: &str) -> CliResult<Self> {
+        let parsed = if path.ends_with(".json") {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|e| CliError::usage(format!("{path}: {e}")))
+    }
+}
+
+/// How the value of a new secret is given. Never an argument: it would land in shell history.
+pub enum SecretValue {
+    File(String),
+    Stdin,
+    Generate(usize),
+}
+
+/// One change `apply` would make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub kind: &'static str,
+    pub id: String,
+    /// create, update or unchanged
+    pub action: &'static str,
+    /// `field: old -> new` for updates.
+    pub fields: Vec<String>,
+}
+
+fn field_diff(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return vec![];
+    };
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| {
+            format!(
+                "{k}: {} -> {}",
+                old.get(k).unwrap_or(&Value::Null),
+                new.get(k).unwrap_or(&Value::Null)
+            )
+        })
+        .collect()
+}
+
+fn diff(kind: &'static str, id: &str, old: Option<Value>, new: &Value) -> Change {
+    match old {
+        None => Change {
+            kind,
+            id: id.into(),
+            action: "create",
+            fields: vec![],
+        },
+        Some(old) => {
+            let fields = field_diff(&old, new);
+            Change {
+                kind,
+                id: id.into(),
+                action: if fields.is_empty() { "unchanged" } else { "update" },
+                fields,
+            }
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+impl Ctl {
+    pub async fn new(tables: Tables, operator: String) -> Self {
+        let sdk = nhi_broker::aws::sdk_config().await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        Self {
+            registry: DynamoRegistry::new(dynamo.clone(), &tables.registry),
+            ledger: DynamoLedger::new(dynamo.clone(), &tables.leases, &tables.audit, &tables.revocations),
+            kms: aws_sdk_kms::Client::new(&sdk),
+            eventbridge: aws_sdk_eventbridge::Client::new(&sdk),
+            dynamo,
+            tables,
+            operator,
+            now: now(),
+            progress: Box::new(|line| eprintln!("{line}")),
+        }
+    }
+
+    fn actor(&self) -> String {
+        format!("operator:{}", self.operator)
+    }
+
+    // ------------------------------------------------------------ registry
+
+    pub async fn put_issuer(&self, issuer: &Issuer) -> CliResult<Report> {
+        validate_issuer(issuer)?;
+        self.registry.put_issuer(issuer).await?;
+        Ok(Report::new(
+            format!("issuer {} registered", issuer.issuer),
+            to_json(issuer),
+        ))
+    }
+
+    pub async fn put_target(&self, target: &Target) -> CliResult<Report> {
+        if target.kind == TargetKind::Secret {
+            return Err(CliError::usage("secrets are registered with `brokerctl secret put`"));
+        }
+        self.registry.put_target(target).await?;
+        Ok(Report::new(format!("target {} registered", target.id), to_json(target)))
+    }
+
+    /// Create or update a secret's metadata and, for a new secret, its first value (encrypted
+    /// here under the secret's context; later values come from rotation).
+    pub async fn put_secret(&self, secret: &Secret, value: Option<SecretValue>) -> CliResult<Report> {
+        if secret.id.is_empty() || secret.id.len() > 512 {
+            return Err(CliError::usage("a secret id is 1 to 512 characters"));
+        }
+        self.registry.put_secret(secret).await?;
+        let mut version = None;
+        if let Some(value) = value {
+            let plaintext = match value {
+                SecretValue::File(path) => {
+                    let raw = std::fs::read_to_string(&path)
+                        .map_err(|e| CliError::usage(format!("cannot read {path}: {}", e.kind())))?;
+                    SecretString::new(raw.trim_end_matches(['\r', '\n']).to_string())
+                }
+                SecretValue::Stdin => {
+                    let mut raw = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut raw)
+                        .map_err(|e| CliError::usage(format!("cannot read stdin: {}", e.kind())))?;
+                    SecretString::new(raw.trim_end_matches(['\r', '\n']).to_string())
+                }
+                SecretValue::Generate(length) => nhi_broker::rotation::random_secret(length, Alphabet::Alphanumeric)?,
+            };
+            if plaintext.is_empty() {
+                return Err(CliError::usage("the secret value is empty"));
+            }
+            let key = self.tables.secrets_key_id.as_deref().ok_or_else(|| {
+                CliError::usage("NHI_SECRETS_KEY_ID (or --secrets-key-id) is needed to store a value")
+            })?;
+            let id = format!("v-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+            let cipher = nhi_broker::aws::kms::KmsSecretCipher::new(self.kms.clone(), key);
+            let ciphertext = cipher
+                .encrypt(
+                    &plaintext,
+                    &secret_encryption_context(&secret.id, &id, &secret.environment),
+                )
+                .await?;
+            if !self
+                .registry
+                .set_first_version(&secret.id, &id, ciphertext, self.now)
+                .await?
+            {
+                return Err(CliError {
+                    message: format!(
+                        "secret {} already has a value (or a rotation in progress); new values come from `brokerctl rotate {}`",
+                        secret.id, secret.id
+                    ),
+                    code: 1,
+                });
+            }
+            version = Some(id);
+        }
+        let text = match &version {
+            Some(v) => format!("secret {} stored with first version {v} (value not shown)", secret.id),
+            None => format!("secret {} metadata stored", secret.id),
+        };
+        Ok(Report::new(text, json!({ "secret": secret, "version": version })))
+    }
+
+    pub async fn list(&self, item_type: &str) -> CliResult<Report> {
+        let progress = &self.progress;
+        let items = self
+            .registry
+            .list_type(item_type, |n| progress(&format!("... {n} {item_type}(s) read")))
+            .await?;
+        let mut rows = Vec::new();
+        let mut json_items = Vec::new();
+        for item in items {
+            let (row, value) = match item_type {
+                "issuer" => {
+                    let i: Issuer = from_item(item, "issuer")?;
+                    (
+                        vec![
+                            i.issuer.clone(),
+                            i.name.clone(),
+                            i.audiences.join(","),
+                            i.enabled.to_string(),
+                        ],
+                        to_json(&i),
+                    )
+                }
+                "target" => {
+                    let t: Target = from_item(item, "target")?;
+                    (
+                        vec![
+                            t.id.clone(),
+                            t.kind.as_str().into(),
+                            t.environment.clone(),
+                            t.enabled.to_string(),
+                        ],
+                        to_json(&t),
+                    )
+                }
+                "secret" => {
+                    let current = attr(&item, "current_version").to_string();
+                    let s: Secret = from_item(item, "secret")?;
+                    let rotation = s
+                        .rotation
+                        .as_ref()
+                        .map(|r| format!("every {} s", r.interval_seconds))
+                        .unwrap_or_else(|| "-".into());
+                    let mut value = to_json(&s);
+                    value["current_version"] = current.clone().into();
+                    (
+                        vec![
+                            s.id.clone(),
+                            s.environment.clone(),
+                            current,
+                            rotation,
+                            s.enabled.to_string(),
+                        ],
+                        value,
+                    )
+                }
+                "grant" => {
+                    let g: Grant = from_item(item, "grant")?;
+                    (
+                        vec![
+                            g.id.clone(),
+                            g.subject.clone(),
+                            g.targets.join(","),
+                            time(g.approval_expires_at),
+                            format!("{:?}", g.status).to_lowercase(),
+                        ],
+                        to_json(&g),
+                    )
+                }
+                "destination" => {
+                    let exposed = item
+                        .get("exposed")
+                        .and_then(|v| v.as_bool().ok())
+                        .copied()
+                        .unwrap_or(false);
+                    let d: Destination = from_item(item, "destination")?;
+                    let mut value = to_json(&d);
+                    value["exposed"] = exposed.into();
+                    (
+                        vec![
+                            d.id.clone(),
+                            destination_kind(&d),
+                            d.secrets.join(","),
+                            d.enabled.to_string(),
+                            exposed.to_string(),
+                        ],
+                        value,
+                    )
+                }
+                other => return Err(CliError::usage(format!("unknown type {other}"))),
+            };
+            rows.push(row);
+            json_items.push(value);
+        }
+        rows.sort();
+        let headers: &[&str] = match item_type {
+            "issuer" => &["ISSUER", "NAME", "AUDIENCES", "ENABLED"],
+            "target" => &["TARGET", "KIND", "ENVIRONMENT", "ENABLED"],
+            "secret" => &["SECRET", "ENVIRONMENT", "CURRENT", "ROTATION", "ENABLED"],
+            "grant" => &["GRANT", "SUBJECT", "TARGETS", "APPROVAL ENDS", "STATUS"],
+            _ => &["DESTINATION", "KIND", "SECRETS", "ENABLED", "EXPOSED"],
+        };
+        Ok(Report::new(table(headers, &rows), Value::Array(json_items)))
+    }
+
+    // ------------------------------------------------------------ apply
+
+    /// The changes a manifest implies, checked (revoked grants are never revived).
+    pub async fn plan(&self, manifest: &Manifest) -> CliResult<Vec<Change>> {
+        let mut changes = Vec::new();
+        for issuer in &manifest.issuers {
+            validate_issuer(issuer)?;
+            let old = self
+                .registry
+                .get(&keys::issuer_pk(&issuer.issuer), keys::ISSUER_SK)
+                .await?
+                .map(|i| from_item::<Issuer>(i, "issuer"))
+                .transpose()?;
+            changes.push(diff(
+                "issuer",
+                &issuer.issuer,
+                old.as_ref().map(to_json),
+                &to_json(issuer),
+            ));
+        }
+        for target in &manifest.targets {
+            let old = self
+                .registry
+                .get(&keys::target_pk(&target.id), keys::TARGET_SK)
+                .await?
+                .map(|i| from_item::<Target>(i, "target"))
+                .transpose()?;
+            changes.push(diff("target", &target.id, old.as_ref().map(to_json), &to_json(target)));
+        }
+        for spec in &manifest.grants {
+            let grant = self.grant_from_spec(spec, None)?;
+            let old = self
+                .registry
+                .get(&keys::issuer_pk(&spec.issuer), &keys::grant_sk(&spec.id))
+                .await?
+                .map(|i| from_item::<Grant>(i, "grant"))
+                .transpose()?;
+            if let Some(old) = &old
+                && old.status == GrantStatus::Revoked
+            {
+                return Err(CliError::usage(format!(
+                    "grant {} is revoked; a revoked grant is never revived: give the new grant a new id",
+                    spec.id
+                )));
+            }
+            let comparable = |g: &Grant| {
+                let mut v = to_json(g);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("created_at");
+                }
+                v
+            };
+            changes.push(diff(
+                "grant",
+                &spec.id,
+                old.as_ref().map(comparable),
+                &comparable(&grant),
+            ));
+        }
+        for destination in &manifest.destinations {
+            let old = self
+                .registry
+                .get(&keys::destination_pk(&destination.id), keys::DESTINATION_SK)
+                .await?
+                .map(|i| from_item::<Destination>(i, "destination"))
+                .transpose()?;
+            changes.push(diff(
+                "destination",
+                &destination.id,
+                old.as_ref().map(to_json),
+                &to_json(destination),
+            ));
+        }
+        Ok(changes)
+    }
+
+    fn grant_from_spec(&self, spec: &GrantSpec, created_at: Option<i64>) -> CliResult<Grant> {
+        let approval_expires_at = match &spec.approval_expires_at {
+            Value::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| CliError::usage("approval_expires_at must be an integer"))?,
+            Value::String(s) => parse_time(s)?,
+            _ => return Err(CliError::usage("approval_expires_at must be RFC 3339 or epoch seconds")),
+        };
+        if spec.targets.is_empty() || spec.subject.is_empty() || spec.max_ttl_seconds <= 0 {
+            return Err(CliError::usage(format!(
+                "grant {}: subject, at least one target and a positive max_ttl_seconds are required",
+                spec.id
+            )));
+        }
+        Ok(Grant {
+            id: spec.id.clone(),
+            issuer: spec.issuer.clone(),
+            subject: spec.subject.clone(),
+            claims: spec.claims.clone(),
+            environment: spec.environment.clone(),
+            targets: spec.targets.clone(),
+            scopes: spec.scopes.clone(),
+            max_ttl_seconds: spec.max_ttl_seconds,
+            session_policy: spec.session_policy.clone(),
+            approval_expires_at,
+            owner: spec.owner.clone(),
+            justification: spec.justification.clone(),
+            status: GrantStatus::Active,
+            created_at: created_at.unwrap_or(self.now),
+            delivers_to: spec.delivers_to.clone(),
+        })
+    }
+
+    /// Show the plan; with `write`, make exactly those changes (unchanged items are not written).
+    pub async fn apply(&self, manifest: &Manifest, write: bool) -> CliResult<Report> {
+        let changes = self.plan(manifest).await?;
+        let mut lines: Vec<String> = changes
+            .iter()
+            .map(|c| {
+                let sign = match c.action {
+                    "create" => "+",
+                    "update" => "~",
+                    _ => "=",
+                };
+                let mut line = format!("{sign} {} {}", c.kind, c.id);
+                for field in &c.fields {
+                    line.push_str(&format!("\n    {field}"));
+                }
+                line
+            })
+            .collect();
+        let pending = changes.iter().filter(|c| c.action != "unchanged").count();
+        if write {
+            for change in changes.iter().filter(|c| c.action != "unchanged") {
+                match change.kind {
+                    "issuer" => {
+                        let issuer = manifest
+                            .issuers
+                            .iter()
+                            .find(|i| i.issuer == change.id)
+                            .expect("planned");
+                        self.registry.put_issuer(issuer).await?;
+                    }
+                    "target" => {
+                        let target = manifest.targets.iter().find(|t| t.id == change.id).expect("planned");
+                        self.registry.put_target(target).await?;
+                    }
+                    "grant" => {
+                        let spec = manifest.grants.iter().find(|g| g.id == change.id).expect("planned");
+                        let created_at = self
+                            .registry
+                            .get(&keys::issuer_pk(&spec.issuer), &keys::grant_sk(&spec.id))
+                            .await?
+                            .and_then(|i| attr_num(&i, "created_at"));
+                        self.registry
+                            .put_grant(&self.grant_from_spec(spec, created_at)?)
+                            .await?;
+                    }
+                    _ => {
+                        let destination = manifest
+                            .destinations
+                            .iter()
+                            .find(|d| d.id == change.id)
+                            .expect("planned");
+                        self.registry.put_destination(destination).await?;
+                    }
+                }
+            }
+            lines.push(format!("applied {pending} change(s)"));
+        } else if pending > 0 {
+            lines.push(format!(
+                "{pending} change(s) planned; run again with --yes to apply them"
+            ));
+        } else {
+            lines.push("nothing to change".into());
+        }
+        let mut report = Report::new(lines.join("\n"), json!({ "changes": changes, "applied": write }));
+        // A dry run with pending changes exits 4, so a pipeline can tell "drift" from "in sync".
+        if !write && pending > 0 {
+            report.exit = 4;
+        }
+        Ok(report)
+    }
+
+    // ------------------------------------------------------------ revoke, rotate
+
+    /// Record a revocation (and its audit event) for revoke-fanout to sweep.
+    pub async fn revoke(&self, kind: RevocationTarget, id: &str, reason: &str) -> CliResult<Report> {
+        if reason.trim().is_empty() {
+            return Err(CliError::usage("a reason is required"));
+        }
+        self.check_exists(kind, id).await?;
+        let revocation = Revocation {
+            revocation_id: uuid::Uuid::now_v7().to_string(),
+            target_kind: kind,
+            target_id: id.into(),
+            actor: self.actor(),
+            reason: reason.into(),
+            at: self.now,
+        };
+        let event = AuditEvent {
+            actor_subject: Some(self.actor()),
+            target: Some(format!("{}:{id}", kind.as_str())),
+            reason: Some(reason.into()),
+            ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, self.now)
+        };
+        self.ledger.record_revocation(&revocation, &event).await?;
+        Ok(Report::new(
+            format!(
+                "revocation {} of {} {id} recorded; revoke-fanout sweeps its leases and tells every destination",
+                revocation.revocation_id,
+                kind.as_str()
+            ),
+            to_json(&revocation),
+        ))
+    }
+
+    async fn check_exists(&self, kind: RevocationTarget, id: &str) -> CliResult<()> {
+        let unknown = |what: &str| CliError {
+            message: format!("no {what} with id {id:?}"),
+            code: 1,
+        };
+        match kind {
+            RevocationTarget::Secret => {
+                self.registry
+                    .get(&keys::secret_pk(id), keys::SECRET_SK)
+                    .await?
+                    .ok_or_else(|| unknown("secret"))?;
+            }
+            RevocationTarget::SecretVersion => {
+                let (secret, version) = id
+                    .rsplit_once('#')
+                    .ok_or_else(|| CliError::usage("a version is named <secret id>#<version>"))?;
+                self.registry
+                    .get(&keys::secret_pk(secret), &keys::version_sk(version))
+                    .await?
+                    .ok_or_else(|| unknown("secret version"))?;
+            }
+            RevocationTarget::Grant => {
+                let grants = self.registry.list_type("grant", |_| {}).await?;
+                if !grants.iter().any(|g| attr(g, "item_id") == id) {
+                    return Err(unknown("grant"));
+                }
+            }
+            RevocationTarget::Destination => {
+                self.registry
+                    .get(&keys::destination_pk(id), keys::DESTINATION_SK)
+                    .await?
+                    .ok_or_else(|| unknown("destination"))?;
+            }
+            RevocationTarget::Lease => {
+                nhi_broker::ports::LeaseLedger::lease(&self.ledger, id)
+                    .await?
+                    .ok_or_else(|| unknown("lease"))?;
+            }
+            RevocationTarget::Subject => {
+                if id.split_once('#').is_none_or(|(i, s)| i.is_empty() || s.is_empty()) {
+                    return Err(CliError::usage("a subject is named <issuer>#<sub>"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask rotate to rotate one secret now (the template routes this event to it).
+    pub async fn rotate(&self, secret_id: &str) -> CliResult<Report> {
+        self.registry
+            .get(&keys::secret_pk(secret_id), keys::SECRET_SK)
+            .await?
+            .ok_or_else(|| CliError {
+                message: format!("no secret with id {secret_id:?}"),
+                code: 1,
+            })?;
+        let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .event_bus_name(&self.tables.event_bus)
+            .source("nhi-broker.operator")
+            .detail_type(nhi_broker::jobs::ROTATE_SECRET_DETAIL_TYPE)
+            .detail(json!({ "secret_id": secret_id, "requested_by": self.actor() }).to_string())
+            .build();
+        let output = self
+            .eventbridge
+            .put_events()
+            .entries(entry)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("events", "PutEvents", &e))?;
+        if output.failed_entry_count() > 0 {
+            return Err(CliError {
+                message: "EventBridge refused the rotation event".into(),
+                code: 1,
+            });
+        }
+        Ok(Report::new(
+            format!(
+                "rotation of {secret_id} requested (rotate runs it now; `brokerctl inventory {secret_id}` shows the new version)"
+            ),
+            json!({ "secret_id": secret_id, "requested": true }),
+        ))
+    }
+
+    // ------------------------------------------------------------ inventory
+
+    async fn active_secret_leases(&self, secret_id: &str) -> CliResult<Vec<Lease>> {
+        let mut pages = self
+            .dynamo
+            .query()
+            .table_name(&self.tables.leases)
+            .index_name("by-target")
+            .key_condition_expression("target = :t AND expires_at > :now")
+            .filter_expression("#status = :active AND kind = :kind")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":t", AttributeValue::S(secret_id.into()))
+            .expression_attribute_values(":now", AttributeValue::N(self.now.to_string()))
+            .expression_attribute_values(":active", AttributeValue::S("active".into()))
+            .expression_attribute_values(":kind", AttributeValue::S("secret".into()))
+            .into_paginator()
+            .items()
+            .send();
+        let mut leases = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+            leases.push(from_item::<Lease>(item, "lease")?);
+        }
+        leases.sort_by_key(|l| l.expires_at);
+        Ok(leases)
+    }
+
+    /// Where a secret is active right now: leases, destinations and what they confirmed, grants.
+    async fn secret_inventory(&self, secret_item: Item, grants: &[Grant]) -> CliResult<Value> {
+        let current = attr(&secret_item, "current_version").to_string();
+        let previous = attr(&secret_item, "previous_version").to_string();
+        let secret: Secret = from_item(secret_item, "secret")?;
+        let leases: Vec<Value> = self
+            .active_secret_leases(&secret.id)
+            .await?
+            .into_iter()
+            .map(|l| {
+                json!({
+                    "lease_id": l.lease_id, "issuer": l.issuer, "subject": l.subject, "grant_id": l.grant_id,
+                    "version": l.secret_version, "expires_at": l.expires_at, "destination": l.destination,
+                })
+            })
+            .collect();
+        let mut destinations = Vec::new();
+        let links = self.registry.collection(&keys::secret_pk(&secret.id)).await?;
+        for link in links.iter().filter(|i| attr(i, "sk").starts_with("DEST#")) {
+            let id = attr(link, "destination_id");
+            let items = self.registry.collection(&keys::destination_pk(id)).await?;
+            let exposed = items
+                .iter()
+                .find(|i| attr(i, "sk") == keys::DESTINATION_SK)
+                .and_then(|i| i.get("exposed").and_then(|v| v.as_bool().ok()).copied())
+                .unwrap_or(false);
+            let mut deliveries: Vec<Delivery> = items
+                .into_iter()
+                .filter(|i| attr(i, "sk").starts_with("DELIVERY#"))
+                .filter_map(|i| from_item::<Delivery>(i, "delivery").ok())
+                .filter(|d| about_secret(&d.event, &secret.id))
+                .collect();
+            deliveries.sort_by_key(|d| d.created_at);
+            let confirmed_version = deliveries
+                .iter()
+                .rev()
+                .filter(|d| d.status == DeliveryStatus::Confirmed)
+                .find_map(|d| match &d.event {
+                    ChangeEvent::Rotated { new_version, .. } => Some(new_version.clone()),
+                    _ => None,
+                });
+            let count = |s: DeliveryStatus| deliveries.iter().filter(|d| d.status == s).count();
+            let last = deliveries.last().map(|d| {
+                json!({"event_id": d.event.event_id(), "status": d.status, "attempts": d.attempts, "at": d.last_attempt_at.unwrap_or(d.created_at), "last_error": d.last_error})
+            });
+            destinations.push(json!({
+                "id": id,
+                "confirmed_version": confirmed_version,
+                "exposed": exposed,
+                "pending": count(DeliveryStatus::Pending),
+                "unconfirmed": count(DeliveryStatus::Unconfirmed),
+                "last_delivery": last,
+            }));
+        }
+        let allowing: Vec<Value> = grants
+            .iter()
+            .filter(|g| g.status == GrantStatus::Active && g.targets.contains(&secret.id))
+            .map(|g| json!({"id": g.id, "issuer": g.issuer, "subject": g.subject, "approval_expires_at": g.approval_expires_at}))
+            .collect();
+        Ok(json!({
+            "id": secret.id, "enabled": secret.enabled, "current_version": current,
+            "previous_version": (!previous.is_empty()).then_some(previous),
+            "active_leases": leases, "destinations": destinations, "grants": allowing,
+        }))
+    }
+
+    /// One secret, or every secret. Exits 3 when a destination is unconfirmed (exposed).
+    pub async fn inventory(&self, secret_id: Option<&str>) -> CliResult<Report> {
+        let progress = &self.progress;
+        let grants: Vec<Grant> = self
+            .registry
+            .list_type("grant", |_| {})
+            .await?
+            .into_iter()
+            .map(|i| from_item(i, "grant"))
+            .collect::<Result<_, _>>()?;
+        let secrets = match secret_id {
+            Some(id) => vec![
+                self.registry
+                    .get(&keys::secret_pk(id), keys::SECRET_SK)
+                    .await?
+                    .ok_or_else(|| CliError {
+                        message: format!("no secret with id {id:?}"),
+                        code: 1,
+                    })?,
+            ],
+            None => {
+                self.registry
+                    .list_type("secret", |n| progress(&format!("... {n} secret(s) read")))
+                    .await?
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in secrets.into_iter().enumerate() {
+            if secret_id.is_none() && i % 25 == 24 {
+                progress(&format!("... {} secret(s) inventoried", i + 1));
+            }
+            out.push(self.secret_inventory(item, &grants).await?);
+        }
+        let unconfirmed: Vec<String> = out
+            .iter()
+            .flat_map(|s| {
+                s["destinations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(move |d| {
+                        (d["exposed"] == true || d["unconfirmed"].as_u64().unwrap_or(0) > 0).then(|| {
+                            format!(
+                                "{} (secret {})",
+                                d["id"].as_str().unwrap_or_default(),
+                                s["id"].as_str().unwrap_or_default()
+                            )
+                        })
+                    })
+            })
+            .collect();
+        let mut text = Vec::new();
+        for s in &out {
+            text.push(format!(
+                "secret {}  current {}  {}",
+                s["id"].as_str().unwrap_or_default(),
+                s["current_version"].as_str().unwrap_or("-"),
+                if s["enabled"] == true { "enabled" } else { "DISABLED" }
+            ));
+            let leases: Vec<Vec<String>> = s["active_leases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| {
+                    vec![
+                        l["lease_id"].as_str().unwrap_or_default().into(),
+                        format!(
+                            "{}#{}",
+                            l["issuer"].as_str().unwrap_or_default(),
+                            l["subject"].as_str().unwrap_or_default()
+                        ),
+                        l["version"].as_str().unwrap_or("-").into(),
+                        time(l["expires_at"].as_i64().unwrap_or_default()),
+                    ]
+                })
+                .collect();
+            text.push(format!("  active leases: {}", leases.len()));
+            if !leases.is_empty() {
+                text.push(indent(&table(&["LEASE", "HOLDER", "VERSION", "UNTIL"], &leases)));
+            }
+            let destinations: Vec<Vec<String>> = s["destinations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    vec![
+                        d["id"].as_str().unwrap_or_default().into(),
+                        d["confirmed_version"].as_str().unwrap_or("-").into(),
+                        d["last_delivery"]["status"].as_str().unwrap_or("-").into(),
+                        if d["exposed"] == true {
+                            "EXPOSED".into()
+                        } else {
+                            "ok".into()
+                        },
+                    ]
+                })
+                .collect();
+            text.push(format!("  destinations: {}", destinations.len()));
+            if !destinations.is_empty() {
+                text.push(indent(&table(
+                    &["DESTINATION", "CONFIRMED VERSION", "LAST DELIVERY", "STATE"],
+                    &destinations,
+                )));
+            }
+            let grants: Vec<String> = s["grants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|g| {
+                    format!(
+                        "{} ({})",
+                        g["id"].as_str().unwrap_or_default(),
+                        g["subject"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            text.push(format!(
+                "  allowed by grants: {}",
+                if grants.is_empty() {
+                    "-".into()
+                } else {
+                    grants.join(", ")
+                }
+            ));
+        }
+        if !unconfirmed.is_empty() {
+            text.push(format!("UNCONFIRMED (treat as exposed): {}", unconfirmed.join(", ")));
+        }
+        let mut report = Report::new(text.join("\n"), json!({ "secrets": out, "unconfirmed": unconfirmed }));
+        if !unconfirmed.is_empty() {
+            report.exit = 3;
+        }
+        Ok(report)
+    }
+
+    // ------------------------------------------------------------ audit
+
+    /// Every audit item matching `filter` (all of them without), page by page with progress.
+    async fn scan_audit(
+        &self,
+        filter: Option<&str>,
+        uses_at: bool,
+        values: Vec<(String, AttributeValue)>,
+    ) -> CliResult<Vec<Item>> {
+        let mut request = self.dynamo.scan().table_name(&self.tables.audit);
+        if let Some(expression) = filter {
+            request = request.filter_expression(expression);
+        }
+        if uses_at {
+            request = request.expression_attribute_names("#at", "at");
+        }
+        for (k, v) in values {
+            request = request.expression_attribute_values(k, v);
+        }
+        let mut pages = request.into_paginator().send();
+        let (mut items, mut scanned) = (Vec::new(), 0usize);
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| BrokerError::aws("dynamodb", "Scan", &e))?;
+            scanned += page.scanned_count() as usize;
+            items.extend(page.items.unwrap_or_default());
+            (self.progress)(&format!(
+                "... {scanned} audit item(s) scanned, {} matching",
+                items.len()
+            ));
+        }
+        Ok(items)
+    }
+
+    /// Audit events by secret (target), subject, grant and time window, oldest first.
+    pub async fn audit(
+        &self,
+        secret: Option<&str>,
+        subject: Option<&str>,
+        grant: Option<&str>,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> CliResult<Report> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut values: Vec<(String, AttributeValue)> = Vec::new();
+        if let Some(secret) = secret {
+            clauses.push("(target = :secret OR target = :secret_ref)".to_string());
+            values.push((":secret".into(), AttributeValue::S(secret.into())));
+            values.push((":secret_ref".into(), AttributeValue::S(format!("secret:{secret}"))));
+        }
+        if let Some(subject) = subject {
+            clauses.push("actor_subject = :subject".into());
+            values.push((":subject".into(), AttributeValue::S(subject.into())));
+        }
+        if let Some(grant) = grant {
+            clauses.push("grant_id = :grant".into());
+            values.push((":grant".into(), AttributeValue::S(grant.into())));
+        }
+        if let Some(since) = since {
+            clauses.push("#at >= :since".into());
+            values.push((":since".into(), AttributeValue::N(since.to_string())));
+        }
+        if let Some(until) = until {
+            clauses.push("#at <= :until".into());
+            values.push((":until".into(), AttributeValue::N(until.to_string())));
+        }
+        let uses_at = since.is_some() || until.is_some();
+        let expression = clauses.join(" AND ");
+        let items = self
+            .scan_audit((!clauses.is_empty()).then_some(expression.as_str()), uses_at, values)
+            .await?;
+        let mut events: Vec<AuditEvent> = items
+            .into_iter()
+            .map(|i| from_item(i, "audit event"))
+            .collect::<Result<_, _>>()?;
+        events.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                vec![
+                    time(e.at),
+                    to_json(&e.action).as_str().unwrap_or_default().into(),
+                    to_json(&e.outcome).as_str().unwrap_or_default().into(),
+                    e.actor_subject.clone().unwrap_or_else(|| "-".into()),
+                    e.target.clone().unwrap_or_else(|| "-".into()),
+                    e.lease_id.clone().unwrap_or_else(|| "-".into()),
+                    e.reason.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        Ok(Report::new(
+            format!(
+                "{}\n{} event(s)",
+                table(
+                    &["AT", "ACTION", "OUTCOME", "ACTOR", "TARGET", "LEASE", "REASON"],
+                    &rows
+                ),
+                rows.len()
+            ),
+            to_json(&events),
+        ))
+    }
+
+    /// Recompute every chain: each event's hash over (chain, seq, previous hash, event), each
+    /// link to the one before, sequence numbers from 0 without gaps. Exits 5 on any break.
+    pub async fn audit_verify(&self) -> CliResult<Report> {
+        let items = self.scan_audit(None, false, Vec::new()).await?;
+        let mut chains: BTreeMap<String, Vec<(i64, Item)>> = BTreeMap::new();
+        for item in items {
+            let chain = attr(&item, "chain").to_string();
+            let seq = attr_num(&item, "seq").unwrap_or(-1);
+            chains.entry(chain).or_default().push((seq, item));
+        }
+        let mut problems = Vec::new();
+        let mut events = 0;
+        for (chain, mut links) in chains.clone() {
+            links.sort_by_key(|(seq, _)| *seq);
+            let mut expected_prev = GENESIS_HASH.to_string();
+            for (position, (seq, item)) in links.iter().enumerate() {
+                events += 1;
+                if *seq != position as i64 {
+                    problems.push(format!(
+                        "chain {chain}: seq {seq} where {position} was expected (an event is missing)"
+                    ));
+                }
+                let prev = attr(item, "prev_hash");
+                let stored = attr(item, "hash");
+                match from_item::<AuditEvent>(item.clone(), "audit event") {
+                    Ok(event) => {
+                        if link_hash(&chain, *seq, prev, &event) != stored {
+                            problems.push(format!(
+                                "chain {chain}: event {} (seq {seq}) was edited",
+                                event.event_id
+                            ));
+                        }
+                    }
+                    Err(_) => problems.push(format!("chain {chain}: seq {seq} is not an audit event")),
+                }
+                if prev != expected_prev {
+                    problems.push(format!(
+                        "chain {chain}: seq {seq} does not follow the event before it (deleted, reordered or replaced)"
+                    ));
+                }
+                expected_prev = stored.to_string();
+            }
+        }
+        let ok = problems.is_empty();
+        let mut text = vec![format!(
+            "{} chain(s), {events} event(s): {}",
+            chains.len(),
+            if ok {
+                "every chain verifies"
+            } else {
+                "TAMPERING DETECTED"
+            }
+        )];
+        text.extend(problems.iter().cloned());
+        text.push(
+            "(a chain's newest events could be removed without a trace: compare counts with an earlier verification)"
+                .into(),
+        );
+        let mut report = Report::new(
+            text.join("\n"),
+            json!({ "chains": chains.len(), "events": events, "ok": ok, "problems": problems }),
+        );
+        if !ok {
+            report.exit = 5;
+        }
+        Ok(report)
+    }
+}
+
+fn about_secret(event: &ChangeEvent, secret_id: &str) -> bool {
+    match event {
+        ChangeEvent::Rotated { secret_id: s, .. } => s == secret_id,
+        ChangeEvent::Revoked {
+            target_kind, target_id, ..
+        } => match target_kind {
+            RevocationTarget::Secret => target_id == secret_id,
+            RevocationTarget::SecretVersion => target_id.rsplit_once('#').is_some_and(|(s, _)| s == secret_id),
+            _ => false,
+        },
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn destination_kind(d: &Destination) -> String {
+    match &d.kind {
+        nhi_broker::domain::DestinationKind::Webhook { url } => format!("webhook {url}"),
+        nhi_broker::domain::DestinationKind::EventBridge { event_bus_arn } => format!("eventbridge {event_bus_arn}"),
+    }
+}
+
+fn validate_issuer(issuer: &Issuer) -> CliResult<()> {
+    if !nhi_broker::jwks::is_allowed_url(&issuer.issuer) {
+        return Err(CliError::usage(format!(
+            "issuer {} must be an https URL (http only for loopback)",
+            issuer.issuer
+        )));
+    }
+    if issuer.audiences.is_empty() {
+        return Err(CliError::usage(format!(
+            "issuer {}: at least one audience is required",
+            issuer.issuer
+        )));
+    }
+    if let nhi_broker::domain::JwksSource::Url { url } = &issuer.jwks
+        && !nhi_broker::jwks::is_allowed_url(url)
+    {
+        return Err(CliError::usage(format!(
+            "issuer {}: the JWKS URL must be https",
+            issuer.issuer
+        )));
+    }
+    for alg in &issuer.algorithms {
+        if !nhi_broker::subject_token::ALLOWED_ALGS.contains(&alg.as_str()) {
+            return Err(CliError::usage(format!(
+                "issuer {}: algorithm {alg} is not allowed (asymmetric only)",
+                issuer.issuer
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A rotation policy from CLI flags.
+pub fn rotation_policy(every: Option<i64>, grace: i64, length: usize) -> CliResult<Option<RotationPolicy>> {
+    let Some(interval_seconds) = every else { return Ok(None) };
+    let policy = RotationPolicy {
+        interval_seconds,
+        grace_seconds: grace,
+        generator: SecretGenerator::Random {
+            length,
+            alphabet: Alphabet::Alphanumeric,
+        },
+    };
+    if let Some(problem) = policy.problem() {
+        return Err(CliError::usage(problem));
+    }
+    Ok(Some(policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_name_changed_fields_only() {
+        let change = diff(
+            "grant",
+            "g",
+            Some(json!({"a": 1, "b": 2})),
+            &json!({"a": 1, "b": 3, "c": 4}),
+        );
+        assert_eq!(change.action, "update");
+        assert_eq!(change.fields, ["b: 2 -> 3", "c: null -> 4"]);
+        assert_eq!(
+            diff("grant", "g", Some(json!({"a": 1})), &json!({"a": 1})).action,
+            "unchanged"
+        );
+        assert_eq!(diff("grant", "g", None, &json!({"a": 1})).action, "create");
+    }
+
+    #[test]
+    fn manifests_refuse_unknown_fields_and_parse_times() {
+        let bad = Manifest::parse("grants:\n  - id: g\n    subjekt: x\n", "m.yaml").unwrap_err();
+        assert!(bad.message.contains("unknown field"), "{}", bad.message);
+        assert_eq!(parse_time("2027-01-31T00:00:00Z").unwrap(), 1_801_353_600);
+        assert_eq!(parse_time("1801353600").unwrap(), 1_801_353_600);
+        assert!(parse_time("next tuesday").is_err());
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1");
+    }
+}
