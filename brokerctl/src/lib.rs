@@ -17,6 +17,7 @@ use nhi_broker::redact::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::io::Write;
 
 /// A failure to report: a message for people and the process exit code.
 #[derive(Debug)]
@@ -286,7 +287,9 @@ impl Ctl {
             tables,
             operator,
             now: now(),
-            progress: Box::new(|line| eprintln!("{line}")),
+            progress: Box::new(|line| {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }),
         }
     }
 

@@ -5,6 +5,7 @@
 use brokerctl::{CliError, Ctl, Manifest, Report, SecretValue, Tables, rotation_policy};
 use clap::{Parser, Subcommand, ValueEnum};
 use nhi_broker::domain::{Issuer, JwksSource, RevocationTarget, Secret, Target, TargetKind};
+use std::io::Write;
 
 #[derive(Parser)]
 #[command(
@@ -232,11 +233,13 @@ async fn main() {
     let output = cli.output;
     match run(cli).await {
         Ok(report) => {
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&report.json).unwrap_or_default());
+            let text = if output == Output::Json {
+                serde_json::to_string_pretty(&report.json).unwrap_or_default()
             } else {
-                println!("{}", report.text);
-            }
+                report.text
+            };
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             std::process::exit(report.exit);
         }
         Err(e) => {

@@ -10,6 +10,7 @@ Usage: provision.py --endpoint http://127.0.0.1:PORT --prefix NAME --env-file PA
 """
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -59,12 +60,17 @@ def table_spec(name, props):
     return spec
 
 
-def provision(template, endpoint, prefix, region):
-    session = boto3.session.Session(
+def session_for(region):
+    return boto3.session.Session(
         aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region
     )
+
+
+def provision(template, endpoint, prefix, region, params):
+    session = session_for(region)
     dynamodb = session.client("dynamodb", endpoint_url=endpoint)
     kms = session.client("kms", endpoint_url=endpoint)
+    events = session.client("events", endpoint_url=endpoint)
     refs = {}
     for logical_id, resource in template["Resources"].items():
         kind, props = resource["Type"], resource.get("Properties", {})
@@ -92,7 +98,38 @@ def provision(template, endpoint, prefix, region):
                 KeyUsage=props.get("KeyUsage", "ENCRYPT_DECRYPT"),
             )["KeyMetadata"]
             refs[logical_id] = key["KeyId"]
+        elif kind == "AWS::Events::EventBus":
+            name = resolve(props["Name"], refs, params, logical_id, "Name", template)
+            events.create_event_bus(Name=name)
+            refs[logical_id] = name
     return refs
+
+
+def rules(template, refs, params, endpoint, prefix, region):
+    """Each function's EventBridgeRule event as a rule in the emulator, targeting an SQS queue the
+    local runner reads (EventBridge's delivery to the function, emulated): exports
+    NHI_LOCAL_RULE_QUEUE_<FUNCTION> with the queue URL."""
+    session = session_for(region)
+    events = session.client("events", endpoint_url=endpoint)
+    sqs = session.client("sqs", endpoint_url=endpoint)
+    out = {}
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for name, event in resource.get("Properties", {}).get("Events", {}).items():
+            if event.get("Type") != "EventBridgeRule":
+                continue
+            props = event["Properties"]
+            bus = resolve(props.get("EventBusName", "default"), refs, params, logical_id, name, template)
+            rule = f"{prefix}-{logical_id}-{name}"
+            queue = sqs.create_queue(QueueName=rule)["QueueUrl"]
+            queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            events.put_rule(Name=rule, EventBusName=bus, EventPattern=json.dumps(props["Pattern"]))
+            events.put_targets(Rule=rule, EventBusName=bus, Targets=[{"Id": "local-runner", "Arn": queue_arn}])
+            out[f"NHI_LOCAL_RULE_QUEUE_{logical_id.upper()}"] = queue
+            if bus != "default":
+                out["NHI_EVENT_BUS"] = bus
+    return out
 
 
 LOCAL_ACCOUNT = "123456789012"
@@ -175,7 +212,14 @@ def main(argv):
         name, _, value = pair.partition("=")
         params[name] = value
 
-    refs = provision(template, args.endpoint, args.prefix, args.region)
+    # Pseudo parameters, as CloudFormation would resolve them for a stack named after the prefix.
+    params.update({
+        "AWS::StackName": args.prefix,
+        "AWS::Region": args.region,
+        "AWS::AccountId": LOCAL_ACCOUNT,
+        "AWS::Partition": "aws",
+    })
+    refs = provision(template, args.endpoint, args.prefix, args.region, params)
     env = {
         "AWS_ENDPOINT_URL": args.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -185,6 +229,7 @@ def main(argv):
         **{f"NHI_LOCAL_{k.upper()}": v for k, v in refs.items()},
         **function_environment(template, refs, params),
         **schedules(template, params),
+        **rules(template, refs, params, args.endpoint, args.prefix, args.region),
     }
     with open(args.env_file, "w", encoding="utf-8") as f:
         for k, v in env.items():

@@ -159,6 +159,41 @@ async fn run(args: Args) -> Result<(), String> {
             }
         })
     };
+    // The template's on-demand rotation rule (brokerctl rotate), as EventBridge delivers it.
+    let on_demand_task = {
+        let rotation = rotation.clone();
+        let mut stop = stopped.clone();
+        let queue = std::env::var("NHI_LOCAL_RULE_QUEUE_ROTATEFUNCTION").ok().map(|url| {
+            nhi_local::stream::RuleQueue::new(
+                &std::env::var("AWS_ENDPOINT_URL").unwrap_or_default(),
+                &std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+                &url,
+            )
+        });
+        tokio::spawn(async move {
+            let Some(queue) = queue else { return };
+            loop {
+                let delivered = queue
+                    .deliver(|event| {
+                        let rotation = rotation.clone();
+                        async move {
+                            match nhi_broker::jobs::handle_rotate_event(&rotation, event).await {
+                                Ok(outcome) => println!("rotate (on demand): {outcome}"),
+                                Err(e) => eprintln!("rotate (on demand): {e}"),
+                            }
+                        }
+                    })
+                    .await;
+                if let Err(e) = delivered {
+                    eprintln!("rotate (on demand): rule queue poll failed: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
     let api_task = tokio::spawn(nhi_local::serve_broker(api, api_listener, stopped));
 
     let base = format!("http://127.0.0.1:{}", args.port);
@@ -185,7 +220,15 @@ Ctrl-C stops everything.
     );
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
-    let _ = tokio::join!(issuer_task, api_task, rotate_task, sweep_task, retry_task, stream_task);
+    let _ = tokio::join!(
+        issuer_task,
+        api_task,
+        rotate_task,
+        sweep_task,
+        retry_task,
+        stream_task,
+        on_demand_task
+    );
     println!("nhi-local stopped");
     Ok(())
 }

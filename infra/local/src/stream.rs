@@ -12,6 +12,96 @@
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
+/// One call of an AWS JSON-protocol API on the emulator. moto routes by the signing service named
+/// in the credential scope and does not verify signatures; local tooling only.
+pub async fn moto_call(
+    http: &reqwest::Client,
+    endpoint: &str,
+    region: &str,
+    signing_service: &str,
+    target: &str,
+    body: Value,
+) -> Result<Value, String> {
+    let response = http
+        .post(endpoint)
+        .header("Content-Type", "application/x-amz-json-1.0")
+        .header("X-Amz-Target", target)
+        .header(
+            "Authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/{signing_service}/aws4_request, SignedHeaders=host, Signature=0"
+            ),
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("{target}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| format!("{target}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{target}: HTTP {status}: {text}"));
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| format!("{target}: {e}"))
+}
+
+/// EventBridge's delivery of a rule's events to a function, emulated: the provisioner points the
+/// template's rule at an SQS queue in moto, and this reads the queue.
+pub struct RuleQueue {
+    http: reqwest::Client,
+    endpoint: String,
+    region: String,
+    queue_url: String,
+}
+
+impl RuleQueue {
+    pub fn new(endpoint: &str, region: &str, queue_url: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            region: region.to_string(),
+            queue_url: queue_url.to_string(),
+        }
+    }
+
+    /// Events waiting for the function, each removed from the queue once `handler` returns.
+    pub async fn deliver<F, Fut>(&self, mut handler: F) -> Result<usize, String>
+    where
+        F: FnMut(Value) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let received = moto_call(
+            &self.http,
+            &self.endpoint,
+            &self.region,
+            "sqs",
+            "AmazonSQS.ReceiveMessage",
+            json!({ "QueueUrl": self.queue_url, "MaxNumberOfMessages": 10 }),
+        )
+        .await?;
+        let messages = received["Messages"].as_array().cloned().unwrap_or_default();
+        for message in &messages {
+            let event: Value = message["Body"]
+                .as_str()
+                .and_then(|b| serde_json::from_str(b).ok())
+                .unwrap_or(Value::Null);
+            handler(event).await;
+            moto_call(
+                &self.http,
+                &self.endpoint,
+                &self.region,
+                "sqs",
+                "AmazonSQS.DeleteMessage",
+                json!({ "QueueUrl": self.queue_url, "ReceiptHandle": message["ReceiptHandle"] }),
+            )
+            .await?;
+        }
+        Ok(messages.len())
+    }
+}
+
 /// What one poll did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PollOutcome {
@@ -81,29 +171,15 @@ impl StreamPoller {
     }
 
     async fn call(&self, operation: &str, body: Value) -> Result<Value, String> {
-        let response = self
-            .http
-            .post(&self.endpoint)
-            .header("Content-Type", "application/x-amz-json-1.0")
-            .header("X-Amz-Target", format!("DynamoDBStreams_20120810.{operation}"))
-            // moto routes by the signing service; it does not verify the signature.
-            .header(
-                "Authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential=testing/20260101/{}/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
-                    self.region
-                ),
-            )
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| format!("{operation}: {e}"))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| format!("{operation}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{operation}: HTTP {status}: {text}"));
-        }
-        serde_json::from_str(&text).map_err(|e| format!("{operation}: {e}"))
+        moto_call(
+            &self.http,
+            &self.endpoint,
+            &self.region,
+            "dynamodb",
+            &format!("DynamoDBStreams_20120810.{operation}"),
+            body,
+        )
+        .await
     }
 
     /// Read every shard up to its newest record, invoking `handler` per batch as Lambda would.
