@@ -4,7 +4,10 @@
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum < infra/local/requirements.txt | cut -d' ' -f1)
 
-.PHONY: local test lint venv clean
+.PHONY: local test lint venv clean deploy-venv deploy-build
+
+DEPLOY_VENV := .venv-deploy
+SAM := PATH=$(CURDIR)/$(DEPLOY_VENV)/bin:$$PATH SAM_CLI_TELEMETRY=0 $(DEPLOY_VENV)/bin/sam
 
 $(STAMP): infra/local/requirements.txt
 	python3 -m venv $(VENV)
@@ -25,5 +28,18 @@ lint: venv
 test: lint
 	bash infra/local/stack.sh test
 
+# Deploy tooling (SAM CLI, cargo-lambda, zig), kept apart from the test venv: it is large.
+$(DEPLOY_VENV)/.installed: infra/deploy/requirements.txt
+	python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/deploy/requirements.txt
+	touch $@
+
+deploy-venv: $(DEPLOY_VENV)/.installed
+
+# Four bootstrap binaries in .aws-sam/build/<Function>/ (sam deploy --guided takes it from there).
+deploy-build: deploy-venv
+	$(SAM) validate --lint --region us-east-1
+	$(SAM) build --beta-features --build-in-source
+
 clean:
-	rm -rf $(VENV) .local
+	rm -rf $(VENV) $(DEPLOY_VENV) .local .aws-sam
