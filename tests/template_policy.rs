@@ -279,3 +279,87 @@ fn tables_declare_streams_ttl_and_point_in_time_recovery() {
     assert_eq!(r["SigningKey"]["Properties"]["KeySpec"].as_str(), Some("ECC_NIST_P256"));
     assert_eq!(r["SigningKey"]["Properties"]["KeyUsage"].as_str(), Some("SIGN_VERIFY"));
 }
+
+/// The adapter sources each function's wiring (`nhi_broker::aws::*_service` / `broker_api`) runs.
+fn function_sources() -> BTreeMap<&'static str, Vec<&'static str>> {
+    let src = |files: &[&'static str]| files.to_vec();
+    BTreeMap::from([
+        (
+            "ExchangeRole",
+            src(&["aws/dynamo.rs", "aws/dynamo_rotation.rs", "aws/kms.rs", "aws/sts.rs"]),
+        ),
+        (
+            "RotateRole",
+            src(&["aws/dynamo.rs", "aws/dynamo_rotation.rs", "aws/kms.rs"]),
+        ),
+        (
+            "RevokeFanoutRole",
+            src(&[
+                "aws/dynamo.rs",
+                "aws/dynamo_fanout.rs",
+                "aws/dynamo_rotation.rs",
+                "aws/kms.rs",
+                "aws/iam.rs",
+                "aws/eventbridge.rs",
+            ]),
+        ),
+        ("ExpireSweeperRole", src(&["aws/dynamo.rs", "aws/dynamo_fanout.rs"])),
+    ])
+}
+
+/// How each IAM action shows up in adapter code: an SDK call, or an item of a transaction.
+fn call_sites(action: &str) -> Option<&'static [&'static str]> {
+    Some(match action {
+        "dynamodb:GetItem" => &[".get_item()"],
+        "dynamodb:Query" => &[".query()"],
+        "dynamodb:PutItem" => &[".put_item()", "Put::builder()"],
+        "dynamodb:UpdateItem" => &[".update_item()", "Update::builder()"],
+        "dynamodb:ConditionCheckItem" => &["ConditionCheck::builder()"],
+        "kms:Sign" => &[".sign()"],
+        "kms:GetPublicKey" => &[".get_public_key()"],
+        "kms:Decrypt" => &[".decrypt()"],
+        "kms:Encrypt" => &[".encrypt()"],
+        "kms:CreateKey" => &[".create_key()"],
+        "sts:AssumeRole" => &[".assume_role()"],
+        "sts:TagSession" => &[".set_tags(", ".tags("],
+        "sts:SetSourceIdentity" => &[".source_identity("],
+        "events:PutEvents" => &[".put_events()"],
+        "iam:PutRolePolicy" => &[".put_role_policy()"],
+        "iam:DeleteRolePolicy" => &[".delete_role_policy()"],
+        _ => return None,
+    })
+}
+
+/// Actions used by AWS on the function's behalf, not by its code: the log driver, and Lambda's
+/// event source mapping (stream reads, the on-failure queue).
+const SERVICE_ACTIONS: &[&str] = &[
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+    "dynamodb:DescribeStream",
+    "dynamodb:GetRecords",
+    "dynamodb:GetShardIterator",
+    "dynamodb:ListStreams",
+    "sqs:SendMessage",
+];
+
+#[test]
+fn no_role_grants_an_action_its_functions_code_never_calls() {
+    let t = template();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/src/");
+    for (role, st) in role_statements(&t) {
+        let sources: String = function_sources()[role.as_str()]
+            .iter()
+            .map(|f| std::fs::read_to_string(format!("{root}{f}")).unwrap())
+            .collect();
+        for action in strings(&st["Action"]) {
+            if SERVICE_ACTIONS.contains(&action.as_str()) {
+                continue;
+            }
+            let sites = call_sites(&action).unwrap_or_else(|| panic!("{role}: no known call site for {action}"));
+            assert!(
+                sites.iter().any(|site| sources.contains(site)),
+                "{role} grants {action} but none of its adapters calls it ({sites:?})"
+            );
+        }
+    }
+}
