@@ -1279,6 +1279,25 @@ mod tests {
     }
 
     #[test]
+    fn denied_calls_name_the_missing_permission() {
+        let denied = CliError::from(BrokerError::Aws {
+            service: "dynamodb",
+            operation: "Query",
+            code: "AccessDeniedException".into(),
+            retryable: false,
+        });
+        assert_eq!(denied.code, 1);
+        assert!(denied.message.contains("missing permission: dynamodb:Query"), "{}", denied.message);
+        let missing = CliError::from(BrokerError::Aws {
+            service: "dynamodb",
+            operation: "GetItem",
+            code: "ResourceNotFoundException".into(),
+            retryable: false,
+        });
+        assert!(missing.message.contains("table names"), "{}", missing.message);
+    }
+
+    #[test]
     fn tables_align_columns() {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1");
