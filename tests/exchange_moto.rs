@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use nhi_broker::demo_issuer::DemoIssuer;
-use nhi_tests::{AUDIENCE, Harness, LogCapture, attr, now, post_form};
+use nhi_tests::{AUDIENCE, Harness, LogCapture, attr, form_request, now, post_form};
 use serde_json::json;
 
 fn verify_broker_token(token: &str, jwks: &jsonwebtoken::jwk::JwkSet, h: &Harness) -> serde_json::Value {
@@ -473,16 +473,6 @@ async fn metadata_describes_the_endpoints() {
         body["grant_types_supported"][0],
         "urn:ietf:params:oauth:grant-type:token-exchange"
     );
-}
-
-fn form_request(path: &str, pairs: &[(&str, &str)], bearer: Option<&str>) -> lambda_http::Request {
-    let mut request = post_form(path, serde_urlencoded::to_string(pairs).unwrap());
-    if let Some(token) = bearer {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
 }
 
 #[tokio::test(flavor = "current_thread")]

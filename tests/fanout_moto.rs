@@ -11,19 +11,9 @@ use nhi_broker::domain::{
 use nhi_broker::ports::LeaseLedger;
 use nhi_tests::fanout::{Fanout, Receiver, exclusive};
 use nhi_tests::rotation::{random_policy, secret_with_value};
-use nhi_tests::{Harness, LogCapture, attr, now, post_form};
+use nhi_tests::{Harness, LogCapture, attr, form_request, now};
 use serde_json::{Value, json};
 use std::time::Instant;
-
-fn form_request(path: &str, pairs: &[(&str, &str)], bearer: Option<&str>) -> lambda_http::Request {
-    let mut request = post_form(path, serde_urlencoded::to_string(pairs).unwrap());
-    if let Some(token) = bearer {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
 
 fn ledger(h: &Harness) -> DynamoLedger {
     DynamoLedger::new(

@@ -1287,7 +1287,11 @@ mod tests {
             retryable: false,
         });
         assert_eq!(denied.code, 1);
-        assert!(denied.message.contains("missing permission: dynamodb:Query"), "{}", denied.message);
+        assert!(
+            denied.message.contains("missing permission: dynamodb:Query"),
+            "{}",
+            denied.message
+        );
         let missing = CliError::from(BrokerError::Aws {
             service: "dynamodb",
             operation: "GetItem",

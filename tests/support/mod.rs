@@ -246,6 +246,17 @@ pub fn post_form(path: &str, body: String) -> Request {
         .unwrap()
 }
 
+/// A form POST, optionally with the caller's workload token as Bearer (introspection).
+pub fn form_request(path: &str, pairs: &[(&str, &str)], bearer: Option<&str>) -> Request {
+    let mut request = post_form(path, serde_urlencoded::to_string(pairs).unwrap());
+    if let Some(token) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
 pub fn attr<'a>(item: &'a Item, name: &str) -> &'a str {
     item.get(name)
         .and_then(|v| v.as_s().ok())

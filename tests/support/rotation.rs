@@ -4,7 +4,6 @@
 
 use crate::{Harness, attr, now};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
 use nhi_broker::aws::dynamo::Item;
 use nhi_broker::aws::dynamo_rotation::{DynamoKeyRing, DynamoRotationStore};
 use nhi_broker::aws::kms::{KmsKeyAdmin, KmsSecretCipher, KmsSigner};
@@ -251,21 +250,7 @@ pub async fn secret_with_value(h: &Harness, name: &str, policy: RotationPolicy, 
 
 /// Every item in a secret's collection: the secret, its versions and destination links.
 pub async fn secret_items(h: &Harness, secret_id: &str) -> Vec<Item> {
-    let mut pages = h
-        .dynamo
-        .query()
-        .table_name(&h.config.registry_table)
-        .key_condition_expression("pk = :pk")
-        .expression_attribute_values(":pk", AttributeValue::S(format!("SECRET#{secret_id}")))
-        .consistent_read(true)
-        .into_paginator()
-        .items()
-        .send();
-    let mut items = Vec::new();
-    while let Some(item) = pages.next().await {
-        items.push(item.unwrap());
-    }
-    items
+    h.registry.collection(&format!("SECRET#{secret_id}")).await.unwrap()
 }
 
 /// (version, stage) of every stored version, sorted by version.

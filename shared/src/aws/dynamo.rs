@@ -545,6 +545,33 @@ pub(crate) type TransactError =
     aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>;
 
 /// Whether a single-item write failed on its condition.
+/// Ids of the destinations linked to a secret (its `DEST#` items), sorted: one Query.
+pub(crate) async fn destination_ids(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    secret_id: &str,
+) -> Result<Vec<String>> {
+    let mut pages = client
+        .query()
+        .table_name(table)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :dest)")
+        .expression_attribute_values(":pk", s(keys::secret_pk(secret_id)))
+        .expression_attribute_values(":dest", s(keys::destination_link_sk("")))
+        .projection_expression("destination_id")
+        .into_paginator()
+        .items()
+        .send();
+    let mut ids = Vec::new();
+    while let Some(item) = pages.next().await {
+        let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+        if let Some(id) = item.get("destination_id").and_then(|v| v.as_s().ok()) {
+            ids.push(id.clone());
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
 pub(crate) fn is_conditional_check_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
     err: &aws_sdk_dynamodb::error::SdkError<E>,
 ) -> bool {

@@ -358,26 +358,7 @@ impl FanoutRegistry for DynamoFanoutRegistry {
     }
 
     async fn destinations_of_secret(&self, secret_id: &str) -> Result<Vec<String>> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :dest)")
-            .expression_attribute_values(":pk", s(keys::secret_pk(secret_id)))
-            .expression_attribute_values(":dest", s(keys::destination_link_sk("")))
-            .projection_expression("destination_id")
-            .into_paginator()
-            .items()
-            .send();
-        let mut ids = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-            if let Some(id) = attr_str(&item, "destination_id") {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        super::dynamo::destination_ids(&self.client, &self.table, secret_id).await
     }
 
     async fn destination(&self, id: &str) -> Result<Option<Destination>> {

@@ -363,26 +363,7 @@ impl RotationStore for DynamoRotationStore {
     }
 
     async fn destinations_for(&self, secret_id: &str) -> Result<Vec<String>> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :dest)")
-            .expression_attribute_values(":pk", s(keys::secret_pk(secret_id)))
-            .expression_attribute_values(":dest", s(keys::destination_link_sk("")))
-            .projection_expression("destination_id")
-            .into_paginator()
-            .items()
-            .send();
-        let mut ids = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-            if let Some(id) = item.get("destination_id").and_then(|v| v.as_s().ok()) {
-                ids.push(id.clone());
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        super::dynamo::destination_ids(&self.client, &self.table, secret_id).await
     }
 
     async fn promote(&self, p: &Promotion, event: &AuditEvent, notice: &RotationNotice) -> Result<bool> {
