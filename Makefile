@@ -4,7 +4,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum < infra/local/requirements.txt | cut -d' ' -f1)
 
-.PHONY: local test lint venv clean deploy-venv deploy-build
+.PHONY: local test lint venv clean deploy-venv deploy-build bench-coldstart
 
 DEPLOY_VENV := .venv-deploy
 SAM := PATH=$(CURDIR)/$(DEPLOY_VENV)/bin:$$PATH SAM_CLI_TELEMETRY=0 $(DEPLOY_VENV)/bin/sam
@@ -40,6 +40,10 @@ deploy-venv: $(DEPLOY_VENV)/.installed
 deploy-build: deploy-venv
 	$(SAM) validate --lint --region us-east-1
 	$(SAM) build --beta-features --build-in-source
+
+# Cold start, warm latency and peak memory of the built functions, against moto (measurement only).
+bench-coldstart: venv deploy-build
+	bash infra/local/stack.sh bench
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .local .aws-sam

@@ -4,7 +4,7 @@
 #   stack.sh test [FILTER...]   run every test (or those matching FILTER) against it
 # moto is always stopped on exit. Nothing listens beyond 127.0.0.1.
 set -euo pipefail
-mode=${1:?usage: stack.sh local|test}
+mode=${1:?usage: stack.sh local|test|bench}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 venv="$root/.venv"
@@ -66,8 +66,21 @@ case "$mode" in
     source "$state/test.env"
     cargo test --workspace --lib --bins --tests "${@:2}"
     ;;
+  bench)
+    # Cold start, warm latency and peak memory of the sam-built functions (make deploy-build first).
+    moto_port=$(free_port)
+    start_moto "$moto_port"
+    "$venv/bin/python" infra/local/provision.py --endpoint "http://127.0.0.1:$moto_port" \
+      --prefix nhi-bench --env-file "$state/bench.env" --param "BrokerIssuerUrl=http://127.0.0.1:8787"
+    # shellcheck disable=SC1091
+    source "$state/bench.env"
+    for pair in ExchangeFunction:exchange-jwks-request RotateFunction:rotate-scheduled \
+      RevokeFanoutFunction:revoke-fanout-retry-scheduled ExpireSweeperFunction:expire-sweeper-scheduled; do
+      "$venv/bin/python" infra/bench/coldstart.py ".aws-sam/build/${pair%%:*}/bootstrap" "events/${pair#*:}.json" "${2:-20}"
+    done
+    ;;
   *)
-    echo "usage: stack.sh local|test" >&2
+    echo "usage: stack.sh local|test|bench" >&2
     exit 2
     ;;
 esac
