@@ -850,4 +850,14 @@ async fn a_revoked_broker_jwt_is_refused_as_a_subject_token() {
     let (status, body) = h.post_token(&h.form(&broker_token, &h.staging_target)).await;
     assert_eq!(status, 400);
     assert_eq!(body["error_description"], "subject_token has been revoked");
+
+    // A holder's own revocation (RFC 7009) denies the jti in the same transaction, before fanout.
+    let (second, _) = exchange_jwt(&h).await;
+    let response = h.api.handle(form_request("/revoke", &[("token", &second)], None)).await;
+    assert_eq!(response.status(), 200);
+    let (status, body) = h.post_token(&h.form(&second, &h.staging_target)).await;
+    assert_eq!(
+        (status, body["error_description"].as_str()),
+        (400, Some("subject_token has been revoked"))
+    );
 }

@@ -126,6 +126,9 @@ impl LeaseLedger for InMemoryLedger {
             return Ok(false);
         };
         stored.status = LeaseStatus::Revoked;
+        if stored.kind == crate::domain::TargetKind::Jwt {
+            self.denied.lock().unwrap().insert(stored.lease_id.clone());
+        }
         self.revocations.lock().unwrap().push(revocation.clone());
         self.events.lock().unwrap().push(event.clone());
         Ok(true)

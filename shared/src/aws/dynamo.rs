@@ -862,25 +862,49 @@ impl LeaseLedger for DynamoLedger {
     }
 
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
-        let update = Update::builder()
-            .table_name(&self.leases_table)
-            .key("pk", s(keys::lease_pk(&lease.lease_id)))
-            .key("sk", s(keys::LEASE_SK))
-            // Leaving the sparse expiry index: the sweeper has nothing left to do for it.
-            .update_expression("SET #status = :revoked, revoked_at = :at REMOVE active_shard")
-            .condition_expression("#status = :active")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":revoked", s(LeaseStatus::Revoked.as_str()))
-            .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
-            .expression_attribute_values(":at", n(revocation.at))
-            .build()
-            .map_err(build_err)?;
-        let items = vec![
-            TransactWriteItem::builder().update(update).build(),
-            put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
-        ];
+        let mut items = lease_revocation_items(&self.leases_table, lease, revocation)?;
+        items.push(put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?);
         landed(self.audit.transact(items, event).await?)
     }
+}
+
+/// What revoking one active lease writes, whoever revokes it (the holder, fanout): the lease
+/// active -> revoked (conditional; it leaves the sparse expiry index) and, for a broker JWT, its
+/// `jti` on the deny list until the token expires. The condition is the first item's.
+pub(crate) fn lease_revocation_items(
+    leases_table: &str,
+    lease: &Lease,
+    revocation: &Revocation,
+) -> Result<Vec<TransactWriteItem>> {
+    let update = Update::builder()
+        .table_name(leases_table)
+        .key("pk", s(keys::lease_pk(&lease.lease_id)))
+        .key("sk", s(keys::LEASE_SK))
+        .update_expression("SET #status = :revoked, revoked_at = :at, revocation_id = :rid REMOVE active_shard")
+        .condition_expression("#status = :active")
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":revoked", s(LeaseStatus::Revoked.as_str()))
+        .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
+        .expression_attribute_values(":at", n(revocation.at))
+        .expression_attribute_values(":rid", s(&revocation.revocation_id))
+        .build()
+        .map_err(build_err)?;
+    let mut items = vec![TransactWriteItem::builder().update(update).build()];
+    if lease.kind == crate::domain::TargetKind::Jwt {
+        let deny = Item::from([
+            ("pk".to_string(), s(keys::deny_pk(&lease.lease_id))),
+            ("sk".to_string(), s(keys::DENY_SK)),
+            ("revocation_id".to_string(), s(&revocation.revocation_id)),
+            ("ttl".to_string(), n(lease.expires_at)),
+        ]);
+        let put = Put::builder()
+            .table_name(leases_table)
+            .set_item(Some(deny))
+            .build()
+            .map_err(build_err)?;
+        items.push(TransactWriteItem::builder().put(put).build());
+    }
+    Ok(items)
 }
 
 #[cfg(test)]

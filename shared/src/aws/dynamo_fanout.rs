@@ -201,35 +201,7 @@ impl FanoutLedger for DynamoFanoutLedger {
     }
 
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
-        let update = Update::builder()
-            .table_name(&self.leases_table)
-            .key("pk", s(keys::lease_pk(&lease.lease_id)))
-            .key("sk", s(keys::LEASE_SK))
-            .update_expression("SET #status = :revoked, revoked_at = :at, revocation_id = :rid REMOVE active_shard")
-            .condition_expression("#status = :active")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":revoked", s(LeaseStatus::Revoked.as_str()))
-            .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
-            .expression_attribute_values(":at", n(event.at))
-            .expression_attribute_values(":rid", s(&revocation.revocation_id))
-            .build()
-            .map_err(build_err)?;
-        let mut items = vec![TransactWriteItem::builder().update(update).build()];
-        if lease.kind == TargetKind::Jwt {
-            // The deny entry lives exactly as long as the token could.
-            let deny = Item::from([
-                ("pk".to_string(), s(keys::deny_pk(&lease.lease_id))),
-                ("sk".to_string(), s(keys::DENY_SK)),
-                ("revocation_id".to_string(), s(&revocation.revocation_id)),
-                ("ttl".to_string(), n(lease.expires_at)),
-            ]);
-            let put = Put::builder()
-                .table_name(&self.leases_table)
-                .set_item(Some(deny))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
+        let items = super::dynamo::lease_revocation_items(&self.leases_table, lease, revocation)?;
         landed(self.audit.writer().transact(items, event).await?)
     }
 
