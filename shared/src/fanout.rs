@@ -69,7 +69,8 @@ pub struct FanoutReport {
 }
 
 impl FanoutReport {
-    fn add(&mut self, other: &FanoutReport) {
+    /// Sum another report into this one.
+    pub fn add(&mut self, other: &FanoutReport) {
         self.leases_revoked += other.leases_revoked;
         self.leases_already_inactive += other.leases_already_inactive;
         self.sessions_denied += other.sessions_denied;

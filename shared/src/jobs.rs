@@ -171,7 +171,7 @@ pub async fn handle_stream_batch(
                     continued = report.continued,
                     "stream record processed"
                 );
-                add_report(&mut total, &report);
+                total.add(&report);
             }
             Err(problem) => {
                 tracing::error!(
@@ -197,13 +197,6 @@ pub async fn handle_stream_batch(
         ],
     );
     response
-}
-
-fn add_report(total: &mut FanoutReport, report: &FanoutReport) {
-    total.leases_revoked += report.leases_revoked;
-    total.deliveries_confirmed += report.deliveries_confirmed;
-    total.deliveries_pending += report.deliveries_pending;
-    total.deliveries_unconfirmed += report.deliveries_unconfirmed;
 }
 
 /// revoke-fanout is invoked by the stream and by its retry schedule.
