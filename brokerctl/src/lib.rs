@@ -714,8 +714,7 @@ impl Ctl {
                     .ok_or_else(|| unknown("secret version"))?;
             }
             RevocationTarget::Grant => {
-                let grants = self.registry.list_type("grant", |_| {}).await?;
-                if !grants.iter().any(|g| attr(g, "item_id") == id) {
+                if self.registry.find("grant", id).await?.is_empty() {
                     return Err(unknown("grant"));
                 }
             }

@@ -168,30 +168,28 @@ impl FanoutService {
             reason: revocation.reason.clone(),
             at: revocation.at,
         };
-        // Disabled in the registry first: nothing new is issued while the sweep runs.
+        // First pass only (a continuation resumes the lease sweep): disable the target in the
+        // registry, so nothing new is issued while the sweep runs, and tell the holders of the
+        // revoked thing itself.
+        let mut told: BTreeSet<String> = BTreeSet::new();
         if cursor.is_none() {
             self.registry.disable_target(revocation).await?;
-        }
-        // Destinations holding the revoked thing itself.
-        let mut told: BTreeSet<String> = BTreeSet::new();
-        let mut holders = match &scope {
-            LeaseScope::Secret(secret_id) | LeaseScope::SecretVersion { secret_id, .. } => {
-                self.registry.destinations_of_secret(secret_id).await?
+            let mut holders = match &scope {
+                LeaseScope::Secret(secret_id) | LeaseScope::SecretVersion { secret_id, .. } => {
+                    self.registry.destinations_of_secret(secret_id).await?
+                }
+                _ => Vec::new(),
+            };
+            if revocation.target_kind == RevocationTarget::Destination {
+                holders.push(revocation.target_id.clone());
             }
-            _ => Vec::new(),
-        };
-        if revocation.target_kind == RevocationTarget::Destination {
-            holders.push(revocation.target_id.clone());
-        }
-        // A lease revoked or expired on its own: its copy's holder is told even though the lease
-        // is no longer active (the sweeper writes these records for expired leases).
-        if let LeaseScope::Lease(lease_id) = &scope
-            && cursor.is_none()
-            && let Some(destination) = self.leases.lease(lease_id).await?.and_then(|l| l.destination)
-        {
-            holders.push(destination);
-        }
-        if cursor.is_none() {
+            // A lease revoked or expired on its own: its copy's holder is told even though the
+            // lease is no longer active (the sweeper writes these records for expired leases).
+            if let LeaseScope::Lease(lease_id) = &scope
+                && let Some(destination) = self.leases.lease(lease_id).await?.and_then(|l| l.destination)
+            {
+                holders.push(destination);
+            }
             self.deliver(&holders, &event, &mut told, &mut report).await?;
         }
 

@@ -186,7 +186,7 @@ pub async fn handle_stream_batch(
             }
         }
     }
-    crate::sweeper::emit_metrics(
+    crate::telemetry::emit_metrics(
         "revoke-fanout",
         &[
             ("LeasesRevoked", total.leases_revoked),
@@ -225,7 +225,7 @@ pub async fn handle_fanout_event(
         deliveries_unconfirmed = report.deliveries_unconfirmed,
         "delivery retry run finished"
     );
-    crate::sweeper::emit_metrics(
+    crate::telemetry::emit_metrics(
         "revoke-fanout",
         &[
             ("DeliveriesConfirmed", report.deliveries_confirmed),
@@ -253,7 +253,7 @@ pub async fn handle_sweep_event(service: &SweepService, payload: Value) -> Resul
         remaining = report.remaining,
         "sweep finished"
     );
-    crate::sweeper::emit_metrics(
+    crate::telemetry::emit_metrics(
         "expire-sweeper",
         &[
             ("LeasesExpired", report.leases_expired),

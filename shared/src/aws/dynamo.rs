@@ -226,6 +226,11 @@ impl DynamoRegistry {
         Ok(items)
     }
 
+    /// Items of `item_type` with id `id` (e.g. a grant by id, whatever its issuer).
+    pub async fn find(&self, item_type: &str, id: &str) -> Result<Vec<Item>> {
+        find_by_id(&self.client, &self.table, item_type, id).await
+    }
+
     /// One registry item by key (consistent read).
     pub async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>> {
         Ok(self
@@ -545,6 +550,27 @@ pub(crate) type TransactError =
     aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>;
 
 /// Whether a single-item write failed on its condition.
+/// Registry items of one type with one id, through the `by-type` index (grants live in their
+/// issuer's collection, so their key is found this way).
+pub(crate) async fn find_by_id(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    item_type: &str,
+    id: &str,
+) -> Result<Vec<Item>> {
+    let output = client
+        .query()
+        .table_name(table)
+        .index_name("by-type")
+        .key_condition_expression("item_type = :t AND item_id = :id")
+        .expression_attribute_values(":t", s(item_type))
+        .expression_attribute_values(":id", s(id))
+        .send()
+        .await
+        .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+    Ok(output.items.unwrap_or_default())
+}
+
 /// Ids of the destinations linked to a secret (its `DEST#` items), sorted: one Query.
 pub(crate) async fn destination_ids(
     client: &aws_sdk_dynamodb::Client,

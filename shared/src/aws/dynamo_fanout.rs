@@ -277,19 +277,9 @@ impl FanoutRegistry for DynamoFanoutRegistry {
         match revocation.target_kind {
             RevocationTarget::Grant => {
                 // Grants live in their issuer's collection; the type index finds the key.
-                let found = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name("by-type")
-                    .key_condition_expression("item_type = :t AND item_id = :id")
-                    .expression_attribute_values(":t", s("grant"))
-                    .expression_attribute_values(":id", s(id))
-                    .send()
-                    .await
-                    .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+                let found = super::dynamo::find_by_id(&self.client, &self.table, "grant", id).await?;
                 let mut changed = false;
-                for item in found.items.unwrap_or_default() {
+                for item in found {
                     let (Some(pk), Some(sk)) = (attr_str(&item, "pk"), attr_str(&item, "sk")) else {
                         continue;
                     };
