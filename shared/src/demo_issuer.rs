@@ -101,6 +101,19 @@ impl DemoIssuer {
             .map_err(|_| BrokerError::Internal("token signing failed".into()))
     }
 
+    /// An ES256 token over any header JSON (e.g. with `crit`, which `Header` cannot express), signed
+    /// with this issuer's key: tests of header checks that must run on a validly signed token.
+    pub fn mint_with_raw_header(&self, header: &serde_json::Value, claims: &serde_json::Value) -> Result<SecretString> {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding_key(), Algorithm::ES256)
+            .map_err(|_| BrokerError::Internal("token signing failed".into()))?;
+        Ok(SecretString::new(format!("{signing_input}.{signature}")))
+    }
+
     /// Typical workload claims (GitHub Actions-like) for `sub`, valid for `ttl` seconds from `now`.
     pub fn workload_claims(&self, sub: &str, audience: &str, now: i64, ttl: i64) -> serde_json::Value {
         serde_json::json!({

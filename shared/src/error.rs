@@ -26,6 +26,15 @@ pub enum TokenRejection {
     MissingJti,
     /// A broker token presented as subject token whose `jti` is on the deny list.
     Revoked,
+    /// The header lists `crit` extensions; the broker understands none (RFC 7515 4.1.11).
+    CriticalExtension,
+    /// `exp`, `nbf` or `iat` is not a NumericDate the broker can represent (not a number, negative,
+    /// or past year 9999).
+    InvalidTimeClaim,
+    /// The token's subject was revoked by an operator and the block has not been lifted.
+    SubjectRevoked,
+    /// The token's issuer was disabled (found by the release's own check, past any cache).
+    IssuerDisabled,
 }
 
 impl TokenRejection {
@@ -47,6 +56,12 @@ impl TokenRejection {
             Self::Replayed => "subject_token has already been exchanged",
             Self::MissingJti => "subject_token lacks the jti its issuer requires for one-time use",
             Self::Revoked => "subject_token has been revoked",
+            Self::CriticalExtension => {
+                "subject_token header has critical extensions (crit) the broker does not support"
+            }
+            Self::InvalidTimeClaim => "subject_token has an exp, nbf or iat claim that is not a valid NumericDate",
+            Self::SubjectRevoked => "the subject has been revoked; an operator must lift the revocation",
+            Self::IssuerDisabled => "subject_token issuer is not trusted",
         }
     }
 
@@ -69,6 +84,10 @@ impl TokenRejection {
             Self::Replayed => "token_replayed",
             Self::MissingJti => "token_missing_jti",
             Self::Revoked => "token_revoked",
+            Self::CriticalExtension => "token_crit_unsupported",
+            Self::InvalidTimeClaim => "token_invalid_time_claim",
+            Self::SubjectRevoked => "subject_revoked",
+            Self::IssuerDisabled => "issuer_disabled",
         }
     }
 }

@@ -301,10 +301,9 @@ fn replay_guard(subject: &VerifiedSubject, leeway: i64) -> Result<Option<ReplayG
         .and_then(|v| v.as_str())
         .filter(|j| !j.is_empty())
         .ok_or(BrokerError::TokenRejected(TokenRejection::MissingJti))?;
-    let exp = subject.claims.get("exp").and_then(|v| v.as_f64()).unwrap_or_default() as i64;
     let digest = Sha256::digest(format!("{}\n{jti}", subject.issuer.issuer));
     Ok(Some(ReplayGuard {
         key: hex::encode(digest),
-        expires_at: exp + leeway,
+        expires_at: subject.expires_at.saturating_add(leeway),
     }))
 }

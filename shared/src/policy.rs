@@ -135,6 +135,7 @@ mod tests {
                 one_time_jti: false,
             },
             subject: "repo:org/app:ref:refs/heads/main".into(),
+            expires_at: NOW + 300,
             claims: claims.as_object().cloned().unwrap_or_default(),
             fingerprint: "sha256:00".into(),
         }

@@ -1,8 +1,10 @@
 //! Verification of subject tokens (OIDC JWTs from workload identity providers).
 //!
-//! Order matters: size, then header (explicit algorithm allow-list, never `none` or HMAC), then
-//! the issuer's registration, then its key by `kid`, then the signature, and only then the claims.
-//! Time checks use the injected clock with a small leeway.
+//! Order matters: size, then header (explicit algorithm allow-list, never `none` or HMAC; no `crit`
+//! extension, since the broker understands none: RFC 7515 4.1.11), then the issuer's registration,
+//! then its key by `kid`, then the signature, and only then the claims. Time claims must be integers
+//! within year 0..=9999 (anything else is refused, never wrapped or saturated), and time checks use
+//! the injected clock with a small leeway in checked arithmetic.
 
 use crate::domain::{Grant, Issuer, UnixTime};
 use crate::error::{BrokerError, Result, TokenRejection};
@@ -29,6 +31,8 @@ pub const ALLOWED_ALGS: &[&str] = &[
 pub struct VerifiedSubject {
     pub issuer: Issuer,
     pub subject: String,
+    /// The token's `exp`, validated (range-checked integer).
+    pub expires_at: UnixTime,
     pub claims: Map<String, Value>,
     pub fingerprint: String,
 }
@@ -44,7 +48,12 @@ pub struct UnverifiedContext {
 struct RawHeader {
     alg: Option<String>,
     kid: Option<String>,
+    /// Present at all (even empty) means the token demands extensions the broker does not know.
+    crit: Option<Value>,
 }
+
+/// Latest accepted time claim: 9999-12-31T23:59:59Z. Larger values are refused, not clamped.
+pub const MAX_TIME_CLAIM: i64 = 253_402_300_799;
 
 pub struct SubjectTokenVerifier<'a> {
     pub policy: &'a dyn PolicyStore,
@@ -74,6 +83,9 @@ impl SubjectTokenVerifier<'_> {
             return Err(reject(TokenRejection::Malformed));
         };
         let header: RawHeader = decode_json_segment(header_b64).ok_or(reject(TokenRejection::Malformed))?;
+        if header.crit.is_some() {
+            return Err(reject(TokenRejection::CriticalExtension));
+        }
         let alg_name = header.alg.ok_or(reject(TokenRejection::Malformed))?;
         if !ALLOWED_ALGS.contains(&alg_name.as_str()) {
             return Err(reject(TokenRejection::UnsupportedAlgorithm));
@@ -130,12 +142,13 @@ impl SubjectTokenVerifier<'_> {
             })?
             .claims;
 
-        let subject = check_claims(&claims, &issuer, now, self.leeway_seconds)?;
+        let (subject, expires_at) = check_claims(&claims, &issuer, now, self.leeway_seconds)?;
         context.subject = Some(subject.clone());
         Ok((
             VerifiedSubject {
                 issuer,
                 subject,
+                expires_at,
                 claims,
                 fingerprint: token.fingerprint(),
             },
@@ -178,12 +191,35 @@ fn check_key_fits_algorithm(jwk: &Jwk, alg: Algorithm) -> Result<()> {
     }
 }
 
-fn number(claims: &Map<String, Value>, name: &str) -> Option<i64> {
-    claims.get(name).and_then(Value::as_f64).map(|f| f as i64)
+/// A NumericDate claim (RFC 7519 2) as whole seconds: absent is `None`; present but not a number,
+/// fractional beyond representation, negative or past year 9999 is refused.
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let seconds = match value {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            // Fractional seconds are allowed by RFC 7519; only finite, in-range values are kept.
+            n.as_f64()
+                .filter(|f| f.is_finite() && (0.0..=MAX_TIME_CLAIM as f64).contains(f))
+                .map(|f| f.trunc() as i64)
+        }),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if (0..=MAX_TIME_CLAIM).contains(&s) => Ok(Some(s)),
+        _ => Err(BrokerError::TokenRejected(TokenRejection::InvalidTimeClaim)),
+    }
 }
 
 /// Registered claims: exact `iss`, an accepted `aud`, a `sub`, and `exp`/`nbf`/`iat` with leeway.
-fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: UnixTime, leeway: i64) -> Result<String> {
+/// Returns the subject and the token's expiry.
+fn check_claims(
+    claims: &Map<String, Value>,
+    issuer: &Issuer,
+    now: UnixTime,
+    leeway: i64,
+) -> Result<(String, UnixTime)> {
     let reject = |r: TokenRejection| BrokerError::TokenRejected(r);
     if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
         return Err(reject(TokenRejection::WrongIssuer));
@@ -204,15 +240,151 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: UnixTime, lee
     {
         return Err(reject(TokenRejection::WrongAudience));
     }
-    let exp = number(claims, "exp").ok_or(reject(TokenRejection::MissingClaim))?;
-    if exp + leeway <= now {
+    let exp = time_claim(claims, "exp")?.ok_or(reject(TokenRejection::MissingClaim))?;
+    let nbf = time_claim(claims, "nbf")?;
+    let iat = time_claim(claims, "iat")?;
+    // Both sides are bounded (claims by MAX_TIME_CLAIM, the clock and leeway by the platform), and
+    // saturating arithmetic keeps that true even for a wild clock.
+    if exp.saturating_add(leeway) <= now {
         return Err(reject(TokenRejection::Expired));
     }
-    if number(claims, "nbf").is_some_and(|nbf| nbf > now + leeway) {
+    let horizon = now.saturating_add(leeway);
+    if nbf.is_some_and(|nbf| nbf > horizon) {
         return Err(reject(TokenRejection::NotYetValid));
     }
-    if number(claims, "iat").is_some_and(|iat| iat > now + leeway) {
+    if iat.is_some_and(|iat| iat > horizon) {
         return Err(reject(TokenRejection::IssuedInFuture));
     }
-    Ok(sub.to_string())
+    Ok((sub.to_string(), exp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo_issuer::DemoIssuer;
+    use crate::fakes::InMemoryPolicy;
+    use crate::jwks::{HttpIssuerKeys, JwksSettings};
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn world() -> (DemoIssuer, InMemoryPolicy, HttpIssuerKeys) {
+        let demo = DemoIssuer::generate("https://idp.test").unwrap();
+        let policy = InMemoryPolicy::with(
+            vec![Issuer {
+                issuer: demo.issuer.clone(),
+                name: "idp".into(),
+                audiences: vec!["nhi-broker".into()],
+                jwks: crate::domain::JwksSource::Static {
+                    jwks: demo.jwks_json().to_string(),
+                },
+                algorithms: vec!["ES256".into()],
+                enabled: true,
+                one_time_jti: false,
+            }],
+            vec![],
+            vec![],
+        );
+        (demo, policy, HttpIssuerKeys::new(JwksSettings::default()).unwrap())
+    }
+
+    fn rejection(result: Result<(VerifiedSubject, Vec<Grant>)>) -> TokenRejection {
+        match result {
+            Err(BrokerError::TokenRejected(r)) => r,
+            other => panic!("expected a token rejection, got {:?}", other.map(|(s, _)| s.subject)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crit_header_is_refused_even_when_validly_signed() {
+        let (demo, policy, keys) = world();
+        let claims = demo.workload_claims("sub-1", "nhi-broker", NOW, 300);
+        let verifier = SubjectTokenVerifier {
+            policy: &policy,
+            keys: &keys,
+            leeway_seconds: 30,
+        };
+        let plain = demo
+            .mint_with_raw_header(&json!({"alg": "ES256", "kid": demo.kid, "typ": "JWT"}), &claims)
+            .unwrap();
+        let ok = verifier.verify(&plain, NOW, &mut UnverifiedContext::default()).await;
+        assert_eq!(
+            ok.unwrap().0.subject,
+            "sub-1",
+            "the raw-header helper makes valid tokens"
+        );
+        for crit in [json!(["exp"]), json!([]), json!("b64"), json!(null)] {
+            let token = demo
+                .mint_with_raw_header(&json!({"alg": "ES256", "kid": demo.kid, "crit": crit}), &claims)
+                .unwrap();
+            let result = verifier.verify(&token, NOW, &mut UnverifiedContext::default()).await;
+            // `"crit": null` deserializes as absent: JSON null is no extension list.
+            if crit.is_null() {
+                assert!(result.is_ok());
+            } else {
+                assert_eq!(rejection(result), TokenRejection::CriticalExtension, "crit = {crit}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn overflowing_or_non_numeric_time_claims_are_refused_without_panicking() {
+        let (demo, _, _) = world();
+        let base = demo.workload_claims("sub-1", "nhi-broker", NOW, 300);
+        let cases = [
+            ("exp", json!(1e19)),
+            ("exp", json!(i64::MAX)),
+            ("exp", json!(u64::MAX)),
+            ("exp", json!(1e308)),
+            ("exp", json!(-1)),
+            ("exp", json!(i64::MIN)),
+            ("exp", json!("1800000300")),
+            ("exp", json!(MAX_TIME_CLAIM + 1)),
+            ("nbf", json!(1e19)),
+            ("nbf", json!(i64::MAX)),
+            ("iat", json!(-1e308)),
+            ("iat", json!(true)),
+        ];
+        for (claim, value) in cases {
+            let mut claims = base.clone();
+            claims[claim] = value.clone();
+            let token = demo.mint(&claims).unwrap();
+            assert_eq!(
+                rejection(verify_with(&demo, &token).await),
+                TokenRejection::InvalidTimeClaim,
+                "{claim} = {value}"
+            );
+        }
+        // Far but representable values are judged, not refused as malformed.
+        let mut claims = base.clone();
+        claims["exp"] = json!(MAX_TIME_CLAIM);
+        claims["iat"] = json!(NOW as f64 + 0.5);
+        let (subject, _) = verify_with(&demo, &demo.mint(&claims).unwrap()).await.unwrap();
+        assert_eq!(subject.expires_at, MAX_TIME_CLAIM);
+    }
+
+    async fn verify_with(demo: &DemoIssuer, token: &SecretString) -> Result<(VerifiedSubject, Vec<Grant>)> {
+        let policy = InMemoryPolicy::with(
+            vec![Issuer {
+                issuer: demo.issuer.clone(),
+                name: "idp".into(),
+                audiences: vec!["nhi-broker".into()],
+                jwks: crate::domain::JwksSource::Static {
+                    jwks: demo.jwks_json().to_string(),
+                },
+                algorithms: vec!["ES256".into()],
+                enabled: true,
+                one_time_jti: false,
+            }],
+            vec![],
+            vec![],
+        );
+        let keys = HttpIssuerKeys::new(JwksSettings::default()).unwrap();
+        let verifier = SubjectTokenVerifier {
+            policy: &policy,
+            keys: &keys,
+            leeway_seconds: 30,
+        };
+        verifier.verify(token, NOW, &mut UnverifiedContext::default()).await
+    }
 }
