@@ -280,7 +280,8 @@ impl Ctl {
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
         Self {
             registry: DynamoRegistry::new(dynamo.clone(), &tables.registry),
-            ledger: DynamoLedger::new(dynamo.clone(), &tables.leases, &tables.audit, &tables.revocations),
+            ledger: DynamoLedger::new(dynamo.clone(), &tables.leases, &tables.audit, &tables.revocations)
+                .with_registry_guard(&tables.registry),
             kms: aws_sdk_kms::Client::new(&sdk),
             eventbridge: aws_sdk_eventbridge::Client::new(&sdk),
             dynamo,
@@ -689,6 +690,31 @@ impl Ctl {
                 kind.as_str()
             ),
             to_json(&revocation),
+        ))
+    }
+
+    /// Lift a subject revocation: the subject may exchange again (its revoked leases stay revoked).
+    pub async fn unrevoke_subject(&self, id: &str, reason: &str) -> CliResult<Report> {
+        if reason.trim().is_empty() {
+            return Err(CliError::usage("a reason is required"));
+        }
+        let fence = nhi_broker::domain::Fence::subject_from_id(id)
+            .ok_or_else(|| CliError::usage("a subject is named <issuer>#<sub>"))?;
+        let event = AuditEvent {
+            actor_subject: Some(self.actor()),
+            target: Some(format!("subject:{id}")),
+            reason: Some(reason.into()),
+            ..AuditEvent::new(AuditAction::Unrevoke, AuditOutcome::Lifted, self.now)
+        };
+        if !self.ledger.lift_subject_fence(&fence, &event).await? {
+            return Err(CliError {
+                message: format!("subject {id:?} is not revoked"),
+                code: 1,
+            });
+        }
+        Ok(Report::new(
+            format!("subject {id} may exchange again (its revoked leases stay revoked)"),
+            json!({ "subject": id, "unrevoked": true, "reason": reason }),
         ))
     }
 

@@ -90,6 +90,15 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Lift a subject revocation (`subject <issuer>#<sub>`): the identity may exchange again.
+    /// Leases revoked with it stay revoked. Audited.
+    Unrevoke {
+        #[arg(value_enum)]
+        kind: UnrevokeKind,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Where secrets are active: leases, destinations (confirmed version, delivery state), grants.
     /// Exits 3 when a destination is unconfirmed.
     Inventory { secret: Option<String> },
@@ -116,6 +125,11 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditAction {
     Verify,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UnrevokeKind {
+    Subject,
 }
 
 #[derive(Subcommand)]
@@ -370,6 +384,11 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
             ctl.apply(&Manifest::parse(&text, &file)?, yes).await
         }
         Command::Revoke { kind, id, reason } => ctl.revoke(kind.into(), &id, &reason).await,
+        Command::Unrevoke {
+            kind: UnrevokeKind::Subject,
+            id,
+            reason,
+        } => ctl.unrevoke_subject(&id, &reason).await,
         Command::Inventory { secret } => ctl.inventory(secret.as_deref()).await,
         Command::Audit {
             verify: Some(AuditAction::Verify),

@@ -20,12 +20,22 @@ any request returns:
   stream iterators handed out before (which hold the old shard) never see later records, unlike
   DynamoDB's. The backup's state is copied back into the live table and shard instead.
 
+One more makes moto behave as DynamoDB where the broker depends on it and moto does not:
+- TransactWriteItems honours ClientRequestToken: a repeat of a successful transaction with the same
+  token and parameters within 10 minutes returns the first answer without applying it again, and
+  the same token with other parameters is IdempotentParameterMismatchException. Without this, a
+  retry after a lost response (which tests provoke) would fail its own conditions.
+
 Usage: moto_serial.py -H 127.0.0.1 -p PORT
 """
 
 import argparse
 import copy
 import gc
+import hashlib
+import io
+import json
+import time
 import signal
 import sys
 import threading
@@ -92,6 +102,10 @@ def apply_patches():
     DynamoDBBackend.transact_write_items = _transact_in_place
 
 
+IDEMPOTENCY_WINDOW_SECONDS = 600
+TRANSACT_TARGET = "DynamoDB_20120810.TransactWriteItems"
+
+
 class Serialized:
     """WSGI middleware: each request is handled, and its response built, under one lock."""
 
@@ -99,14 +113,60 @@ class Serialized:
         self.app = app
         self.lock = threading.Lock()
         self.requests = 0
+        # ClientRequestToken -> (parameters digest, status, headers, body, completed at)
+        self.transactions = {}
 
     def __call__(self, environ, start_response):
         with self.lock:
-            response = list(self.app(environ, start_response))
+            if environ.get("HTTP_X_AMZ_TARGET") == TRANSACT_TARGET:
+                response = self._idempotent_transaction(environ, start_response)
+            else:
+                response = list(self.app(environ, start_response))
             self.requests += 1
             if self.requests % COLLECT_EVERY == 0:
                 gc.collect()
             return response
+
+    def _idempotent_transaction(self, environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return list(self.app(environ, start_response))
+        token = request.pop("ClientRequestToken", None)
+        if not token:
+            return list(self.app(environ, start_response))
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        now = time.monotonic()
+        self.transactions = {
+            t: v for t, v in self.transactions.items() if now - v[4] < IDEMPOTENCY_WINDOW_SECONDS
+        }
+        seen = self.transactions.get(token)
+        if seen is not None:
+            if seen[0] != digest:
+                error = json.dumps({
+                    "__type": "com.amazonaws.dynamodb.v20120810#IdempotentParameterMismatchException",
+                    "message": "ClientRequestToken reused with different parameters",
+                }).encode()
+                start_response("400 Bad Request", [
+                    ("Content-Type", "application/x-amz-json-1.0"),
+                    ("Content-Length", str(len(error))),
+                ])
+                return [error]
+            start_response(seen[1], seen[2])
+            return [seen[3]]
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return start_response(status, headers, exc_info)
+
+        response = list(self.app(environ, capture))
+        if captured.get("status", "").startswith("200"):
+            self.transactions[token] = (digest, captured["status"], captured["headers"], b"".join(response), now)
+        return response
 
 
 def main(argv):

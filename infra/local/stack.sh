@@ -11,6 +11,13 @@ venv="$root/.venv"
 state="$root/.local"
 mkdir -p "$state"
 
+# moto applies one request at a time and copies tables on every transaction, so under a test
+# suite's load one call can take seconds; the deployed defaults (1.5 s per attempt, 3 s per call)
+# would fire spuriously. Tests that exercise deadlines set their own.
+export NHI_AWS_ATTEMPT_TIMEOUT_MS=${NHI_AWS_ATTEMPT_TIMEOUT_MS:-30000}
+export NHI_AWS_OPERATION_TIMEOUT_MS=${NHI_AWS_OPERATION_TIMEOUT_MS:-90000}
+export NHI_REQUEST_DEADLINE_MS=${NHI_REQUEST_DEADLINE_MS:-29000}
+
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 moto_pid=""

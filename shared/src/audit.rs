@@ -117,6 +117,7 @@ mod tests {
             token_fingerprint: None,
             old_version: None,
             new_version: None,
+            request_id: None,
         }
     }
 

@@ -29,6 +29,83 @@ pub struct Config {
     pub rotation: RotationConfig,
     pub fanout: FanoutConfig,
     pub sweep: SweepConfig,
+    /// Deadlines and retries of every AWS call.
+    pub aws: AwsCallSettings,
+    /// exchange answers every request within this (503 past it), inside the function timeout.
+    pub request_deadline: Duration,
+}
+
+/// Deadlines of every AWS SDK call: an attempt that hangs is abandoned and retried, an operation
+/// that cannot finish in time fails (exchange answers 503 `temporarily_unavailable`). The defaults
+/// fit several sequential calls inside exchange's 10 s function timeout and request deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsCallSettings {
+    pub connect_timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub operation_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for AwsCallSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(1000),
+            attempt_timeout: Duration::from_millis(1500),
+            operation_timeout: Duration::from_millis(3000),
+            max_attempts: 3,
+        }
+    }
+}
+
+impl AwsCallSettings {
+    /// From `NHI_AWS_*` (every problem named), else the defaults.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>, problems: &mut Vec<String>) -> Self {
+        let defaults = Self::default();
+        let mut ms = |name: &str, default: Duration, min: u64, max: u64| match lookup(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(v) if (min..=max).contains(&v) => Duration::from_millis(v),
+                _ => {
+                    problems.push(format!("{name} must be an integer in {min}..={max}"));
+                    default
+                }
+            },
+        };
+        let connect_timeout = ms("NHI_AWS_CONNECT_TIMEOUT_MS", defaults.connect_timeout, 50, 30_000);
+        let attempt_timeout = ms("NHI_AWS_ATTEMPT_TIMEOUT_MS", defaults.attempt_timeout, 50, 60_000);
+        let operation_timeout = ms("NHI_AWS_OPERATION_TIMEOUT_MS", defaults.operation_timeout, 100, 120_000);
+        let max_attempts = match lookup("NHI_AWS_MAX_ATTEMPTS") {
+            None => defaults.max_attempts,
+            Some(raw) => match raw.trim().parse::<u32>() {
+                Ok(v) if (1..=10).contains(&v) => v,
+                _ => {
+                    problems.push("NHI_AWS_MAX_ATTEMPTS must be an integer in 1..=10".into());
+                    defaults.max_attempts
+                }
+            },
+        };
+        if attempt_timeout > operation_timeout {
+            problems.push("NHI_AWS_ATTEMPT_TIMEOUT_MS must not exceed NHI_AWS_OPERATION_TIMEOUT_MS".into());
+        }
+        Self {
+            connect_timeout,
+            attempt_timeout,
+            operation_timeout,
+            max_attempts,
+        }
+    }
+
+    /// For tools outside the functions (brokerctl, the local runner): the environment, or the
+    /// defaults when it says nothing valid.
+    pub fn from_env() -> Result<Self, BrokerError> {
+        let mut problems = Vec::new();
+        let settings = Self::from_lookup(&|name| std::env::var(name).ok(), &mut problems);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(BrokerError::Config(problems.join("; ")))
+        }
+    }
 }
 
 /// What revoke-fanout needs beyond the shared settings.
@@ -127,6 +204,7 @@ impl Config {
         let sweep_page_size = int("NHI_SWEEP_PAGE_SIZE", 100, 1, 1000);
         let sweep_max_per_run = int("NHI_SWEEP_MAX_PER_RUN", 5000, 1, 100_000);
         let sweep_concurrency = int("NHI_SWEEP_CONCURRENCY", 8, 1, 64);
+        let request_deadline_ms = int("NHI_REQUEST_DEADLINE_MS", 8000, 500, 29_000);
         let key_signers: Vec<String> = lookup("NHI_SIGNING_KEY_SIGNERS")
             .unwrap_or_default()
             .split(',')
@@ -149,6 +227,7 @@ impl Config {
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| "default".into());
 
+        let aws = AwsCallSettings::from_lookup(&lookup, &mut problems);
         if !broker_issuer.is_empty()
             && !broker_issuer.starts_with("https://")
             && !broker_issuer.starts_with("http://127.0.0.1")
@@ -203,6 +282,8 @@ impl Config {
                 max_per_run: sweep_max_per_run as usize,
                 concurrency: sweep_concurrency as usize,
             },
+            aws,
+            request_deadline: Duration::from_millis(request_deadline_ms as u64),
         })
     }
 }
@@ -237,6 +318,21 @@ mod tests {
         assert_eq!(c.signing_key_id, "1234abcd-12ab-34cd-56ef-1234567890ab");
         assert_eq!(c.max_token_ttl_seconds, 3600);
         assert_eq!(c.clock_leeway_seconds, 30);
+        assert_eq!(c.aws, AwsCallSettings::default());
+        assert!(c.aws.operation_timeout < c.request_deadline);
+    }
+
+    #[test]
+    fn aws_deadlines_are_bounded_and_consistent() {
+        let mut pairs = FULL.to_vec();
+        pairs.push(("NHI_AWS_ATTEMPT_TIMEOUT_MS", "5000"));
+        pairs.push(("NHI_AWS_OPERATION_TIMEOUT_MS", "2000"));
+        pairs.push(("NHI_AWS_MAX_ATTEMPTS", "0"));
+        let msg = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        assert!(
+            msg.contains("must not exceed") && msg.contains("NHI_AWS_MAX_ATTEMPTS"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -458,6 +458,8 @@ pub enum AuditAction {
     Expire,
     /// A change event could not be confirmed by a destination.
     Deliver,
+    /// An operator lifted a subject revocation (the block on new exchanges).
+    Unrevoke,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -469,6 +471,37 @@ pub enum AuditOutcome {
     Rotated,
     Expired,
     Unconfirmed,
+    /// A block was lifted.
+    Lifted,
+}
+
+/// A standing block on new releases, checked inside every release transaction, so no cache of
+/// any warm execution environment can outlive it. Raised by a subject revocation (lifted only by
+/// an operator's unrevoke) or by disabling an issuer (lifted by enabling it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fence {
+    Subject { issuer: String, subject: String },
+    Issuer(String),
+}
+
+impl Fence {
+    /// `<issuer>#<sub>`, as subject revocations name it; the issuer contains no `#` (OIDC issuers
+    /// are URLs without fragments), the subject may.
+    pub fn subject_from_id(id: &str) -> Option<Self> {
+        let (issuer, subject) = id.split_once('#')?;
+        (!issuer.is_empty() && !subject.is_empty()).then(|| Self::Subject {
+            issuer: issuer.into(),
+            subject: subject.into(),
+        })
+    }
+
+    /// The fence's identity in storage: `subject#<iss>#<sub>` or `issuer#<iss>`.
+    pub fn scope(&self) -> String {
+        match self {
+            Self::Subject { issuer, subject } => format!("subject#{issuer}#{subject}"),
+            Self::Issuer(issuer) => format!("issuer#{issuer}"),
+        }
+    }
 }
 
 /// What a revocation names; revoke-fanout finds every lease and copy derived from it.
@@ -646,6 +679,10 @@ pub struct AuditEvent {
     pub old_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_version: Option<String>,
+    /// The API request that caused the event (its id is in the response the caller saw and in the
+    /// log line), so an operator can go from what a caller reports to the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl AuditEvent {
@@ -665,6 +702,7 @@ impl AuditEvent {
             token_fingerprint: None,
             old_version: None,
             new_version: None,
+            request_id: None,
         }
     }
 }

@@ -5,6 +5,98 @@
 //! an AWS error message. AWS errors keep only their service, operation and error code.
 
 use http::StatusCode;
+use std::borrow::Cow;
+
+/// Why a request was refused before any token was looked at (RFC 6749 5.2, RFC 8693 2.2.2,
+/// RFC 7009/7662 form rules). Fixed descriptions; each has a stable audit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRejection {
+    WrongContentType,
+    TooLarge,
+    NotFormEncoded,
+    RepeatedParameter,
+    MissingGrantType,
+    UnsupportedGrantType,
+    MissingSubjectToken,
+    MissingSubjectTokenType,
+    UnsupportedSubjectTokenType,
+    ActorToken,
+    UnsupportedRequestedTokenType,
+    BadExpiresIn,
+    MissingTarget,
+    BadTarget,
+    SeveralTargets,
+    ScopeTooLong,
+    ScopeMalformed,
+    MissingToken,
+}
+
+impl RequestRejection {
+    /// Status, OAuth error code and description.
+    fn answer(self) -> (StatusCode, &'static str, &'static str) {
+        let bad = StatusCode::BAD_REQUEST;
+        match self {
+            Self::WrongContentType => (
+                bad,
+                "invalid_request",
+                "content type must be application/x-www-form-urlencoded",
+            ),
+            Self::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body is too large",
+            ),
+            Self::NotFormEncoded => (bad, "invalid_request", "request body is not valid form encoding"),
+            Self::RepeatedParameter => (bad, "invalid_request", "a request parameter was repeated"),
+            Self::MissingGrantType => (bad, "invalid_request", "grant_type is required"),
+            Self::UnsupportedGrantType => (
+                bad,
+                "unsupported_grant_type",
+                "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            Self::MissingSubjectToken => (bad, "invalid_request", "subject_token is required"),
+            Self::MissingSubjectTokenType => (bad, "invalid_request", "subject_token_type is required"),
+            Self::UnsupportedSubjectTokenType => (bad, "invalid_request", "unsupported subject_token_type"),
+            Self::ActorToken => (bad, "invalid_request", "actor_token (delegation) is not supported"),
+            Self::UnsupportedRequestedTokenType => (bad, "invalid_request", "unsupported requested_token_type"),
+            Self::BadExpiresIn => (
+                bad,
+                "invalid_request",
+                "requested_expires_in must be an integer in 1..=43200",
+            ),
+            Self::MissingTarget => (bad, "invalid_request", "audience or resource is required"),
+            Self::BadTarget => (bad, "invalid_target", "the target is empty or too long"),
+            Self::SeveralTargets => (bad, "invalid_target", "exactly one audience or resource is supported"),
+            Self::ScopeTooLong => (bad, "invalid_scope", "scope is too long"),
+            Self::ScopeMalformed => (bad, "invalid_scope", "scope is malformed"),
+            Self::MissingToken => (bad, "invalid_request", "token is required"),
+        }
+    }
+
+    /// Stable machine-readable reason for audit records.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::WrongContentType => "request_wrong_content_type",
+            Self::TooLarge => "request_too_large",
+            Self::NotFormEncoded => "request_not_form_encoded",
+            Self::RepeatedParameter => "request_repeated_parameter",
+            Self::MissingGrantType => "request_missing_grant_type",
+            Self::UnsupportedGrantType => "request_unsupported_grant_type",
+            Self::MissingSubjectToken => "request_missing_subject_token",
+            Self::MissingSubjectTokenType => "request_missing_subject_token_type",
+            Self::UnsupportedSubjectTokenType => "request_unsupported_subject_token_type",
+            Self::ActorToken => "request_actor_token",
+            Self::UnsupportedRequestedTokenType => "request_unsupported_requested_token_type",
+            Self::BadExpiresIn => "request_bad_expires_in",
+            Self::MissingTarget => "request_missing_target",
+            Self::BadTarget => "request_bad_target",
+            Self::SeveralTargets => "request_several_targets",
+            Self::ScopeTooLong => "request_scope_too_long",
+            Self::ScopeMalformed => "request_scope_malformed",
+            Self::MissingToken => "request_missing_token",
+        }
+    }
+}
 
 /// Why a subject token was not accepted. Fixed descriptions; never the token itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +221,9 @@ pub enum BrokerError {
     /// Malformed request: the text is a fixed description written by the broker.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
-    #[error("unsupported grant_type")]
-    UnsupportedGrantType,
+    /// Refused while parsing, before any token was looked at.
+    #[error("bad request: {}", .0.code())]
+    BadRequest(RequestRejection),
     #[error("invalid target: {0}")]
     InvalidTarget(&'static str),
     #[error("invalid scope: {0}")]
@@ -139,8 +232,13 @@ pub enum BrokerError {
     TokenRejected(TokenRejection),
     #[error("policy denied: {}", .0.code())]
     PolicyDenied(PolicyDenial),
-    #[error("payload too large")]
-    PayloadTooLarge,
+    /// Every grant for this subject and target has a claim condition the token does not meet:
+    /// the first unmet claim of the first such grant (its name only, never the expected values).
+    #[error("policy denied: claim {0} not satisfied")]
+    ClaimNotSatisfied(String),
+    /// The request's own deadline passed (AWS or an IdP too slow); nothing was released.
+    #[error("request deadline exceeded")]
+    DeadlineExceeded,
     /// The caller's own credential is missing or invalid (401).
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
@@ -180,17 +278,33 @@ pub enum BrokerError {
 pub struct ClientError {
     pub status: StatusCode,
     pub error: &'static str,
-    pub description: &'static str,
+    pub description: Cow<'static, str>,
 }
 
 impl BrokerError {
     pub fn client_error(&self) -> ClientError {
+        if let Self::ClaimNotSatisfied(claim) = self {
+            return ClientError {
+                status: StatusCode::BAD_REQUEST,
+                error: "invalid_request",
+                description: Cow::Owned(format!(
+                    "no grant allows this subject: its token does not satisfy the grant's condition on claim {}",
+                    printable_claim_name(claim)
+                )),
+            };
+        }
         let (status, error, description) = match self {
             Self::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", *d),
-            Self::UnsupportedGrantType => (
+            Self::BadRequest(r) => r.answer(),
+            Self::ClaimNotSatisfied(_) => (
                 StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange",
+                "invalid_request",
+                "no grant allows this subject",
+            ),
+            Self::DeadlineExceeded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the broker is temporarily unable to serve this request; retry later",
             ),
             Self::InvalidTarget(d) => (StatusCode::BAD_REQUEST, "invalid_target", *d),
             Self::InvalidScope(d) => (StatusCode::BAD_REQUEST, "invalid_scope", *d),
@@ -202,11 +316,6 @@ impl BrokerError {
                 PolicyDenial::ScopeNotGranted.description(),
             ),
             Self::PolicyDenied(d) => (StatusCode::BAD_REQUEST, "invalid_request", d.description()),
-            Self::PayloadTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request",
-                "request body is too large",
-            ),
             Self::Unauthenticated(d) => (StatusCode::UNAUTHORIZED, "invalid_token", *d),
             Self::Forbidden(d) => (StatusCode::FORBIDDEN, "access_denied", *d),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
@@ -234,7 +343,22 @@ impl BrokerError {
         ClientError {
             status,
             error,
-            description,
+            description: Cow::Borrowed(description),
+        }
+    }
+
+    /// Stable reason code for the audit record of a refusal.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            Self::TokenRejected(r) => r.code(),
+            Self::PolicyDenied(d) => d.code(),
+            Self::BadRequest(r) => r.code(),
+            Self::ClaimNotSatisfied(_) => "policy_claim_not_satisfied",
+            Self::InvalidTarget(_) => "invalid_target",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            _ => "invalid_request",
         }
     }
 
@@ -242,7 +366,7 @@ impl BrokerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Aws { retryable, .. } => *retryable,
-            Self::JwksUnavailable(_) | Self::RotationHookFailed(_) | Self::Internal(_) => true,
+            Self::JwksUnavailable(_) | Self::RotationHookFailed(_) | Self::Internal(_) | Self::DeadlineExceeded => true,
             _ => false,
         }
     }
@@ -303,6 +427,17 @@ fn is_throttling(code: &str) -> bool {
     )
 }
 
+/// A claim name as RFC 6749 allows in `error_description` (%x20-21 / %x23-5B / %x5D-7E), at most
+/// 64 characters: claim names come from grants (operators), but are shown to callers.
+fn printable_claim_name(claim: &str) -> String {
+    let clean: String = claim
+        .chars()
+        .filter(|c| matches!(*c as u32, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+        .take(64)
+        .collect();
+    format!("'{clean}'")
+}
+
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
 
 #[cfg(test)]
@@ -315,6 +450,13 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.error, "invalid_request");
         assert_eq!(e.description, "subject_token has expired");
+    }
+
+    #[test]
+    fn a_claim_denial_names_the_claim_in_printable_text_only() {
+        let e = BrokerError::ClaimNotSatisfied("repository_owner\"\\\u{7}".into()).client_error();
+        assert_eq!(e.error, "invalid_request");
+        assert!(e.description.ends_with("claim 'repository_owner'"), "{}", e.description);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct ExchangeRequest {
     pub target: String,
     pub scope: Vec<String>,
     pub requested_ttl_seconds: Option<i64>,
+    /// Carried into audit events and log lines (the caller sees it in every error response).
+    pub request_id: String,
 }
 
 /// What kind of credential the caller asked for (`requested_token_type`).
@@ -88,26 +90,62 @@ impl ExchangeService {
         }
     }
 
+    /// A workload token presented as a credential anywhere (subject token, introspection caller,
+    /// revocation holder): verified as a subject token, and, when the broker itself issued it
+    /// (the broker registered as an issuer), refused once its `jti` is on the deny list: a revoked
+    /// broker token is dead everywhere, though its signature still verifies.
+    pub(crate) async fn verify_workload_token(
+        &self,
+        token: &SecretString,
+        now: i64,
+        context: &mut UnverifiedContext,
+    ) -> Result<(VerifiedSubject, Vec<crate::domain::Grant>)> {
+        let verifier = SubjectTokenVerifier {
+            policy: self.policy.as_ref(),
+            keys: self.issuer_keys.as_ref(),
+            leeway_seconds: self.settings.clock_leeway_seconds,
+        };
+        let (subject, grants) = verifier.verify(token, now, context).await?;
+        if subject.issuer.issuer == self.settings.broker_issuer
+            && let Some(jti) = subject.claims.get("jti").and_then(serde_json::Value::as_str)
+            && self.ledger.is_denied(jti).await?
+        {
+            return Err(BrokerError::TokenRejected(TokenRejection::Revoked));
+        }
+        Ok((subject, grants))
+    }
+
+    /// The audit record of a request refused before (or instead of) the main flow: malformed
+    /// forms, and callers of `/introspect` and `/revoke` that are not let in. Failures to write it
+    /// are logged loudly, never turned into a release or a 500.
+    pub async fn audit_refusal(
+        &self,
+        action: AuditAction,
+        err: &BrokerError,
+        subject_token: Option<&SecretString>,
+        bearer: Option<&SecretString>,
+        request_id: &str,
+    ) {
+        let reason = err.reason_code();
+        let event = AuditEvent {
+            reason: Some(reason.to_string()),
+            token_fingerprint: subject_token.or(bearer).map(SecretString::fingerprint),
+            request_id: Some(request_id.to_string()),
+            ..AuditEvent::new(action, AuditOutcome::Denied, self.clock.now())
+        };
+        tracing::info!(reason, request_id, action = ?action, "request refused and audited");
+        if let Err(e) = self.ledger.record_denial(&event).await {
+            tracing::error!(error = %e, reason, request_id, "failed to record refusal audit event");
+        }
+    }
+
     async fn try_exchange(
         &self,
         request: &ExchangeRequest,
         now: i64,
         context: &mut UnverifiedContext,
     ) -> Result<IssuedToken> {
-        let verifier = SubjectTokenVerifier {
-            policy: self.policy.as_ref(),
-            keys: self.issuer_keys.as_ref(),
-            leeway_seconds: self.settings.clock_leeway_seconds,
-        };
-        let (subject, grants) = verifier.verify(&request.subject_token, now, context).await?;
-        // A broker token (the broker registered as an issuer, for chained exchanges) is dead once
-        // revoked, even though its signature still verifies.
-        if subject.issuer.issuer == self.settings.broker_issuer
-            && let Some(jti) = subject.claims.get("jti").and_then(serde_json::Value::as_str)
-            && self.ledger.is_denied(jti).await?
-        {
-            return Err(BrokerError::TokenRejected(crate::error::TokenRejection::Revoked));
-        }
+        let (subject, grants) = self.verify_workload_token(&request.subject_token, now, context).await?;
 
         // Resolve what is asked for before policy: an unknown target is `invalid_target`.
         let (target, current_secret) = match request.requested {
@@ -148,7 +186,14 @@ impl ExchangeService {
             now,
             self.settings.max_token_ttl_seconds,
         )
-        .map_err(BrokerError::PolicyDenied)?;
+        .map_err(|denial| match denial {
+            // Say which claim condition failed, so the caller can act on it (never its values).
+            crate::error::PolicyDenial::NoGrant => match policy::unmet_claim(&grants, &subject, &target.id) {
+                Some(claim) => BrokerError::ClaimNotSatisfied(claim),
+                None => BrokerError::PolicyDenied(denial),
+            },
+            other => BrokerError::PolicyDenied(other),
+        })?;
 
         let lease_id = uuid::Uuid::new_v4().to_string();
         let expires_at = now + decision.ttl_seconds;
@@ -236,6 +281,7 @@ impl ExchangeService {
             grant_id: Some(lease.grant_id.clone()),
             lease_id: Some(lease_id.clone()),
             token_fingerprint: Some(subject.fingerprint.clone()),
+            request_id: Some(request.request_id.clone()),
             ..AuditEvent::new(AuditAction::TokenExchange, AuditOutcome::Released, now)
         };
         let replay = replay_guard(&subject, self.settings.clock_leeway_seconds)?;
@@ -250,6 +296,7 @@ impl ExchangeService {
             expires_in = decision.ttl_seconds,
             subject_token = %subject.fingerprint,
             issued = %credential.fingerprint(),
+            request_id = %request.request_id,
             "credential released"
         );
         Ok(IssuedToken {
@@ -265,13 +312,7 @@ impl ExchangeService {
     }
 
     async fn audit_denial(&self, request: &ExchangeRequest, context: &UnverifiedContext, err: &BrokerError, now: i64) {
-        let reason = match err {
-            BrokerError::TokenRejected(r) => r.code(),
-            BrokerError::PolicyDenied(d) => d.code(),
-            BrokerError::InvalidTarget(_) => "invalid_target",
-            BrokerError::InvalidScope(_) => "invalid_scope",
-            _ => "invalid_request",
-        };
+        let reason = err.reason_code();
         let fingerprint = request.subject_token.fingerprint();
         let event = AuditEvent {
             actor_issuer: context.issuer.clone(),
@@ -279,9 +320,10 @@ impl ExchangeService {
             target: Some(request.target.clone()),
             reason: Some(reason.to_string()),
             token_fingerprint: Some(fingerprint.clone()),
+            request_id: Some(request.request_id.clone()),
             ..AuditEvent::new(AuditAction::TokenExchange, AuditOutcome::Denied, now)
         };
-        tracing::info!(reason, subject_token = %fingerprint, "token exchange denied");
+        tracing::info!(reason, subject_token = %fingerprint, request_id = %request.request_id, "token exchange denied");
         // A failed audit write must not turn a denial into a release or a 500: log it loudly.
         if let Err(e) = self.ledger.record_denial(&event).await {
             tracing::error!(error = %e, reason, "failed to record denial audit event");

@@ -66,6 +66,8 @@ pub struct InMemoryLedger {
     pub denied: Mutex<std::collections::HashSet<String>>,
     /// When set, every write fails as DynamoDB would under throttling.
     pub fail_writes: std::sync::atomic::AtomicBool,
+    /// Standing fences, by `Fence::scope`.
+    pub fences: Mutex<std::collections::HashSet<String>>,
 }
 
 impl InMemoryLedger {
@@ -86,9 +88,26 @@ impl InMemoryLedger {
 impl LeaseLedger for InMemoryLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         self.check()?;
-        if let Some(guard) = replay
-            && !self.replay_keys.lock().unwrap().insert(guard.key.clone())
         {
+            use crate::domain::Fence;
+            use crate::error::TokenRejection;
+            let fences = self.fences.lock().unwrap();
+            let subject = Fence::Subject {
+                issuer: lease.issuer.clone(),
+                subject: lease.subject.clone(),
+            };
+            if fences.contains(&subject.scope()) {
+                return Err(BrokerError::TokenRejected(TokenRejection::SubjectRevoked));
+            }
+            if fences.contains(&Fence::Issuer(lease.issuer.clone()).scope()) {
+                return Err(BrokerError::TokenRejected(TokenRejection::IssuerDisabled));
+            }
+        }
+        if let Some(guard) = replay
+            && !self.replay_keys.lock().unwrap().contains(&guard.key)
+        {
+            self.replay_keys.lock().unwrap().insert(guard.key.clone());
+        } else if replay.is_some() {
             return Err(BrokerError::TokenRejected(crate::error::TokenRejection::Replayed));
         }
         self.leases.lock().unwrap().push(lease.clone());
@@ -114,6 +133,19 @@ impl LeaseLedger for InMemoryLedger {
 
     async fn is_denied(&self, jti: &str) -> Result<bool> {
         Ok(self.denied.lock().unwrap().contains(jti))
+    }
+
+    async fn fence(&self, issuer: &str, subject: &str) -> Result<Option<crate::domain::Fence>> {
+        use crate::domain::Fence;
+        let fences = self.fences.lock().unwrap();
+        let candidates = [
+            Fence::Subject {
+                issuer: issuer.into(),
+                subject: subject.into(),
+            },
+            Fence::Issuer(issuer.into()),
+        ];
+        Ok(candidates.into_iter().find(|f| fences.contains(&f.scope())))
     }
 
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {

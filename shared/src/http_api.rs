@@ -8,13 +8,13 @@ use crate::aws::call_counter::CallCounter;
 use crate::domain::{
     GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET,
 };
-use crate::error::{BrokerError, Result};
+use crate::error::{BrokerError, RequestRejection, Result};
 use crate::exchange::{ExchangeRequest, ExchangeService, RequestedCredential};
 use crate::redact::SecretString;
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bodies above this are refused before parsing.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -31,7 +31,15 @@ pub struct BrokerApi {
     /// AWS requests sent, for the per-request `aws_calls` log field (exact on Lambda, where an
     /// execution environment serves one request at a time).
     pub calls: CallCounter,
+    /// Every request is answered within this, inside the function's own timeout: past it, the
+    /// caller gets 503 `temporarily_unavailable` and nothing is released.
+    pub deadline: Duration,
 }
+
+/// Fits the template's 10 s function timeout, with room for the response.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(8);
+/// What a 503 tells the caller to wait before retrying.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 impl BrokerApi {
     pub fn new(exchange: ExchangeService) -> Self {
@@ -39,7 +47,16 @@ impl BrokerApi {
     }
 
     pub fn with_call_counter(exchange: ExchangeService, calls: CallCounter) -> Self {
-        Self { exchange, calls }
+        Self {
+            exchange,
+            calls,
+            deadline: DEFAULT_REQUEST_DEADLINE,
+        }
+    }
+
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     pub async fn handle(&self, request: Request) -> Response<Body> {
@@ -47,21 +64,33 @@ impl BrokerApi {
         let calls_before = self.calls.total();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let result = match (path.as_str(), &method) {
-            ("/token", &Method::POST) => self.token(&request).await,
-            ("/.well-known/jwks.json", &Method::GET) => self.jwks().await,
-            (METADATA_PATH, &Method::GET) => Ok(self.metadata()),
-            ("/introspect", &Method::POST) => self.introspect(&request).await,
-            ("/revoke", &Method::POST) => self.revoke(&request).await,
-            ("/token" | "/introspect" | "/revoke", _) | ("/.well-known/jwks.json" | METADATA_PATH, _) => {
-                Err(BrokerError::MethodNotAllowed)
+        let request_id = request_id(&request);
+        let route = async {
+            match (path.as_str(), &method) {
+                ("/token", &Method::POST) => self.token(&request, &request_id).await,
+                ("/.well-known/jwks.json", &Method::GET) => self.jwks().await,
+                (METADATA_PATH, &Method::GET) => Ok(self.metadata()),
+                ("/introspect", &Method::POST) => self.introspect(&request, &request_id).await,
+                ("/revoke", &Method::POST) => self.revoke(&request, &request_id).await,
+                ("/token" | "/introspect" | "/revoke", _) | ("/.well-known/jwks.json" | METADATA_PATH, _) => {
+                    Err(BrokerError::MethodNotAllowed)
+                }
+                _ => Err(BrokerError::NotFound),
             }
-            _ => Err(BrokerError::NotFound),
         };
-        let response = result.unwrap_or_else(|err| error_response(&err));
+        // Dropping the work at the deadline is safe: every write is one atomic transaction, and
+        // nothing is returned unless it landed.
+        let result = tokio::time::timeout(self.deadline, route)
+            .await
+            .unwrap_or(Err(BrokerError::DeadlineExceeded));
+        let mut response = result.unwrap_or_else(|err| error_response(&err, &request_id));
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
         tracing::info!(
             %method,
             path = %path,
+            request_id = %request_id,
             status = response.status().as_u16(),
             latency_ms = started.elapsed().as_millis() as u64,
             aws_calls = self.calls.total().saturating_sub(calls_before),
@@ -70,8 +99,25 @@ impl BrokerApi {
         response
     }
 
-    async fn token(&self, request: &Request) -> Result<Response<Body>> {
-        let exchange_request = parse_token_request(request)?;
+    async fn token(&self, request: &Request, request_id: &str) -> Result<Response<Body>> {
+        let exchange_request = match parse_token_request(request) {
+            Ok(mut parsed) => {
+                parsed.request_id = request_id.to_string();
+                parsed
+            }
+            Err(refused) => {
+                self.exchange
+                    .audit_refusal(
+                        crate::domain::AuditAction::TokenExchange,
+                        &refused.error,
+                        refused.subject_token.as_ref(),
+                        None,
+                        request_id,
+                    )
+                    .await;
+                return Err(refused.error);
+            }
+        };
         let issued = self.exchange.exchange(exchange_request).await?;
         let mut body = serde_json::json!({
             "access_token": issued.access_token.expose(),
@@ -94,21 +140,49 @@ impl BrokerApi {
         Ok(json_response(StatusCode::OK, &body, "no-store"))
     }
 
+    /// A form for `/introspect` or `/revoke` (`token` required); a refusal is audited like any.
+    async fn presented_token(
+        &self,
+        request: &Request,
+        action: crate::domain::AuditAction,
+        bearer: Option<&SecretString>,
+        request_id: &str,
+    ) -> Result<SecretString> {
+        match Form::read(request).and_then(|mut form| form.presented_token()) {
+            Ok(token) => Ok(token),
+            Err(err) => {
+                self.exchange
+                    .audit_refusal(action, &err, None, bearer, request_id)
+                    .await;
+                Err(err)
+            }
+        }
+    }
+
     /// RFC 7662. The caller authenticates with its own workload token (`Authorization: Bearer`).
-    async fn introspect(&self, request: &Request) -> Result<Response<Body>> {
+    async fn introspect(&self, request: &Request, request_id: &str) -> Result<Response<Body>> {
         let bearer = bearer_token(request);
-        let mut form = Form::read(request)?;
-        let token = form.presented_token()?;
-        let body = self.exchange.introspect(bearer.as_ref(), &token).await?;
+        let token = self
+            .presented_token(
+                request,
+                crate::domain::AuditAction::Introspect,
+                bearer.as_ref(),
+                request_id,
+            )
+            .await?;
+        let body = self.exchange.introspect(bearer.as_ref(), &token, request_id).await?;
         Ok(json_response(StatusCode::OK, &body, "no-store"))
     }
 
-    /// RFC 7009: possession of the token (or lease id) is the authority to revoke it; the answer is
-    /// 200 whether or not the token was known.
-    async fn revoke(&self, request: &Request) -> Result<Response<Body>> {
-        let mut form = Form::read(request)?;
-        let token = form.presented_token()?;
-        self.exchange.revoke(&token).await?;
+    /// RFC 7009: a broker JWT revokes itself (possession is proof); a bare lease id revokes only
+    /// with its holder's own workload token as Bearer. The answer is 200 whether or not anything
+    /// was revoked, so a caller learns nothing about tokens that are not theirs.
+    async fn revoke(&self, request: &Request, request_id: &str) -> Result<Response<Body>> {
+        let bearer = bearer_token(request);
+        let token = self
+            .presented_token(request, crate::domain::AuditAction::Revoke, bearer.as_ref(), request_id)
+            .await?;
+        self.exchange.revoke(bearer.as_ref(), &token, request_id).await?;
         let mut response = Response::new(Body::Empty);
         response
             .headers_mut()
@@ -125,7 +199,8 @@ impl BrokerApi {
             "introspection_endpoint": format!("{issuer}/introspect"),
             "revocation_endpoint": format!("{issuer}/revoke"),
             "introspection_endpoint_auth_methods_supported": ["bearer_workload_token"],
-            "revocation_endpoint_auth_methods_supported": ["none"],
+            // A JWT needs none (possession); a lease id needs its holder's workload token.
+            "revocation_endpoint_auth_methods_supported": ["none", "bearer_workload_token"],
             "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
             "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
             "response_types_supported": [],
@@ -156,16 +231,26 @@ fn json_response(status: StatusCode, body: &serde_json::Value, cache_control: &'
     response
 }
 
-/// The one place errors become responses: fixed text to the client, details to the log.
-pub fn error_response(err: &BrokerError) -> Response<Body> {
+/// The one place errors become responses: fixed text and the request id to the client, details
+/// (with the same request id) to the log.
+pub fn error_response(err: &BrokerError, request_id: &str) -> Response<Body> {
     let client = err.client_error();
     if client.status.is_server_error() {
-        tracing::error!(error = %err, "request failed");
+        tracing::error!(error = %err, request_id, "request failed");
     } else {
-        tracing::info!(error = %err, "request refused");
+        tracing::info!(error = %err, reason = err.reason_code(), request_id, "request refused");
     }
-    let body = serde_json::json!({ "error": client.error, "error_description": client.description });
+    let body = serde_json::json!({
+        "error": client.error,
+        "error_description": client.description,
+        "request_id": request_id,
+    });
     let mut response = json_response(client.status, &body, "no-store");
+    if client.status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    }
     if client.status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -178,6 +263,21 @@ pub fn error_response(err: &BrokerError) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("POST, GET"));
     }
     response
+}
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// API Gateway's id for the request (also in its access log), else a fresh time-ordered one.
+fn request_id(request: &Request) -> String {
+    use lambda_http::RequestExt;
+    use lambda_http::request::RequestContext;
+    let from_gateway = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.request_id.clone(),
+        _ => None,
+    };
+    from_gateway
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
 /// The caller's credential from `Authorization: Bearer <token>`, held redacted.
@@ -211,16 +311,14 @@ impl Form {
             .unwrap_or_default();
         let media_type = content_type.split(';').next().unwrap_or_default().trim();
         if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            return Err(BrokerError::InvalidRequest(
-                "content type must be application/x-www-form-urlencoded",
-            ));
+            return Err(BrokerError::BadRequest(RequestRejection::WrongContentType));
         }
         let bytes = body_bytes(request.body());
         if bytes.len() > MAX_BODY_BYTES {
-            return Err(BrokerError::PayloadTooLarge);
+            return Err(BrokerError::BadRequest(RequestRejection::TooLarge));
         }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
-            .map_err(|_| BrokerError::InvalidRequest("request body is not valid form encoding"))?;
+            .map_err(|_| BrokerError::BadRequest(RequestRejection::NotFormEncoded))?;
         let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in pairs {
             params.entry(name).or_default().push(value);
@@ -233,7 +331,7 @@ impl Form {
         match self.0.remove(name) {
             None => Ok(None),
             Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
-            Some(_) => Err(BrokerError::InvalidRequest("a request parameter was repeated")),
+            Some(_) => Err(BrokerError::BadRequest(RequestRejection::RepeatedParameter)),
         }
     }
 
@@ -243,7 +341,7 @@ impl Form {
         let token = self
             .single("token")?
             .map(SecretString::new)
-            .ok_or(BrokerError::InvalidRequest("token is required"))?;
+            .ok_or(BrokerError::BadRequest(RequestRejection::MissingToken))?;
         self.single("token_type_hint")?;
         Ok(token)
     }
@@ -253,45 +351,60 @@ impl Form {
     }
 }
 
-pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
-    let mut form = Form::read(request)?;
+/// A token request refused while parsing, with the subject token if one was presented (its
+/// fingerprint goes into the refusal's audit event).
+#[derive(Debug)]
+pub struct RefusedRequest {
+    pub error: BrokerError,
+    pub subject_token: Option<SecretString>,
+}
+
+pub fn parse_token_request(request: &Request) -> std::result::Result<ExchangeRequest, RefusedRequest> {
+    let mut form = Form::read(request).map_err(|error| RefusedRequest {
+        error,
+        subject_token: None,
+    })?;
+    // Read first, so every later refusal can name the token it refused (by fingerprint).
+    let subject_token = form.single("subject_token");
+    let presented = subject_token.as_ref().ok().cloned().flatten().map(SecretString::new);
+    parse_form(form, subject_token).map_err(|error| RefusedRequest {
+        error,
+        subject_token: presented,
+    })
+}
+
+fn parse_form(mut form: Form, subject_token: Result<Option<String>>) -> Result<ExchangeRequest> {
+    use RequestRejection as R;
+    let bad = |r: RequestRejection| BrokerError::BadRequest(r);
     let mut single = |name: &str| form.single(name);
 
     match single("grant_type")?.as_deref() {
-        None => return Err(BrokerError::InvalidRequest("grant_type is required")),
+        None => return Err(bad(R::MissingGrantType)),
         Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
-        Some(_) => return Err(BrokerError::UnsupportedGrantType),
+        Some(_) => return Err(bad(R::UnsupportedGrantType)),
     }
-    let subject_token = single("subject_token")?
+    let subject_token = subject_token?
         .map(SecretString::new)
-        .ok_or(BrokerError::InvalidRequest("subject_token is required"))?;
+        .ok_or(bad(R::MissingSubjectToken))?;
     match single("subject_token_type")?.as_deref() {
-        None => {
-            return Err(BrokerError::InvalidRequest("subject_token_type is required"));
-        }
+        None => return Err(bad(R::MissingSubjectTokenType)),
         Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN) => {}
-        Some(_) => {
-            return Err(BrokerError::InvalidRequest("unsupported subject_token_type"));
-        }
+        Some(_) => return Err(bad(R::UnsupportedSubjectTokenType)),
     }
     if single("actor_token")?.is_some() || single("actor_token_type")?.is_some() {
-        return Err(BrokerError::InvalidRequest("actor_token (delegation) is not supported"));
+        return Err(bad(R::ActorToken));
     }
     let requested = match single("requested_token_type")?.as_deref() {
         None | Some(TOKEN_TYPE_JWT) => RequestedCredential::Jwt,
         Some(TOKEN_TYPE_SECRET) => RequestedCredential::Secret,
         Some(TOKEN_TYPE_AWS_CREDENTIALS) => RequestedCredential::AwsCredentials,
-        Some(_) => return Err(BrokerError::InvalidRequest("unsupported requested_token_type")),
+        Some(_) => return Err(bad(R::UnsupportedRequestedTokenType)),
     };
     let requested_ttl_seconds = match single("requested_expires_in")? {
         None => None,
         Some(raw) => match raw.parse::<i64>() {
             Ok(v) if (1..=43_200).contains(&v) => Some(v),
-            _ => {
-                return Err(BrokerError::InvalidRequest(
-                    "requested_expires_in must be an integer in 1..=43200",
-                ));
-            }
+            _ => return Err(bad(R::BadExpiresIn)),
         },
     };
     let scope = match single("scope")? {
@@ -301,18 +414,10 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
     let mut targets: Vec<String> = form.all("audience");
     targets.extend(form.all("resource"));
     let target = match targets.as_slice() {
-        [] => {
-            return Err(BrokerError::InvalidRequest("audience or resource is required"));
-        }
+        [] => return Err(bad(R::MissingTarget)),
         [one] if !one.is_empty() && one.len() <= MAX_TARGET_BYTES => one.clone(),
-        [_] => {
-            return Err(BrokerError::InvalidTarget("the target is empty or too long"));
-        }
-        _ => {
-            return Err(BrokerError::InvalidTarget(
-                "exactly one audience or resource is supported",
-            ));
-        }
+        [_] => return Err(bad(R::BadTarget)),
+        _ => return Err(bad(R::SeveralTargets)),
     };
     Ok(ExchangeRequest {
         subject_token,
@@ -320,13 +425,14 @@ pub fn parse_token_request(request: &Request) -> Result<ExchangeRequest> {
         target,
         scope,
         requested_ttl_seconds,
+        request_id: String::new(),
     })
 }
 
 /// RFC 6749 3.3: space-delimited scope-tokens of NQCHAR (%x21 / %x23-5B / %x5D-7E).
 fn parse_scope(raw: &str) -> Result<Vec<String>> {
     if raw.len() > MAX_SCOPE_BYTES {
-        return Err(BrokerError::InvalidScope("scope is too long"));
+        return Err(BrokerError::BadRequest(RequestRejection::ScopeTooLong));
     }
     let mut scopes: Vec<String> = Vec::new();
     for token in raw.split(' ') {
@@ -335,7 +441,7 @@ fn parse_scope(raw: &str) -> Result<Vec<String>> {
                 .bytes()
                 .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
         if !valid {
-            return Err(BrokerError::InvalidScope("scope is malformed"));
+            return Err(BrokerError::BadRequest(RequestRejection::ScopeMalformed));
         }
         if !scopes.iter().any(|s| s == token) {
             scopes.push(token.to_string());
@@ -366,7 +472,7 @@ mod tests {
         &subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt";
 
     fn code(body: &str) -> &'static str {
-        parse_token_request(&form(body)).unwrap_err().client_error().error
+        parse_token_request(&form(body)).unwrap_err().error.client_error().error
     }
 
     #[test]
@@ -408,11 +514,11 @@ mod tests {
         r.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));
         assert_eq!(
-            parse_token_request(&r).unwrap_err().client_error().error,
+            parse_token_request(&r).unwrap_err().error.client_error().error,
             "invalid_request"
         );
         let big = format!("{BASE}&audience={}", "a".repeat(MAX_BODY_BYTES));
-        let err = parse_token_request(&form(&big)).unwrap_err();
+        let err = parse_token_request(&form(&big)).unwrap_err().error;
         assert_eq!(err.client_error().status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

@@ -94,6 +94,26 @@ pub fn allows_target(grants: &[Grant], subject: &VerifiedSubject, target_id: &st
     })
 }
 
+/// When no grant matched: the first claim condition that kept the lowest-id grant naming this
+/// subject and target from matching, if a claim condition is what failed (its name only).
+pub fn unmet_claim(grants: &[Grant], subject: &VerifiedSubject, target_id: &str) -> Option<String> {
+    let mut near: Vec<&Grant> = grants
+        .iter()
+        .filter(|g| {
+            g.issuer == subject.issuer.issuer
+                && g.subject == subject.subject
+                && g.targets.iter().any(|t| t == target_id)
+        })
+        .collect();
+    near.sort_by(|a, b| a.id.cmp(&b.id));
+    near.iter().find_map(|g| {
+        g.claims
+            .iter()
+            .find(|(name, allowed)| !claim_allows(subject, name, allowed))
+            .map(|(name, _)| name.clone())
+    })
+}
+
 fn narrow(
     candidates: &mut Vec<&Grant>,
     denial: PolicyDenial,
@@ -104,13 +124,18 @@ fn narrow(
 }
 
 fn claims_match(grant: &Grant, subject: &VerifiedSubject) -> bool {
-    grant.claims.iter().all(|(name, allowed)| {
-        subject
-            .claims
-            .get(name)
-            .and_then(|v| v.as_str())
-            .is_some_and(|v| allowed.iter().any(|a| a == v))
-    })
+    grant
+        .claims
+        .iter()
+        .all(|(name, allowed)| claim_allows(subject, name, allowed))
+}
+
+fn claim_allows(subject: &VerifiedSubject, name: &str, allowed: &[String]) -> bool {
+    subject
+        .claims
+        .get(name)
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| allowed.iter().any(|a| a == v))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! an AWS adapter (`crate::aws`) tested against moto.
 
 use crate::domain::{
-    AuditEvent, ChangeEvent, Delivery, Destination, Grant, Issuer, KeyRing, Lease, Revocation, RotationNotice,
+    AuditEvent, ChangeEvent, Delivery, Destination, Fence, Grant, Issuer, KeyRing, Lease, Revocation, RotationNotice,
     RotationStep, Secret, SecretRotationState, Target, UnixTime, VersionStage,
 };
 use crate::error::Result;
@@ -28,8 +28,12 @@ pub struct ReplayGuard {
 }
 
 /// Where releases and denials are recorded. A release is the lease, its audit event and (for
-/// one-time tokens) its replay guard written atomically: all or nothing. A guard that already
-/// exists fails the release with `TokenRejection::Replayed`.
+/// one-time tokens) its replay guard written atomically: all or nothing, and idempotent (a retry
+/// of the same release after a lost response succeeds without writing twice). It also re-checks,
+/// inside the same write, what a cache may have missed: a guard that already exists fails it with
+/// `TokenRejection::Replayed`, a fenced subject with `SubjectRevoked`, a fenced issuer with
+/// `IssuerDisabled`, a grant no longer active with `PolicyDenial::GrantRevoked`, a disabled secret
+/// with `InvalidTarget`. Contention (conflicts, throttling) is a retryable error, never a denial.
 #[async_trait]
 pub trait LeaseLedger: Send + Sync {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()>;
@@ -40,6 +44,9 @@ pub trait LeaseLedger: Send + Sync {
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;
     /// Whether a broker JWT `jti` is on the deny list (revoked before it expired).
     async fn is_denied(&self, jti: &str) -> Result<bool>;
+    /// The fence standing against this identity (its subject revoked, or its issuer disabled), read
+    /// fresh, never cached: for callers that are not releases (introspection).
+    async fn fence(&self, issuer: &str, subject: &str) -> Result<Option<Fence>>;
 }
 
 /// A secret's metadata with its CURRENT version id and that version's ciphertext, read together.

@@ -3,6 +3,14 @@
 //! A presented token is either a broker JWT (its signature must verify against the broker's own
 //! keys; its `jti` is the lease id) or a bare lease id. Anything else resolves to nothing, which
 //! introspection reports as `active: false` and revocation answers with 200, as the RFCs require.
+//!
+//! Who may do what (RFC 7009 2.1: the token must have been issued to the requester):
+//! - introspection: a caller authenticated by its own workload token (Bearer), not revoked (deny
+//!   list for broker tokens, fences for subjects and issuers), holding a grant on the reserved
+//!   introspection target;
+//! - revocation of a broker JWT: its possession (only its holder has it);
+//! - revocation of a bare lease id: only with the holder's own workload token as Bearer (same
+//!   issuer and subject as the lease). Anything else is answered 200 without revoking, and audited.
 
 use crate::domain::{
     AuditAction, AuditEvent, AuditOutcome, INTROSPECTION_TARGET, Lease, LeaseStatus, Revocation, RevocationTarget,
@@ -12,28 +20,34 @@ use crate::error::{BrokerError, Result};
 use crate::exchange::ExchangeService;
 use crate::policy;
 use crate::redact::SecretString;
-use crate::subject_token::{MAX_SUBJECT_TOKEN_BYTES, SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
+use crate::subject_token::{MAX_SUBJECT_TOKEN_BYTES, UnverifiedContext, VerifiedSubject};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value, json};
 
 impl ExchangeService {
     /// The lease behind a presented broker JWT or lease id, if there is one.
     pub async fn resolve_lease(&self, token: &SecretString) -> Result<Option<Lease>> {
+        Ok(self.resolve_presented(token).await?.map(|(lease, _)| lease))
+    }
+
+    /// The lease behind a presented token, and whether the token was a signed broker JWT (whose
+    /// possession proves holding it) rather than a bare lease id.
+    async fn resolve_presented(&self, token: &SecretString) -> Result<Option<(Lease, bool)>> {
         if token.is_empty() || token.len() > MAX_SUBJECT_TOKEN_BYTES {
             return Ok(None);
         }
         let raw = token.expose();
-        let lease_id = if raw.split('.').count() == 3 {
+        let (lease_id, signed) = if raw.split('.').count() == 3 {
             match self.verified_broker_jti(raw).await? {
-                Some(jti) => jti,
+                Some(jti) => (jti, true),
                 None => return Ok(None),
             }
         } else if uuid::Uuid::try_parse(raw).is_ok() {
-            raw.to_string()
+            (raw.to_string(), false)
         } else {
             return Ok(None);
         };
-        self.ledger.lease(&lease_id).await
+        Ok(self.ledger.lease(&lease_id).await?.map(|lease| (lease, signed)))
     }
 
     /// `jti` of a JWT this broker signed (any key still in its JWKS), else None.
@@ -72,18 +86,12 @@ impl ExchangeService {
         let token = bearer.ok_or(BrokerError::Unauthenticated(
             "introspection requires the caller's workload token as a Bearer credential",
         ))?;
-        let verifier = SubjectTokenVerifier {
-            policy: self.policy.as_ref(),
-            keys: self.issuer_keys.as_ref(),
-            leeway_seconds: self.settings.clock_leeway_seconds,
-        };
-        let (caller, grants) = verifier.verify(token, now, &mut UnverifiedContext::default()).await.map_err(|e| match e {
-            BrokerError::TokenRejected(r) => {
-                tracing::info!(reason = r.code(), caller_token = %token.fingerprint(), "introspection caller refused");
-                BrokerError::Unauthenticated("the caller's workload token is not valid")
-            }
-            other => other,
-        })?;
+        let (caller, grants) = self.authenticate_workload(token, now).await?;
+        // A revoked subject (or a disabled issuer) is disabled everywhere, not only at /token.
+        if let Some(fence) = self.ledger.fence(&caller.issuer.issuer, &caller.subject).await? {
+            tracing::info!(fence = %fence.scope(), "introspection caller is fenced");
+            return Err(BrokerError::Unauthenticated("the caller's workload token is not valid"));
+        }
         if !policy::allows_target(&grants, &caller, INTROSPECTION_TARGET, now) {
             tracing::info!(caller = %caller.subject, "introspection caller has no grant");
             return Err(BrokerError::Forbidden(
@@ -93,13 +101,35 @@ impl ExchangeService {
         Ok(caller)
     }
 
-    pub async fn introspect(&self, bearer: Option<&SecretString>, token: &SecretString) -> Result<Value> {
+    /// A Bearer workload token verified (deny list included); a rejection is a 401.
+    async fn authenticate_workload(
+        &self,
+        token: &SecretString,
+        now: UnixTime,
+    ) -> Result<(VerifiedSubject, Vec<crate::domain::Grant>)> {
+        self.verify_workload_token(token, now, &mut UnverifiedContext::default())
+            .await
+            .map_err(|e| match e {
+                BrokerError::TokenRejected(r) => {
+                    tracing::info!(reason = r.code(), caller_token = %token.fingerprint(), "caller's workload token refused");
+                    BrokerError::Unauthenticated("the caller's workload token is not valid")
+                }
+                other => other,
+            })
+    }
+
+    pub async fn introspect(
+        &self,
+        bearer: Option<&SecretString>,
+        token: &SecretString,
+        request_id: &str,
+    ) -> Result<Value> {
         let now = self.clock.now();
         let caller = match self.authenticate_introspection_caller(bearer, now).await {
             Ok(caller) => caller,
             Err(err) => {
                 if err.is_client_error() {
-                    self.audit_introspection_refusal(bearer, &err, now).await;
+                    self.audit_introspection_refusal(bearer, &err, now, request_id).await;
                 }
                 return Err(err);
             }
@@ -122,6 +152,7 @@ impl ExchangeService {
             lease_id = lease.as_ref().map(|l| l.lease_id.as_str()).unwrap_or_default(),
             active = active.is_some(),
             token = %token.fingerprint(),
+            request_id,
             "introspection"
         );
         Ok(match active {
@@ -148,7 +179,13 @@ impl ExchangeService {
         })
     }
 
-    async fn audit_introspection_refusal(&self, bearer: Option<&SecretString>, err: &BrokerError, now: UnixTime) {
+    async fn audit_introspection_refusal(
+        &self,
+        bearer: Option<&SecretString>,
+        err: &BrokerError,
+        now: UnixTime,
+        request_id: &str,
+    ) {
         let reason = match err {
             BrokerError::Forbidden(_) => "introspection_no_grant",
             _ => "introspection_unauthenticated",
@@ -157,6 +194,7 @@ impl ExchangeService {
             target: Some(INTROSPECTION_TARGET.into()),
             reason: Some(reason.into()),
             token_fingerprint: bearer.map(SecretString::fingerprint),
+            request_id: Some(request_id.to_string()),
             ..AuditEvent::new(AuditAction::Introspect, AuditOutcome::Denied, now)
         };
         if let Err(e) = self.ledger.record_denial(&event).await {
@@ -164,16 +202,33 @@ impl ExchangeService {
         }
     }
 
-    /// Revoke what `token` names, if it names an active lease. Unknown tokens are not an error.
-    pub async fn revoke(&self, token: &SecretString) -> Result<()> {
-        let Some(lease) = self.resolve_lease(token).await? else {
-            tracing::info!(token = %token.fingerprint(), "revocation of an unknown token ignored");
+    /// Revoke what `token` names, if it names an active lease the requester holds (see the module
+    /// docs). Unknown tokens and refused requesters are not errors: 200 reveals nothing.
+    pub async fn revoke(&self, bearer: Option<&SecretString>, token: &SecretString, request_id: &str) -> Result<()> {
+        let Some((lease, signed)) = self.resolve_presented(token).await? else {
+            tracing::info!(token = %token.fingerprint(), request_id, "revocation of an unknown token ignored");
             return Ok(());
         };
+        let now = self.clock.now();
+        if !signed && let Err(refusal) = self.check_holder(bearer, &lease, now).await? {
+            let event = AuditEvent {
+                target: Some(lease.target.clone()),
+                grant_id: Some(lease.grant_id.clone()),
+                lease_id: Some(lease.lease_id.clone()),
+                reason: Some(refusal.into()),
+                token_fingerprint: bearer.map(SecretString::fingerprint),
+                request_id: Some(request_id.to_string()),
+                ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Denied, now)
+            };
+            tracing::info!(lease_id = %lease.lease_id, reason = refusal, request_id, "revocation by a non-holder refused");
+            if let Err(e) = self.ledger.record_denial(&event).await {
+                tracing::error!(error = %e, request_id, "failed to record revocation refusal");
+            }
+            return Ok(());
+        }
         if lease.status != LeaseStatus::Active {
             return Ok(());
         }
-        let now = self.clock.now();
         let revocation = Revocation {
             revocation_id: uuid::Uuid::now_v7().to_string(),
             target_kind: RevocationTarget::Lease,
@@ -190,10 +245,37 @@ impl ExchangeService {
             lease_id: Some(lease.lease_id.clone()),
             reason: Some("self_revocation".into()),
             token_fingerprint: Some(token.fingerprint()),
+            request_id: Some(request_id.to_string()),
             ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
         };
         let revoked = self.ledger.revoke_lease(&lease, &revocation, &event).await?;
-        tracing::info!(lease_id = %lease.lease_id, revoked, "self-revocation");
+        tracing::info!(lease_id = %lease.lease_id, revoked, request_id, "self-revocation");
         Ok(())
+    }
+
+    /// A bare lease id names a lease without proving anything: the requester must present the
+    /// holder's own workload token. `Err` is the audit reason of the refusal.
+    async fn check_holder(
+        &self,
+        bearer: Option<&SecretString>,
+        lease: &Lease,
+        now: UnixTime,
+    ) -> Result<std::result::Result<(), &'static str>> {
+        let Some(bearer) = bearer else {
+            return Ok(Err("revoke_lease_id_without_holder_token"));
+        };
+        let caller = match self.authenticate_workload(bearer, now).await {
+            Ok((caller, _)) => caller,
+            Err(e) if e.is_client_error() => return Ok(Err("revoke_holder_token_invalid")),
+            // Our own failure (AWS, an IdP's keys): retryable, not a refusal.
+            Err(e) => return Err(e),
+        };
+        Ok(
+            if caller.issuer.issuer == lease.issuer && caller.subject == lease.subject {
+                Ok(())
+            } else {
+                Err("revoke_not_holder")
+            },
+        )
     }
 }

@@ -3,6 +3,7 @@
 //! a log capture that lets tests prove no secret reaches a log line.
 
 pub mod fanout;
+pub mod faults;
 pub mod rotation;
 
 use aws_sdk_dynamodb::types::AttributeValue;

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = Config::from_env()?;
-    let sdk = nhi_broker::aws::sdk_config().await;
+    let sdk = nhi_broker::aws::sdk_config_with(&config.aws, None).await;
     let api = nhi_broker::aws::broker_api(&config, &sdk)?;
     let api = &api;
     lambda_http::run(service_fn(move |request| async move {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = nhi_broker::config::Config::from_env()?;
-    let clients = nhi_broker::aws::Clients::new(&nhi_broker::aws::sdk_config().await);
+    let clients = nhi_broker::aws::Clients::new(&nhi_broker::aws::sdk_config_with(&config.aws, None).await);
     let service = nhi_broker::aws::fanout_service(&config, &clients)?;
     let service = &service;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {

@@ -9,7 +9,7 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = Config::from_env()?;
-    let sdk = nhi_broker::aws::sdk_config().await;
+    let sdk = nhi_broker::aws::sdk_config_with(&config.aws, None).await;
     let clients = nhi_broker::aws::Clients::new(&sdk);
     let service = nhi_broker::aws::rotation_service(&config, &clients)?;
     let service = &service;

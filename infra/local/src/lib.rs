@@ -86,7 +86,10 @@ async fn broker_route(api: Arc<BrokerApi>, request: hyper::Request<Incoming>) ->
     let (parts, body) = request.into_parts();
     let bytes = match Limited::new(body, MAX_BODY_BYTES + 1).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return to_hyper(error_response(&BrokerError::PayloadTooLarge)),
+        Err(_) => {
+            let refused = BrokerError::BadRequest(nhi_broker::error::RequestRejection::TooLarge);
+            return to_hyper(error_response(&refused, &uuid::Uuid::now_v7().to_string()));
+        }
     };
     let body = if bytes.is_empty() {
         Body::Empty

@@ -10,7 +10,7 @@
 
 use crate::audit::{AuditChain, ChainLink};
 use crate::domain::{
-    AuditEvent, Destination, Grant, GrantStatus, Issuer, Lease, LeaseStatus, Revocation, Secret, Target,
+    AuditEvent, Destination, Fence, Grant, GrantStatus, Issuer, Lease, LeaseStatus, Revocation, Secret, Target,
 };
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
@@ -94,6 +94,21 @@ pub mod keys {
     pub const KEY_RING_SK: &str = "#KEYRING";
     /// Partition of the sparse `rotation-due` index: every secret with a rotation policy.
     pub const ROTATION_SHARD: &str = "ROTATION";
+    /// Fences (a revoked subject, a disabled issuer) are written to every shard and checked at one
+    /// shard per release, chosen by lease id, so one busy subject or issuer spreads its checks over
+    /// this many items (partitions) instead of one.
+    pub const FENCE_SHARDS: u32 = 8;
+    pub fn fence_pk(scope: &str, shard: u32) -> String {
+        format!("FENCE#{shard}#{scope}")
+    }
+    pub const FENCE_SK: &str = "#FENCE";
+    /// The shard a release checks: stable per lease, so a retried request is the same request.
+    pub fn fence_shard(lease_id: &str) -> u32 {
+        lease_id
+            .bytes()
+            .fold(7u32, |acc, b| acc.wrapping_mul(33).wrapping_add(b as u32))
+            % FENCE_SHARDS
+    }
     pub fn subject_key(iss: &str, sub: &str) -> String {
         format!("{iss}#{sub}")
     }
@@ -161,6 +176,8 @@ impl DynamoRegistry {
         Ok(())
     }
 
+    /// Register or replace an issuer. Disabling one raises its fence in the same transaction (every
+    /// release checks it, whatever its cached copy of the issuer says); enabling lowers it.
     pub async fn put_issuer(&self, issuer: &Issuer) -> Result<()> {
         let item = to_item(
             issuer,
@@ -171,7 +188,41 @@ impl DynamoRegistry {
                 ("item_id", s(&issuer.issuer)),
             ],
         )?;
-        self.put(item, "PutItem").await
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(build_err)?;
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
+        let fence = Fence::Issuer(issuer.issuer.clone());
+        if issuer.enabled {
+            for shard in 0..keys::FENCE_SHARDS {
+                let delete = aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(keys::fence_pk(&fence.scope(), shard)))
+                    .key("sk", s(keys::FENCE_SK))
+                    .build()
+                    .map_err(build_err)?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+        } else {
+            let disabled = Revocation {
+                revocation_id: format!("issuer-disabled-{}", uuid::Uuid::now_v7()),
+                target_kind: crate::domain::RevocationTarget::Subject,
+                target_id: issuer.issuer.clone(),
+                actor: "registry".into(),
+                reason: "issuer disabled".into(),
+                at: crate::ports::Clock::now(&crate::ports::SystemClock),
+            };
+            items.extend(fence_puts(&self.table, &fence, &disabled)?);
+        }
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map_err(|e| transact_error(&e))?;
+        Ok(())
     }
 
     pub async fn put_grant(&self, grant: &Grant) -> Result<()> {
@@ -402,7 +453,7 @@ impl DynamoRegistry {
             .set_transact_items(Some(items))
             .send()
             .await
-            .map_err(|e| BrokerError::aws("dynamodb", "TransactWriteItems", &e))?;
+            .map_err(|e| transact_error(&e))?;
         Ok(())
     }
 
@@ -473,7 +524,7 @@ impl DynamoRegistry {
             .transact_items(TransactWriteItem::builder().update(pointer).build())
             .send()
             .await
-            .map_err(|e| BrokerError::aws("dynamodb", "TransactWriteItems", &e))?;
+            .map_err(|e| transact_error(&e))?;
         Ok(())
     }
 }
@@ -612,7 +663,7 @@ pub(crate) fn landed(result: std::result::Result<(), TransactError>) -> Result<b
     match result {
         Ok(()) => Ok(true),
         Err(e) if condition_failed_at(&e, 0) => Ok(false),
-        Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
+        Err(e) => Err(transact_error(&e)),
     }
 }
 
@@ -711,22 +762,25 @@ impl AuditWriter {
         let mut chain = self.chain.lock().await;
         let link = chain.next_link(event);
         let audit = put_new(&self.table, audit_item(event, &link)?, "chain")?;
+        // The token names this exact transaction (its audit link hashes the event, which names
+        // what changes): a retry of it after a lost response is a no-op success in DynamoDB,
+        // never a second application that fails its own conditions.
+        let token = idempotency_token(&link);
+        let mut pending = PendingAppend::new(&mut chain);
         let result = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
             .transact_items(audit)
+            .client_request_token(token)
             .send()
             .await;
         match result {
             Ok(_) => {
-                chain.advance(link);
+                pending.landed(link);
                 Ok(Ok(()))
             }
-            Err(e) => {
-                chain.restart();
-                Ok(Err(e))
-            }
+            Err(e) => Ok(Err(e)),
         }
     }
 
@@ -734,6 +788,7 @@ impl AuditWriter {
     pub(crate) async fn put(&self, event: &AuditEvent) -> Result<()> {
         let mut chain = self.chain.lock().await;
         let link = chain.next_link(event);
+        let mut pending = PendingAppend::new(&mut chain);
         let result = self
             .client
             .put_item()
@@ -744,13 +799,42 @@ impl AuditWriter {
             .await;
         match result {
             Ok(_) => {
-                chain.advance(link);
+                pending.landed(link);
                 Ok(())
             }
-            Err(e) => {
-                chain.restart();
-                Err(BrokerError::aws("dynamodb", "PutItem", &e))
-            }
+            Err(e) => Err(BrokerError::aws("dynamodb", "PutItem", &e)),
+        }
+    }
+}
+
+/// `ClientRequestToken` of an audited transaction (1..=36 characters): derived from its audit link.
+fn idempotency_token(link: &ChainLink) -> String {
+    link.hash[..36].to_string()
+}
+
+/// An append in flight. Unless it is known to have landed, the chain restarts when this is
+/// dropped: after an error, and also when the request's deadline drops the future mid-call (the
+/// write may or may not have landed, and a chain must never fork).
+struct PendingAppend<'a> {
+    state: &'a mut crate::audit::ChainState,
+    landed: bool,
+}
+
+impl<'a> PendingAppend<'a> {
+    fn new(state: &'a mut crate::audit::ChainState) -> Self {
+        Self { state, landed: false }
+    }
+
+    fn landed(&mut self, link: ChainLink) {
+        self.state.advance(link);
+        self.landed = true;
+    }
+}
+
+impl Drop for PendingAppend<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.state.restart();
         }
     }
 }
@@ -779,12 +863,48 @@ impl DynamoLedger {
 
     /// An operator's revocation (a secret, grant, subject, lease or destination): the record
     /// revoke-fanout sweeps from and its audit event, atomically.
+    /// A subject revocation also raises the subject's fence in the same transaction, so from the
+    /// moment it is recorded no release for that identity can land, whatever any cache says.
     pub async fn record_revocation(&self, revocation: &Revocation, event: &AuditEvent) -> Result<()> {
-        let items = vec![put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?];
+        let mut items = vec![put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?];
+        if revocation.target_kind == crate::domain::RevocationTarget::Subject {
+            let fence = Fence::subject_from_id(&revocation.target_id)
+                .ok_or(BrokerError::InvalidRequest("a subject is named <issuer>#<sub>"))?;
+            items.extend(fence_puts(self.registry()?, &fence, revocation)?);
+        }
         match self.audit.transact(items, event).await? {
             Ok(()) => Ok(()),
-            Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
+            Err(e) => Err(transact_error(&e)),
         }
+    }
+
+    /// Lift a subject's fence (an operator's unrevoke), with its audit event, atomically.
+    /// `Ok(false)` when the subject was not fenced.
+    pub async fn lift_subject_fence(&self, fence: &Fence, event: &AuditEvent) -> Result<bool> {
+        let registry = self.registry()?;
+        let scope = fence.scope();
+        let mut items = Vec::new();
+        for shard in 0..keys::FENCE_SHARDS {
+            let mut delete = aws_sdk_dynamodb::types::Delete::builder()
+                .table_name(registry)
+                .key("pk", s(keys::fence_pk(&scope, shard)))
+                .key("sk", s(keys::FENCE_SK));
+            if shard == 0 {
+                delete = delete.condition_expression("attribute_exists(pk)");
+            }
+            items.push(
+                TransactWriteItem::builder()
+                    .delete(delete.build().map_err(build_err)?)
+                    .build(),
+            );
+        }
+        landed(self.audit.transact(items, event).await?)
+    }
+
+    fn registry(&self) -> Result<&str> {
+        self.registry_table
+            .as_deref()
+            .ok_or_else(|| BrokerError::Config("the ledger needs the registry table for fences".into()))
     }
 
     fn lease_item(lease: &Lease) -> Result<Item> {
@@ -801,10 +921,162 @@ impl DynamoLedger {
     }
 }
 
+/// What each item of a release transaction is, so a cancellation is read by its reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReleaseItem {
+    Lease,
+    Replay,
+    Grant,
+    Secret,
+    SubjectFence,
+    IssuerFence,
+    Audit,
+}
+
+/// A cancelled release, read item by item (DynamoDB lists one reason per item, in order):
+/// - the lease's own `attribute_not_exists` failed: lease ids are fresh per request, so only an
+///   earlier attempt of this very request wrote it, and transactions are atomic: it landed;
+/// - a conflict or throttling on any item: the broker's own contention, retryable (503);
+/// - a guard's condition: the caller's answer (replayed token, revoked subject, disabled issuer,
+///   revoked grant, disabled secret);
+/// - the audit append alone: the chain moved under us (a lost response), retryable;
+/// - anything else: a server error.
+fn release_cancellation(err: &TransactError, items: &[ReleaseItem]) -> Result<()> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() else {
+        return Err(transact_error(err));
+    };
+    let reasons: Vec<&str> = cancelled
+        .cancellation_reasons()
+        .iter()
+        .map(|r| r.code().unwrap_or("None"))
+        .collect();
+    let failed = |what: ReleaseItem| {
+        items
+            .iter()
+            .zip(&reasons)
+            .any(|(item, code)| *item == what && *code == "ConditionalCheckFailed")
+    };
+    if failed(ReleaseItem::Lease) {
+        tracing::warn!("release found its own lease already written (an earlier attempt landed)");
+        return Ok(());
+    }
+    if reasons.iter().any(|code| is_contention(code)) {
+        return Err(transact_error(err));
+    }
+    let denial = [
+        (
+            ReleaseItem::Replay,
+            BrokerError::TokenRejected(TokenRejection::Replayed),
+        ),
+        (
+            ReleaseItem::SubjectFence,
+            BrokerError::TokenRejected(TokenRejection::SubjectRevoked),
+        ),
+        (
+            ReleaseItem::IssuerFence,
+            BrokerError::TokenRejected(TokenRejection::IssuerDisabled),
+        ),
+        (
+            ReleaseItem::Grant,
+            BrokerError::PolicyDenied(crate::error::PolicyDenial::GrantRevoked),
+        ),
+        (
+            ReleaseItem::Secret,
+            BrokerError::InvalidTarget("the secret is disabled"),
+        ),
+    ];
+    for (item, error) in denial {
+        if failed(item) {
+            return Err(error);
+        }
+    }
+    Err(transact_error(err))
+}
+
+/// Cancellation reasons that mean contention, not a decision: retry later.
+fn is_contention(code: &str) -> bool {
+    matches!(
+        code,
+        "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
+    )
+}
+
+/// A failed transaction as a `BrokerError`, by its cancellation reasons: contention (conflict,
+/// throttling) and a condition failing on the audit append (its chain moved) are retryable;
+/// other cancellations keep the first non-`None` reason as their code.
+pub(crate) fn transact_error(err: &TransactError) -> BrokerError {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() else {
+        return BrokerError::aws("dynamodb", "TransactWriteItems", err);
+    };
+    let reasons: Vec<&str> = cancelled
+        .cancellation_reasons()
+        .iter()
+        .map(|r| r.code().unwrap_or("None"))
+        .collect();
+    let code = reasons
+        .iter()
+        .find(|c| is_contention(c))
+        .or_else(|| reasons.iter().find(|c| **c != "None"))
+        .copied()
+        .unwrap_or("TransactionCanceled");
+    // The audit append is always the last item: its condition failing means our chain is stale.
+    let audit_moved =
+        reasons.last() == Some(&"ConditionalCheckFailed") && reasons[..reasons.len() - 1].iter().all(|c| *c == "None");
+    BrokerError::Aws {
+        service: "dynamodb",
+        operation: "TransactWriteItems",
+        code: format!("TransactionCanceled:{code}"),
+        retryable: is_contention(code) || audit_moved,
+    }
+}
+
+/// Puts raising `fence` on every shard (a second raise rewrites who and why).
+pub(crate) fn fence_puts(registry: &str, fence: &Fence, revocation: &Revocation) -> Result<Vec<TransactWriteItem>> {
+    let scope = fence.scope();
+    (0..keys::FENCE_SHARDS)
+        .map(|shard| {
+            let mut item = Item::from([
+                ("pk".to_string(), s(keys::fence_pk(&scope, shard))),
+                ("sk".to_string(), s(keys::FENCE_SK)),
+                ("scope".to_string(), s(&scope)),
+                ("revocation_id".to_string(), s(&revocation.revocation_id)),
+                ("actor".to_string(), s(&revocation.actor)),
+                ("reason".to_string(), s(&revocation.reason)),
+                ("at".to_string(), n(revocation.at)),
+            ]);
+            if shard == 0 {
+                // One shard is listed, so operators can see every standing fence.
+                item.insert("item_type".into(), s("fence"));
+                item.insert("item_id".into(), s(&scope));
+            }
+            let put = Put::builder()
+                .table_name(registry)
+                .set_item(Some(item))
+                .build()
+                .map_err(build_err)?;
+            Ok(TransactWriteItem::builder().put(put).build())
+        })
+        .collect()
+}
+
+fn fence_check(registry: &str, fence: &Fence, shard: u32) -> Result<TransactWriteItem> {
+    let check = ConditionCheck::builder()
+        .table_name(registry)
+        .key("pk", s(keys::fence_pk(&fence.scope(), shard)))
+        .key("sk", s(keys::FENCE_SK))
+        .condition_expression("attribute_not_exists(pk)")
+        .build()
+        .map_err(build_err)?;
+    Ok(TransactWriteItem::builder().condition_check(check).build())
+}
+
 #[async_trait]
 impl LeaseLedger for DynamoLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         let mut items = vec![put_new(&self.leases_table, Self::lease_item(lease)?, "pk")?];
+        let mut roles = vec![ReleaseItem::Lease];
         if let Some(guard) = replay {
             let item = Item::from([
                 ("pk".to_string(), s(keys::replay_pk(&guard.key))),
@@ -812,11 +1084,11 @@ impl LeaseLedger for DynamoLedger {
                 ("ttl".to_string(), n(guard.expires_at)),
             ]);
             items.push(put_new(&self.leases_table, item, "pk")?);
+            roles.push(ReleaseItem::Replay);
         }
-        // The grant (and a secret) must still be live when the lease lands, whatever a cached
-        // read said: a revocation that disabled them first can never miss a lease written after
-        // its sweep.
-        let guard_at = items.len();
+        // The grant (and a secret) must still be live, and neither the subject nor its issuer
+        // fenced, when the lease lands, whatever a cached read said: a revocation that disabled
+        // them first can never miss a lease written after its sweep.
         if let Some(registry) = &self.registry_table {
             let grant = ConditionCheck::builder()
                 .table_name(registry)
@@ -829,6 +1101,7 @@ impl LeaseLedger for DynamoLedger {
                 .build()
                 .map_err(build_err)?;
             items.push(TransactWriteItem::builder().condition_check(grant).build());
+            roles.push(ReleaseItem::Grant);
             if lease.kind == crate::domain::TargetKind::Secret {
                 let secret = ConditionCheck::builder()
                     .table_name(registry)
@@ -839,20 +1112,22 @@ impl LeaseLedger for DynamoLedger {
                     .build()
                     .map_err(build_err)?;
                 items.push(TransactWriteItem::builder().condition_check(secret).build());
+                roles.push(ReleaseItem::Secret);
             }
+            let shard = keys::fence_shard(&lease.lease_id);
+            let subject = Fence::Subject {
+                issuer: lease.issuer.clone(),
+                subject: lease.subject.clone(),
+            };
+            items.push(fence_check(registry, &subject, shard)?);
+            roles.push(ReleaseItem::SubjectFence);
+            items.push(fence_check(registry, &Fence::Issuer(lease.issuer.clone()), shard)?);
+            roles.push(ReleaseItem::IssuerFence);
         }
+        roles.push(ReleaseItem::Audit);
         match self.audit.transact(items, event).await? {
             Ok(()) => Ok(()),
-            Err(e) if replay.is_some() && condition_failed_at(&e, 1) => {
-                Err(BrokerError::TokenRejected(TokenRejection::Replayed))
-            }
-            Err(e) if self.registry_table.is_some() && condition_failed_at(&e, guard_at) => {
-                Err(BrokerError::PolicyDenied(crate::error::PolicyDenial::GrantRevoked))
-            }
-            Err(e) if self.registry_table.is_some() && condition_failed_at(&e, guard_at + 1) => {
-                Err(BrokerError::InvalidTarget("the secret is disabled"))
-            }
-            Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
+            Err(e) => release_cancellation(&e, &roles),
         }
     }
 
@@ -885,6 +1160,36 @@ impl LeaseLedger for DynamoLedger {
             .await
             .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
         Ok(output.item.is_some())
+    }
+
+    async fn fence(&self, issuer: &str, subject: &str) -> Result<Option<Fence>> {
+        let registry = self.registry()?;
+        let fences = [
+            Fence::Subject {
+                issuer: issuer.into(),
+                subject: subject.into(),
+            },
+            Fence::Issuer(issuer.into()),
+        ];
+        for fence in fences {
+            let found = self
+                .client
+                .get_item()
+                .table_name(registry)
+                .key("pk", s(keys::fence_pk(&fence.scope(), 0)))
+                .key("sk", s(keys::FENCE_SK))
+                .projection_expression("pk")
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+                .item
+                .is_some();
+            if found {
+                return Ok(Some(fence));
+            }
+        }
+        Ok(None)
     }
 
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
@@ -977,6 +1282,7 @@ mod tests {
             token_fingerprint: None,
             old_version: None,
             new_version: None,
+            request_id: None,
         }
     }
 
@@ -1016,7 +1322,7 @@ mod tests {
         let ledger = DynamoLedger::new(client, "leases", "audit", "revocations");
 
         let err = ledger.record_release(&lease(), &event(), None).await.unwrap_err();
-        assert_eq!(err.aws_code(), Some("TransactionCanceledException"));
+        assert_eq!(err.aws_code(), Some("TransactionCanceled:TransactionCanceled"));
         assert!(!err.to_string().contains("ConditionalCheckFailed"), "{err}");
         ledger.record_release(&lease(), &event(), None).await.unwrap();
         ledger.record_release(&lease(), &event(), None).await.unwrap();
@@ -1027,6 +1333,66 @@ mod tests {
         assert_ne!(seen[1].0, seen[0].0, "a failed write starts a new chain");
         assert_eq!((seen[1].1.as_str(), seen[2].1.as_str()), ("0", "1"));
         assert_eq!(seen[2].0, seen[1].0);
+    }
+
+    fn cancelled(reasons: &[&str]) -> TransactWriteItemsError {
+        use aws_sdk_dynamodb::types::CancellationReason;
+        TransactWriteItemsError::TransactionCanceledException(
+            aws_sdk_dynamodb::types::error::TransactionCanceledException::builder()
+                .set_cancellation_reasons(Some(
+                    reasons
+                        .iter()
+                        .map(|code| CancellationReason::builder().code(*code).build())
+                        .collect(),
+                ))
+                .meta(
+                    aws_sdk_dynamodb::error::ErrorMetadata::builder()
+                        .code("TransactionCanceledException")
+                        .build(),
+                )
+                .build(),
+        )
+    }
+
+    /// A release's items with the registry guard: lease, grant, subject fence, issuer fence, audit.
+    async fn release_answer(reasons: &'static [&'static str]) -> Result<()> {
+        let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|input| input.client_request_token().is_some_and(|t| t.len() == 36))
+            .then_error(move || cancelled(reasons));
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+        let ledger = DynamoLedger::new(client, "leases", "audit", "revocations").with_registry_guard("registry");
+        ledger.record_release(&lease(), &event(), None).await
+    }
+
+    #[tokio::test]
+    async fn release_cancellations_are_read_by_their_reasons() {
+        const N: &str = "None";
+        const FAILED: &str = "ConditionalCheckFailed";
+        let conflict = release_answer(&[N, N, "TransactionConflict", N, N]).await.unwrap_err();
+        assert!(conflict.is_retryable(), "{conflict}");
+        assert_eq!(conflict.client_error().status, http::StatusCode::SERVICE_UNAVAILABLE);
+        let throttled = release_answer(&[N, "ThrottlingError", N, N, N]).await.unwrap_err();
+        assert_eq!(throttled.client_error().status, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(
+            release_answer(&[N, N, FAILED, N, N]).await,
+            Err(BrokerError::TokenRejected(TokenRejection::SubjectRevoked))
+        ));
+        assert!(matches!(
+            release_answer(&[N, N, N, FAILED, N]).await,
+            Err(BrokerError::TokenRejected(TokenRejection::IssuerDisabled))
+        ));
+        assert!(matches!(
+            release_answer(&[N, FAILED, N, N, N]).await,
+            Err(BrokerError::PolicyDenied(crate::error::PolicyDenial::GrantRevoked))
+        ));
+        // The lease already written by this very request (a lost response): it landed.
+        release_answer(&[FAILED, N, N, N, FAILED]).await.unwrap();
+        // Only the audit append failed: the chain moved under us; retryable, never a 4xx.
+        let audit = release_answer(&[N, N, N, N, FAILED]).await.unwrap_err();
+        assert!(
+            audit.is_retryable() && audit.client_error().status.is_server_error(),
+            "{audit}"
+        );
     }
 
     #[test]

@@ -337,7 +337,7 @@ impl RotationStore for DynamoRotationStore {
         match result {
             Ok(_) => Ok(true),
             Err(e) if condition_failed_at(&e, 0) || condition_failed_at(&e, 1) => Ok(false),
-            Err(e) => Err(BrokerError::aws("dynamodb", "TransactWriteItems", &e)),
+            Err(e) => Err(super::dynamo::transact_error(&e)),
         }
     }
 

@@ -20,8 +20,30 @@ use crate::ports::SystemClock;
 use call_counter::CallCounter;
 use std::sync::Arc;
 
+/// The SDK configuration every client is built from, with deadlines from the environment
+/// (`NHI_AWS_*`, defaults otherwise): no AWS call may hang longer than its operation timeout.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+    sdk_config_with(&crate::config::AwsCallSettings::from_env().unwrap_or_default(), None).await
+}
+
+/// As `sdk_config`, with explicit deadlines and optionally another endpoint (tests put a fault
+/// layer in front of the local emulator this way).
+pub async fn sdk_config_with(
+    settings: &crate::config::AwsCallSettings,
+    endpoint_url: Option<&str>,
+) -> aws_config::SdkConfig {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(settings.connect_timeout)
+        .operation_attempt_timeout(settings.attempt_timeout)
+        .operation_timeout(settings.operation_timeout)
+        .build();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(settings.max_attempts));
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
 }
 
 /// Clients for every service the broker calls, all counting their requests into one counter.
@@ -239,5 +261,6 @@ pub fn broker_api_with(config: &Config, clients: Clients) -> Result<BrokerApi> {
             },
         },
         calls,
-    ))
+    )
+    .with_deadline(config.request_deadline))
 }
