@@ -22,6 +22,7 @@ fn ledger(h: &Harness) -> DynamoLedger {
         &h.config.audit_table,
         &h.config.revocations_table,
     )
+    .with_registry_guard(&h.config.registry_table)
 }
 
 /// An operator's revocation, as brokerctl records it.
@@ -841,15 +842,32 @@ async fn a_revoked_broker_jwt_is_refused_as_a_subject_token() {
     chained.environment = "staging".into();
     h.registry.put_grant(&chained).await.unwrap();
 
+    // The same broker token may also call introspection (a gateway holding a broker JWT).
+    let mut introspects = h.grant(&format!("chained-introspect-{}", h.id), &h.subject, now() + 3600);
+    introspects.issuer = h.config.broker_issuer.clone();
+    introspects.targets = vec![nhi_broker::domain::INTROSPECTION_TARGET.into()];
+    h.registry.put_grant(&introspects).await.unwrap();
+
     let (broker_token, lease_id) = exchange_jwt(&h).await;
     let (status, body) = h.post_token(&h.form(&broker_token, &h.staging_target)).await;
     assert_eq!(status, 200, "a live broker token is exchangeable: {body}");
+    let introspect = || form_request("/introspect", &[("token", "x")], Some(&broker_token));
+    assert_eq!(h.call(introspect()).await.0, 200, "and authenticates introspection");
 
     revoke(&h, RevocationTarget::Lease, &lease_id, "chain-cut", f.now()).await;
     f.drain().await;
     let (status, body) = h.post_token(&h.form(&broker_token, &h.staging_target)).await;
     assert_eq!(status, 400);
     assert_eq!(body["error_description"], "subject_token has been revoked");
+    // Dead everywhere: as a Bearer caller too.
+    let response = h.api.handle(introspect()).await;
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
 
     // A holder's own revocation (RFC 7009) denies the jti in the same transaction, before fanout.
     let (second, _) = exchange_jwt(&h).await;
