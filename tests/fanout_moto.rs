@@ -3,7 +3,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use nhi_broker::aws::dynamo::{DynamoLedger, Item};
+use nhi_broker::aws::dynamo::Item;
 use nhi_broker::domain::{
     AuditAction, AuditEvent, AuditOutcome, Destination, DestinationKind, Lease, LeaseStatus, Revocation,
     RevocationTarget, TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_SECRET, Target, TargetKind,
@@ -15,34 +15,9 @@ use nhi_tests::{Harness, LogCapture, attr, form_request, now};
 use serde_json::{Value, json};
 use std::time::Instant;
 
-fn ledger(h: &Harness) -> DynamoLedger {
-    DynamoLedger::new(
-        h.dynamo.clone(),
-        &h.config.leases_table,
-        &h.config.audit_table,
-        &h.config.revocations_table,
-    )
-    .with_registry_guard(&h.config.registry_table)
-}
-
 /// An operator's revocation, as brokerctl records it.
 async fn revoke(h: &Harness, kind: RevocationTarget, id: &str, reason: &str, at: i64) -> Revocation {
-    let revocation = Revocation {
-        revocation_id: uuid::Uuid::now_v7().to_string(),
-        target_kind: kind,
-        target_id: id.into(),
-        actor: "operator:alice".into(),
-        reason: reason.into(),
-        at,
-    };
-    let event = AuditEvent {
-        actor_subject: Some("operator:alice".into()),
-        target: Some(format!("{}:{id}", kind.as_str())),
-        reason: Some(reason.into()),
-        ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, at)
-    };
-    ledger(h).record_revocation(&revocation, &event).await.unwrap();
-    revocation
+    h.revoke(kind, id, reason, at).await
 }
 
 async fn webhook(h: &Harness, name: &str, url: &str, secrets: &[&str]) -> String {
@@ -139,7 +114,7 @@ fn jwt_lease(h: &Harness, grant_id: &str, expires_at: i64, destination: Option<S
 }
 
 async fn record_leases(h: &Harness, leases: &[Lease]) {
-    let ledger = ledger(h);
+    let ledger = h.ledger();
     for lease in leases {
         let event = AuditEvent {
             lease_id: Some(lease.lease_id.clone()),

@@ -2,39 +2,17 @@
 //! tokens refused everywhere, holder-bound revocation, deadlines and ambiguous commits through the
 //! fault layer (`support::faults`), audited refusals with request ids, claim-naming denials.
 
-use nhi_broker::aws::dynamo::DynamoLedger;
 use nhi_broker::config::AwsCallSettings;
-use nhi_broker::domain::{AuditAction, AuditEvent, AuditOutcome, Fence, Revocation, RevocationTarget};
+use nhi_broker::domain::{AuditAction, AuditEvent, AuditOutcome, Fence, RevocationTarget};
 use nhi_tests::faults::{Fault, FaultProxy};
 use nhi_tests::{Harness, attr, form_request, now};
 use std::time::{Duration, Instant};
 
-fn ledger(h: &Harness) -> DynamoLedger {
-    DynamoLedger::new(
-        h.dynamo.clone(),
-        &h.config.leases_table,
-        &h.config.audit_table,
-        &h.config.revocations_table,
-    )
-    .with_registry_guard(&h.config.registry_table)
-}
-
 /// As `brokerctl revoke subject` records it.
-async fn revoke_subject(h: &Harness) {
-    let id = format!("{}#{}", h.issuer.issuer, h.subject);
-    let revocation = Revocation {
-        revocation_id: uuid::Uuid::now_v7().to_string(),
-        target_kind: RevocationTarget::Subject,
-        target_id: id.clone(),
-        actor: "operator:test".into(),
-        reason: "compromised runner".into(),
-        at: now(),
-    };
-    let event = AuditEvent {
-        target: Some(format!("subject:{id}")),
-        ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now())
-    };
-    ledger(h).record_revocation(&revocation, &event).await.unwrap();
+async fn revoke_subject(h: &Harness, subject: &str) {
+    let id = format!("{}#{subject}", h.issuer.issuer);
+    h.revoke(RevocationTarget::Subject, &id, "compromised runner", now())
+        .await;
 }
 
 async fn exchange(h: &Harness) -> (u16, serde_json::Value) {
@@ -57,7 +35,7 @@ async fn a_revoked_subject_is_refused_at_once_despite_warm_caches_until_unrevoke
     assert_eq!(status, 200, "{body}");
     let introspect = |token: String| form_request("/introspect", &[("token", "x")], Some(&token));
 
-    revoke_subject(&h).await;
+    revoke_subject(&h, &h.subject).await;
     // The policy cache (5 s) still holds the grant: the release transaction's fence refuses.
     let (status, body) = exchange(&h).await;
     assert_eq!(status, 400, "{body}");
@@ -86,30 +64,18 @@ async fn a_revoked_subject_is_refused_at_once_despite_warm_caches_until_unrevoke
         reason: Some("runner rebuilt".into()),
         ..AuditEvent::new(AuditAction::Unrevoke, AuditOutcome::Lifted, now())
     };
-    assert!(ledger(&h).lift_subject_fence(&fence, &lift).await.unwrap());
+    assert!(h.ledger().lift_subject_fence(&fence, &lift).await.unwrap());
     assert!(
-        !ledger(&h).lift_subject_fence(&fence, &lift).await.unwrap(),
+        !h.ledger().lift_subject_fence(&fence, &lift).await.unwrap(),
         "not revoked any more"
     );
     let (status, body) = exchange(&h).await;
     assert_eq!(status, 200, "{body}");
 
     // A revoked caller cannot introspect either ("disabled everywhere").
-    let mut gateway = h.claims();
-    gateway["sub"] = format!("repo:org/gateway-{}:ref:refs/heads/main", h.id).into();
     let (status, _) = h.call(introspect(caller.clone())).await;
     assert_eq!(status, 200);
-    let gateway_id = format!("{}#{}", h.issuer.issuer, gateway["sub"].as_str().unwrap());
-    let revocation = Revocation {
-        revocation_id: uuid::Uuid::now_v7().to_string(),
-        target_kind: RevocationTarget::Subject,
-        target_id: gateway_id,
-        actor: "operator:test".into(),
-        reason: "test".into(),
-        at: now(),
-    };
-    let event = AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now());
-    ledger(&h).record_revocation(&revocation, &event).await.unwrap();
+    revoke_subject(&h, &format!("repo:org/gateway-{}:ref:refs/heads/main", h.id)).await;
     let (status, _) = h.call(introspect(caller)).await;
     assert_eq!(status, 401);
 }

@@ -275,10 +275,12 @@ fn to_json<T: Serialize>(value: &T) -> Value {
 }
 
 impl Ctl {
-    pub async fn new(tables: Tables, operator: String) -> Self {
-        let sdk = nhi_broker::aws::sdk_config().await;
+    /// Clients with the deadlines `NHI_AWS_*` set (invalid values are a usage error, never ignored).
+    pub async fn new(tables: Tables, operator: String) -> CliResult<Self> {
+        let deadlines = nhi_broker::config::AwsCallSettings::from_env().map_err(|e| CliError::usage(e.to_string()))?;
+        let sdk = nhi_broker::aws::sdk_config_with(&deadlines, None).await;
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        Self {
+        Ok(Self {
             registry: DynamoRegistry::new(dynamo.clone(), &tables.registry),
             ledger: DynamoLedger::new(dynamo.clone(), &tables.leases, &tables.audit, &tables.revocations)
                 .with_registry_guard(&tables.registry),
@@ -291,7 +293,7 @@ impl Ctl {
             progress: Box::new(|line| {
                 let _ = writeln!(std::io::stderr().lock(), "{line}");
             }),
-        }
+        })
     }
 
     fn actor(&self) -> String {

@@ -275,7 +275,7 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
         },
         cli.operator,
     )
-    .await;
+    .await?;
     match cli.command {
         Command::Issuer {
             action: IssuerAction::List,

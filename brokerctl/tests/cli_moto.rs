@@ -203,6 +203,22 @@ destinations:
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("unknown field"), "{}", bad.stderr);
 
+    // A subject revocation is lifted only explicitly, once, with a reason (another subject, so the
+    // secret's lease above is untouched).
+    let blocked = format!("{}#repo:org/other-{}:ref:refs/heads/main", h.issuer.issuer, h.id);
+    let revoked = brokerctl(&["revoke", "subject", &blocked, "--reason", "runner compromised"], None);
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let no_reason = brokerctl(&["unrevoke", "subject", &blocked], None);
+    assert_eq!(no_reason.code, 2);
+    let lifted = brokerctl(&["unrevoke", "subject", &blocked, "--reason", "runner rebuilt"], None);
+    assert_eq!(lifted.code, 0, "{}", lifted.stderr);
+    assert!(lifted.stdout.contains("may exchange again"), "{}", lifted.stdout);
+    let again = brokerctl(&["unrevoke", "subject", &blocked, "--reason", "twice"], None);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("is not revoked"), "{}", again.stderr);
+    let malformed = brokerctl(&["unrevoke", "subject", "no-issuer", "--reason", "x"], None);
+    assert_eq!(malformed.code, 2);
+
     // Revoke the secret everywhere.
     let revoked = brokerctl(&["revoke", "secret", &secret, "--reason", "suspected leak"], None);
     assert_eq!(revoked.code, 0, "{}", revoked.stderr);

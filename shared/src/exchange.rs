@@ -134,8 +134,19 @@ impl ExchangeService {
             ..AuditEvent::new(action, AuditOutcome::Denied, self.clock.now())
         };
         tracing::info!(reason, request_id, action = ?action, "request refused and audited");
-        if let Err(e) = self.ledger.record_denial(&event).await {
-            tracing::error!(error = %e, reason, request_id, "failed to record refusal audit event");
+        self.record_refusal(&event).await;
+    }
+
+    /// Write a refusal's audit event. A failed write must not turn a refusal into a release or a
+    /// 500: it is logged loudly instead.
+    pub(crate) async fn record_refusal(&self, event: &AuditEvent) {
+        if let Err(e) = self.ledger.record_denial(event).await {
+            tracing::error!(
+                error = %e,
+                reason = event.reason.as_deref().unwrap_or_default(),
+                request_id = event.request_id.as_deref().unwrap_or_default(),
+                "failed to record refusal audit event"
+            );
         }
     }
 
@@ -324,10 +335,7 @@ impl ExchangeService {
             ..AuditEvent::new(AuditAction::TokenExchange, AuditOutcome::Denied, now)
         };
         tracing::info!(reason, subject_token = %fingerprint, request_id = %request.request_id, "token exchange denied");
-        // A failed audit write must not turn a denial into a release or a 500: log it loudly.
-        if let Err(e) = self.ledger.record_denial(&event).await {
-            tracing::error!(error = %e, reason, "failed to record denial audit event");
-        }
+        self.record_refusal(&event).await;
     }
 }
 

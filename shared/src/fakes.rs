@@ -1,7 +1,7 @@
 //! In-memory fakes of every port, for fast unit tests. The AWS adapters are tested against moto.
 
-use crate::domain::{AuditEvent, Grant, Issuer, Lease, LeaseStatus, Revocation, Target, UnixTime};
-use crate::error::{BrokerError, Result};
+use crate::domain::{AuditEvent, Fence, Grant, Issuer, Lease, LeaseStatus, Revocation, Target, UnixTime};
+use crate::error::{BrokerError, Result, TokenRejection};
 use crate::ports::{
     AssumeRoleRequest, AwsSessionCredentials, Clock, CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, RoleAssumer,
     SecretDecryptor, SecretEncryptor, SecretStore, TokenSigner,
@@ -71,6 +71,20 @@ pub struct InMemoryLedger {
 }
 
 impl InMemoryLedger {
+    /// The subject's fence, else its issuer's, if raised.
+    fn standing_fence(&self, issuer: &str, subject: &str) -> Option<Fence> {
+        let fences = self.fences.lock().unwrap();
+        [
+            Fence::Subject {
+                issuer: issuer.into(),
+                subject: subject.into(),
+            },
+            Fence::Issuer(issuer.into()),
+        ]
+        .into_iter()
+        .find(|f| fences.contains(&f.scope()))
+    }
+
     fn check(&self) -> Result<()> {
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(BrokerError::Aws {
@@ -88,27 +102,15 @@ impl InMemoryLedger {
 impl LeaseLedger for InMemoryLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         self.check()?;
-        {
-            use crate::domain::Fence;
-            use crate::error::TokenRejection;
-            let fences = self.fences.lock().unwrap();
-            let subject = Fence::Subject {
-                issuer: lease.issuer.clone(),
-                subject: lease.subject.clone(),
-            };
-            if fences.contains(&subject.scope()) {
-                return Err(BrokerError::TokenRejected(TokenRejection::SubjectRevoked));
-            }
-            if fences.contains(&Fence::Issuer(lease.issuer.clone()).scope()) {
-                return Err(BrokerError::TokenRejected(TokenRejection::IssuerDisabled));
-            }
+        match self.standing_fence(&lease.issuer, &lease.subject) {
+            Some(Fence::Subject { .. }) => return Err(BrokerError::TokenRejected(TokenRejection::SubjectRevoked)),
+            Some(Fence::Issuer(_)) => return Err(BrokerError::TokenRejected(TokenRejection::IssuerDisabled)),
+            None => {}
         }
         if let Some(guard) = replay
-            && !self.replay_keys.lock().unwrap().contains(&guard.key)
+            && !self.replay_keys.lock().unwrap().insert(guard.key.clone())
         {
-            self.replay_keys.lock().unwrap().insert(guard.key.clone());
-        } else if replay.is_some() {
-            return Err(BrokerError::TokenRejected(crate::error::TokenRejection::Replayed));
+            return Err(BrokerError::TokenRejected(TokenRejection::Replayed));
         }
         self.leases.lock().unwrap().push(lease.clone());
         self.events.lock().unwrap().push(event.clone());
@@ -135,17 +137,8 @@ impl LeaseLedger for InMemoryLedger {
         Ok(self.denied.lock().unwrap().contains(jti))
     }
 
-    async fn fence(&self, issuer: &str, subject: &str) -> Result<Option<crate::domain::Fence>> {
-        use crate::domain::Fence;
-        let fences = self.fences.lock().unwrap();
-        let candidates = [
-            Fence::Subject {
-                issuer: issuer.into(),
-                subject: subject.into(),
-            },
-            Fence::Issuer(issuer.into()),
-        ];
-        Ok(candidates.into_iter().find(|f| fences.contains(&f.scope())))
+    async fn fence(&self, issuer: &str, subject: &str) -> Result<Option<Fence>> {
+        Ok(self.standing_fence(issuer, subject))
     }
 
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {

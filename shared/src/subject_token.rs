@@ -268,9 +268,15 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
 
+    /// The demo issuer registered (static JWKS), and the production key cache in front of it.
     fn world() -> (DemoIssuer, InMemoryPolicy, HttpIssuerKeys) {
         let demo = DemoIssuer::generate("https://idp.test").unwrap();
-        let policy = InMemoryPolicy::with(
+        let policy = registered(&demo);
+        (demo, policy, HttpIssuerKeys::new(JwksSettings::default()).unwrap())
+    }
+
+    fn registered(demo: &DemoIssuer) -> InMemoryPolicy {
+        InMemoryPolicy::with(
             vec![Issuer {
                 issuer: demo.issuer.clone(),
                 name: "idp".into(),
@@ -284,8 +290,7 @@ mod tests {
             }],
             vec![],
             vec![],
-        );
-        (demo, policy, HttpIssuerKeys::new(JwksSettings::default()).unwrap())
+        )
     }
 
     fn rejection(result: Result<(VerifiedSubject, Vec<Grant>)>) -> TokenRejection {
@@ -364,21 +369,7 @@ mod tests {
     }
 
     async fn verify_with(demo: &DemoIssuer, token: &SecretString) -> Result<(VerifiedSubject, Vec<Grant>)> {
-        let policy = InMemoryPolicy::with(
-            vec![Issuer {
-                issuer: demo.issuer.clone(),
-                name: "idp".into(),
-                audiences: vec!["nhi-broker".into()],
-                jwks: crate::domain::JwksSource::Static {
-                    jwks: demo.jwks_json().to_string(),
-                },
-                algorithms: vec!["ES256".into()],
-                enabled: true,
-                one_time_jti: false,
-            }],
-            vec![],
-            vec![],
-        );
+        let policy = registered(demo);
         let keys = HttpIssuerKeys::new(JwksSettings::default()).unwrap();
         let verifier = SubjectTokenVerifier {
             policy: &policy,

@@ -197,9 +197,7 @@ impl ExchangeService {
             request_id: Some(request_id.to_string()),
             ..AuditEvent::new(AuditAction::Introspect, AuditOutcome::Denied, now)
         };
-        if let Err(e) = self.ledger.record_denial(&event).await {
-            tracing::error!(error = %e, reason, "failed to record introspection denial");
-        }
+        self.record_refusal(&event).await;
     }
 
     /// Revoke what `token` names, if it names an active lease the requester holds (see the module
@@ -221,9 +219,7 @@ impl ExchangeService {
                 ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Denied, now)
             };
             tracing::info!(lease_id = %lease.lease_id, reason = refusal, request_id, "revocation by a non-holder refused");
-            if let Err(e) = self.ledger.record_denial(&event).await {
-                tracing::error!(error = %e, request_id, "failed to record revocation refusal");
-            }
+            self.record_refusal(&event).await;
             return Ok(());
         }
         if lease.status != LeaseStatus::Active {

@@ -107,6 +107,44 @@ impl Harness {
         self.config = config;
     }
 
+    /// The ledger as operators (brokerctl) and fanout use it: revocations, fences, lease reads.
+    pub fn ledger(&self) -> nhi_broker::aws::dynamo::DynamoLedger {
+        nhi_broker::aws::dynamo::DynamoLedger::new(
+            self.dynamo.clone(),
+            &self.config.leases_table,
+            &self.config.audit_table,
+            &self.config.revocations_table,
+        )
+        .with_registry_guard(&self.config.registry_table)
+    }
+
+    /// An operator's revocation, as brokerctl records it (record and audit event in one write).
+    pub async fn revoke(
+        &self,
+        kind: nhi_broker::domain::RevocationTarget,
+        id: &str,
+        reason: &str,
+        at: i64,
+    ) -> nhi_broker::domain::Revocation {
+        use nhi_broker::domain::{AuditAction, AuditEvent, AuditOutcome, Revocation};
+        let revocation = Revocation {
+            revocation_id: uuid::Uuid::now_v7().to_string(),
+            target_kind: kind,
+            target_id: id.into(),
+            actor: "operator:alice".into(),
+            reason: reason.into(),
+            at,
+        };
+        let event = AuditEvent {
+            actor_subject: Some("operator:alice".into()),
+            target: Some(format!("{}:{id}", kind.as_str())),
+            reason: Some(reason.into()),
+            ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, at)
+        };
+        self.ledger().record_revocation(&revocation, &event).await.unwrap();
+        revocation
+    }
+
     /// The registration of this harness' issuer (JWKS served over loopback HTTP).
     pub fn issuer_record(&self) -> Issuer {
         Issuer {

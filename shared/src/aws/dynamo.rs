@@ -196,25 +196,14 @@ impl DynamoRegistry {
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
         let fence = Fence::Issuer(issuer.issuer.clone());
         if issuer.enabled {
-            for shard in 0..keys::FENCE_SHARDS {
-                let delete = aws_sdk_dynamodb::types::Delete::builder()
-                    .table_name(&self.table)
-                    .key("pk", s(keys::fence_pk(&fence.scope(), shard)))
-                    .key("sk", s(keys::FENCE_SK))
-                    .build()
-                    .map_err(build_err)?;
-                items.push(TransactWriteItem::builder().delete(delete).build());
-            }
+            items.extend(fence_deletes(&self.table, &fence, false)?);
         } else {
-            let disabled = Revocation {
-                revocation_id: format!("issuer-disabled-{}", uuid::Uuid::now_v7()),
-                target_kind: crate::domain::RevocationTarget::Subject,
-                target_id: issuer.issuer.clone(),
-                actor: "registry".into(),
-                reason: "issuer disabled".into(),
-                at: crate::ports::Clock::now(&crate::ports::SystemClock),
-            };
-            items.extend(fence_puts(&self.table, &fence, &disabled)?);
+            let at = crate::ports::Clock::now(&crate::ports::SystemClock);
+            items.extend(fence_puts(
+                &self.table,
+                &fence,
+                [("reason", s("issuer disabled")), ("at", n(at))],
+            )?);
         }
         self.client
             .transact_write_items()
@@ -657,13 +646,13 @@ pub(crate) fn is_conditional_check_failed<E: aws_sdk_dynamodb::error::ProvideErr
         .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
-/// `Ok(true)` when a transaction landed, `Ok(false)` when its first item's condition failed
-/// (another writer changed that state first), otherwise the error.
+/// `Ok(true)` when an audited transaction landed, `Ok(false)` when its first item's condition
+/// failed (another writer changed that state first), otherwise the error.
 pub(crate) fn landed(result: std::result::Result<(), TransactError>) -> Result<bool> {
     match result {
         Ok(()) => Ok(true),
         Err(e) if condition_failed_at(&e, 0) => Ok(false),
-        Err(e) => Err(transact_error(&e)),
+        Err(e) => Err(audited_transact_error(&e)),
     }
 }
 
@@ -870,34 +859,24 @@ impl DynamoLedger {
         if revocation.target_kind == crate::domain::RevocationTarget::Subject {
             let fence = Fence::subject_from_id(&revocation.target_id)
                 .ok_or(BrokerError::InvalidRequest("a subject is named <issuer>#<sub>"))?;
-            items.extend(fence_puts(self.registry()?, &fence, revocation)?);
+            let origin = [
+                ("revocation_id", s(&revocation.revocation_id)),
+                ("actor", s(&revocation.actor)),
+                ("reason", s(&revocation.reason)),
+                ("at", n(revocation.at)),
+            ];
+            items.extend(fence_puts(self.registry()?, &fence, origin)?);
         }
         match self.audit.transact(items, event).await? {
             Ok(()) => Ok(()),
-            Err(e) => Err(transact_error(&e)),
+            Err(e) => Err(audited_transact_error(&e)),
         }
     }
 
     /// Lift a subject's fence (an operator's unrevoke), with its audit event, atomically.
     /// `Ok(false)` when the subject was not fenced.
     pub async fn lift_subject_fence(&self, fence: &Fence, event: &AuditEvent) -> Result<bool> {
-        let registry = self.registry()?;
-        let scope = fence.scope();
-        let mut items = Vec::new();
-        for shard in 0..keys::FENCE_SHARDS {
-            let mut delete = aws_sdk_dynamodb::types::Delete::builder()
-                .table_name(registry)
-                .key("pk", s(keys::fence_pk(&scope, shard)))
-                .key("sk", s(keys::FENCE_SK));
-            if shard == 0 {
-                delete = delete.condition_expression("attribute_exists(pk)");
-            }
-            items.push(
-                TransactWriteItem::builder()
-                    .delete(delete.build().map_err(build_err)?)
-                    .build(),
-            );
-        }
+        let items = fence_deletes(self.registry()?, fence, true)?;
         landed(self.audit.transact(items, event).await?)
     }
 
@@ -942,15 +921,9 @@ enum ReleaseItem {
 /// - the audit append alone: the chain moved under us (a lost response), retryable;
 /// - anything else: a server error.
 fn release_cancellation(err: &TransactError, items: &[ReleaseItem]) -> Result<()> {
-    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-    let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() else {
+    let Some(reasons) = cancellation_reasons(err) else {
         return Err(transact_error(err));
     };
-    let reasons: Vec<&str> = cancelled
-        .cancellation_reasons()
-        .iter()
-        .map(|r| r.code().unwrap_or("None"))
-        .collect();
     let failed = |what: ReleaseItem| {
         items
             .iter()
@@ -991,7 +964,23 @@ fn release_cancellation(err: &TransactError, items: &[ReleaseItem]) -> Result<()
             return Err(error);
         }
     }
-    Err(transact_error(err))
+    Err(audited_transact_error(err))
+}
+
+/// One code per item of a cancelled transaction, in order (`None` for items that were fine);
+/// `None` when the transaction was not cancelled.
+fn cancellation_reasons(err: &TransactError) -> Option<Vec<&str>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => Some(
+            cancelled
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("None"))
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
 /// Cancellation reasons that mean contention, not a decision: retry later.
@@ -1003,27 +992,32 @@ fn is_contention(code: &str) -> bool {
 }
 
 /// A failed transaction as a `BrokerError`, by its cancellation reasons: contention (conflict,
-/// throttling) and a condition failing on the audit append (its chain moved) are retryable;
-/// other cancellations keep the first non-`None` reason as their code.
+/// throttling) is retryable; other cancellations keep the first non-`None` reason as their code.
 pub(crate) fn transact_error(err: &TransactError) -> BrokerError {
-    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-    let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() else {
+    transact_error_from(err, false)
+}
+
+/// As `transact_error`, for transactions written through `AuditWriter::transact`, whose last item
+/// is the audit append: its condition failing alone means this writer's chain moved (the chain
+/// restarts), so a retry succeeds.
+pub(crate) fn audited_transact_error(err: &TransactError) -> BrokerError {
+    transact_error_from(err, true)
+}
+
+fn transact_error_from(err: &TransactError, audited: bool) -> BrokerError {
+    let Some(reasons) = cancellation_reasons(err) else {
         return BrokerError::aws("dynamodb", "TransactWriteItems", err);
     };
-    let reasons: Vec<&str> = cancelled
-        .cancellation_reasons()
-        .iter()
-        .map(|r| r.code().unwrap_or("None"))
-        .collect();
     let code = reasons
         .iter()
         .find(|c| is_contention(c))
         .or_else(|| reasons.iter().find(|c| **c != "None"))
         .copied()
         .unwrap_or("TransactionCanceled");
-    // The audit append is always the last item: its condition failing means our chain is stale.
-    let audit_moved =
-        reasons.last() == Some(&"ConditionalCheckFailed") && reasons[..reasons.len() - 1].iter().all(|c| *c == "None");
+    let audit_moved = audited
+        && reasons
+            .split_last()
+            .is_some_and(|(last, rest)| *last == "ConditionalCheckFailed" && rest.iter().all(|c| *c == "None"));
     BrokerError::Aws {
         service: "dynamodb",
         operation: "TransactWriteItems",
@@ -1032,8 +1026,13 @@ pub(crate) fn transact_error(err: &TransactError) -> BrokerError {
     }
 }
 
-/// Puts raising `fence` on every shard (a second raise rewrites who and why).
-pub(crate) fn fence_puts(registry: &str, fence: &Fence, revocation: &Revocation) -> Result<Vec<TransactWriteItem>> {
+/// Puts raising `fence` on every shard, each carrying `origin` (who raised it and why); a second
+/// raise rewrites them.
+pub(crate) fn fence_puts<const N: usize>(
+    registry: &str,
+    fence: &Fence,
+    origin: [(&str, AttributeValue); N],
+) -> Result<Vec<TransactWriteItem>> {
     let scope = fence.scope();
     (0..keys::FENCE_SHARDS)
         .map(|shard| {
@@ -1041,11 +1040,8 @@ pub(crate) fn fence_puts(registry: &str, fence: &Fence, revocation: &Revocation)
                 ("pk".to_string(), s(keys::fence_pk(&scope, shard))),
                 ("sk".to_string(), s(keys::FENCE_SK)),
                 ("scope".to_string(), s(&scope)),
-                ("revocation_id".to_string(), s(&revocation.revocation_id)),
-                ("actor".to_string(), s(&revocation.actor)),
-                ("reason".to_string(), s(&revocation.reason)),
-                ("at".to_string(), n(revocation.at)),
             ]);
+            item.extend(origin.iter().map(|(k, v)| (k.to_string(), v.clone())));
             if shard == 0 {
                 // One shard is listed, so operators can see every standing fence.
                 item.insert("item_type".into(), s("fence"));
@@ -1057,6 +1053,26 @@ pub(crate) fn fence_puts(registry: &str, fence: &Fence, revocation: &Revocation)
                 .build()
                 .map_err(build_err)?;
             Ok(TransactWriteItem::builder().put(put).build())
+        })
+        .collect()
+}
+
+/// Deletes lowering `fence` on every shard; `raised`: the first must exist (its condition fails
+/// the transaction when the fence was not up).
+fn fence_deletes(registry: &str, fence: &Fence, raised: bool) -> Result<Vec<TransactWriteItem>> {
+    let scope = fence.scope();
+    (0..keys::FENCE_SHARDS)
+        .map(|shard| {
+            let mut delete = aws_sdk_dynamodb::types::Delete::builder()
+                .table_name(registry)
+                .key("pk", s(keys::fence_pk(&scope, shard)))
+                .key("sk", s(keys::FENCE_SK));
+            if raised && shard == 0 {
+                delete = delete.condition_expression("attribute_exists(pk)");
+            }
+            Ok(TransactWriteItem::builder()
+                .delete(delete.build().map_err(build_err)?)
+                .build())
         })
         .collect()
 }
@@ -1164,14 +1180,7 @@ impl LeaseLedger for DynamoLedger {
 
     async fn fence(&self, issuer: &str, subject: &str) -> Result<Option<Fence>> {
         let registry = self.registry()?;
-        let fences = [
-            Fence::Subject {
-                issuer: issuer.into(),
-                subject: subject.into(),
-            },
-            Fence::Issuer(issuer.into()),
-        ];
-        for fence in fences {
+        let raised = |fence: Fence| async move {
             let found = self
                 .client
                 .get_item()
@@ -1185,11 +1194,18 @@ impl LeaseLedger for DynamoLedger {
                 .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
                 .item
                 .is_some();
-            if found {
-                return Ok(Some(fence));
-            }
-        }
-        Ok(None)
+            Ok::<_, BrokerError>(found.then_some(fence))
+        };
+        // Both reads at once: one round trip of latency.
+        let (subject, issuer) = futures::future::try_join(
+            raised(Fence::Subject {
+                issuer: issuer.into(),
+                subject: subject.into(),
+            }),
+            raised(Fence::Issuer(issuer.into())),
+        )
+        .await?;
+        Ok(subject.or(issuer))
     }
 
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
