@@ -352,6 +352,43 @@ async fn revoking_a_grant_denies_its_jwts_and_a_replayed_batch_delivers_nothing_
     logs.assert_free_of(&secrets);
 }
 
+/// The retry schedule runs while the first send to a slow destination is still in flight: the
+/// attempt was claimed before it was sent, so the record is not due and nothing is sent twice.
+#[tokio::test(flavor = "current_thread")]
+async fn one_attempt_is_one_post_even_when_the_retry_schedule_runs_during_the_first_send() {
+    let _one_at_a_time = exclusive().await;
+    let h = Harness::new().await;
+    let mut f = Fanout::new(&h).await;
+    let receiver = Receiver::start_slow(202, std::time::Duration::from_millis(1500)).await;
+    let sync_job = webhook(&h, "slow-sync-job", &receiver.url, &[]).await;
+    let mut grant = h.grant(&h.grant_id, &h.subject, now() + 86_400);
+    grant.delivers_to = Some(sync_job.clone());
+    h.registry.put_grant(&grant).await.unwrap();
+    exchange_jwt(&h).await;
+
+    let revocation = revoke(&h, RevocationTarget::Grant, &h.grant_id, "offboarding", f.now()).await;
+    // The retry schedule: another revoke-fanout invocation at the same time.
+    let schedule = Fanout::new(&h).await;
+    schedule.set_clock(f.now());
+    let retries = async {
+        let mut report = nhi_broker::fanout::FanoutReport::default();
+        for _ in 0..8 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            report.add(&schedule.service.retry_due().await.unwrap());
+        }
+        report
+    };
+    let (outcome, retried) = tokio::join!(f.drain(), retries);
+    assert_eq!(outcome.failures_reported, 0);
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "one SET, however often the retry schedule ran meanwhile ({retried:?})"
+    );
+    let record = delivery(&h, &sync_job, &revocation.revocation_id).await;
+    assert_eq!((attr(&record, "status"), num(&record, "attempts")), ("confirmed", 1));
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_destination_answering_500_is_retried_with_backoff_then_flagged_unconfirmed() {
     let _one_at_a_time = exclusive().await;

@@ -460,6 +460,9 @@ pub enum AuditAction {
     Deliver,
     /// An operator lifted a subject revocation (the block on new exchanges).
     Unrevoke,
+    /// An operator changed the registry (apply, secret put, issuer or target put, destination
+    /// resolve or redeliver).
+    Register,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +476,8 @@ pub enum AuditOutcome {
     Unconfirmed,
     /// A block was lifted.
     Lifted,
+    /// An operator's registry change was written.
+    Applied,
 }
 
 /// A standing block on new releases, checked inside every release transaction, so no cache of

@@ -6,6 +6,11 @@
 //! a run that dies part-way and is replayed finds the same leases still active and redoes only what
 //! is missing; a delivery record once opened is found again by the retry schedule even if no
 //! replay comes. Deliveries already confirmed are never sent again.
+//!
+//! Each attempt is claimed before it is sent: a conditional write counts the attempt and moves its
+//! next try past the send's timeout, so a replay, an overlapping run or the retry schedule that
+//! finds the same record cannot send it again at the same time (one attempt, one POST, recorded).
+//! A run that dies after its claim leaves the attempt counted and the record due again later.
 
 use crate::domain::{
     AuditAction, AuditEvent, AuditOutcome, ChangeEvent, Delivery, DeliveryStatus, Lease, Revocation, RevocationTarget,
@@ -35,6 +40,9 @@ pub struct FanoutSettings {
     pub retry_batch: usize,
     /// Stop and hand over to the next invocation when less than this is left before the deadline.
     pub deadline_margin: Duration,
+    /// How long a claimed attempt keeps others off its record (longer than one send's timeout);
+    /// a run that dies mid-attempt is retried after it.
+    pub attempt_claim_seconds: i64,
 }
 
 impl Default for FanoutSettings {
@@ -47,6 +55,7 @@ impl Default for FanoutSettings {
             confirm_window_seconds: 3600,
             retry_batch: 100,
             deadline_margin: Duration::from_secs(30),
+            attempt_claim_seconds: 60,
         }
     }
 }
@@ -339,14 +348,26 @@ impl FanoutService {
         Ok(())
     }
 
-    /// One attempt at a pending delivery, recorded with a conditional write: a concurrent attempt
-    /// that recorded first wins and this one counts as skipped.
+    /// One attempt at a pending delivery. Claimed first (the attempt counted, the record no longer
+    /// due until the claim lapses), so nobody else sends it meanwhile; then sent; then its outcome
+    /// recorded over the claim. Whoever loses the claim sends nothing and counts it as skipped.
     async fn attempt(&self, delivery: Delivery, report: &mut FanoutReport) -> Result<()> {
         if delivery.status != DeliveryStatus::Pending {
             report.deliveries_skipped += 1;
             return Ok(());
         }
         let now = self.clock.now();
+        let attempts = delivery.attempts + 1;
+        let claimed = Delivery {
+            attempts,
+            last_attempt_at: Some(now),
+            next_attempt_at: Some(now + self.settings.attempt_claim_seconds.max(1)),
+            ..delivery.clone()
+        };
+        if !self.deliveries.update(&delivery, &claimed, None).await? {
+            report.deliveries_skipped += 1;
+            return Ok(());
+        }
         let outcome = match self.registry.destination(&delivery.destination_id).await? {
             Some(destination) => {
                 self.notifier
@@ -355,12 +376,7 @@ impl FanoutService {
             }
             None => Err(crate::ports::NotifyFailure("unknown_destination".into())),
         };
-        let attempts = delivery.attempts + 1;
-        let mut after = Delivery {
-            attempts,
-            last_attempt_at: Some(now),
-            ..delivery.clone()
-        };
+        let mut after = claimed.clone();
         let mut audit = None;
         match outcome {
             Ok(receipt) => {
@@ -394,7 +410,7 @@ impl FanoutService {
                 );
             }
         }
-        if !self.deliveries.update(&delivery, &after, audit.as_ref()).await? {
+        if !self.deliveries.update(&claimed, &after, audit.as_ref()).await? {
             report.deliveries_skipped += 1;
             return Ok(());
         }

@@ -37,6 +37,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(status: u16) -> Self {
+        Self::start_slow(status, std::time::Duration::ZERO).await
+    }
+
+    /// A receiver that takes `delay` to answer each request (a slow destination).
+    pub async fn start_slow(status: u16, delay: std::time::Duration) -> Self {
         let listener = nhi_local::bind_loopback(0).await.unwrap();
         let url = format!("http://127.0.0.1:{}/events", listener.local_addr().unwrap().port());
         let status = Arc::new(AtomicU16::new(status));
@@ -64,6 +69,7 @@ impl Receiver {
                         content_type,
                         body: String::from_utf8_lossy(&body).into_owned(),
                     });
+                    tokio::time::sleep(delay).await;
                     nhi_local::text(answer.load(Ordering::SeqCst), "application/json", String::new())
                 }
             },

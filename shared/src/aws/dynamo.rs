@@ -366,84 +366,35 @@ impl DynamoRegistry {
     }
 
     /// Register (or replace) a destination and its links in each secret's item collection, in one
-    /// transaction; links to secrets it no longer holds are removed. Conditional on the revision
-    /// read, so two concurrent writers cannot leave stale links.
+    /// transaction; links to secrets it no longer holds are removed. Conditional on the item read
+    /// (see `registry_writes`), so two concurrent writers cannot leave stale links; what fanout
+    /// keeps on the item (the `exposed` flag) stays.
     pub async fn put_destination(&self, destination: &Destination) -> Result<()> {
         if destination.secrets.len() > 90 {
             return Err(BrokerError::InvalidRequest("a destination may hold at most 90 secrets"));
         }
         let existing = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(keys::destination_pk(&destination.id)))
-            .key("sk", s(keys::DESTINATION_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
-            .item;
-        let revision = existing
-            .as_ref()
-            .and_then(|i| i.get("revision"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse::<i64>().ok());
+            .get(&keys::destination_pk(&destination.id), keys::DESTINATION_SK)
+            .await?;
+        let expect = super::registry_writes::Expect::from_read(existing.as_ref());
         let old_secrets: Vec<String> = match existing {
             Some(item) => from_item::<Destination>(item, "destination")?.secrets,
             None => Vec::new(),
         };
-        let item = to_item(
-            destination,
-            [
-                ("pk", s(keys::destination_pk(&destination.id))),
-                ("sk", s(keys::DESTINATION_SK)),
-                ("item_type", s("destination")),
-                ("item_id", s(&destination.id)),
-                ("revision", n(revision.unwrap_or(0) + 1)),
-            ],
-        )?;
-        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
-        put = match revision {
-            Some(r) => put
-                .condition_expression("revision = :r")
-                .expression_attribute_values(":r", n(r)),
-            None => put.condition_expression("attribute_not_exists(pk)"),
-        };
-        let mut items = vec![
-            TransactWriteItem::builder()
-                .put(put.build().map_err(build_err)?)
-                .build(),
-        ];
-        for secret in old_secrets.iter().filter(|s| !destination.secrets.contains(s)) {
-            let delete = aws_sdk_dynamodb::types::Delete::builder()
-                .table_name(&self.table)
-                .key("pk", s(keys::secret_pk(secret)))
-                .key("sk", s(keys::destination_link_sk(&destination.id)))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().delete(delete).build());
-        }
-        for secret in &destination.secrets {
-            let link = Item::from([
-                ("pk".to_string(), s(keys::secret_pk(secret))),
-                ("sk".to_string(), s(keys::destination_link_sk(&destination.id))),
-                ("destination_id".to_string(), s(&destination.id)),
-                ("secret_id".to_string(), s(secret)),
-            ]);
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(link))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        self.client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
+        let mut write = super::registry_writes::RegistryWrite::new(&self.table);
+        write.destination(destination, &old_secrets, expect)?;
+        write
+            .commit_unaudited(&self.client)
             .await
-            .map_err(|e| transact_error(&e))?;
-        Ok(())
+            .map_err(|refused| match refused {
+                super::registry_writes::WriteRefused::Changed(_) => BrokerError::Aws {
+                    service: "dynamodb",
+                    operation: "TransactWriteItems",
+                    code: "TransactionCanceled:ConditionalCheckFailed".into(),
+                    retryable: true,
+                },
+                super::registry_writes::WriteRefused::Failed(e) => e,
+            })
     }
 
     /// A secret's first value (operators): like `set_current_version`, refused with `Ok(false)`
@@ -873,6 +824,16 @@ impl DynamoLedger {
         }
     }
 
+    /// Run `items` and `event` in one transaction on this ledger's audit chain (operators' registry
+    /// writes); the inner error is DynamoDB's answer, for the caller to read by its reasons.
+    pub(crate) async fn audited_transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        event: &AuditEvent,
+    ) -> Result<std::result::Result<(), TransactError>> {
+        self.audit.transact(items, event).await
+    }
+
     /// Lift a subject's fence (an operator's unrevoke), with its audit event, atomically.
     /// `Ok(false)` when the subject was not fenced.
     pub async fn lift_subject_fence(&self, fence: &Fence, event: &AuditEvent) -> Result<bool> {
@@ -969,7 +930,7 @@ fn release_cancellation(err: &TransactError, items: &[ReleaseItem]) -> Result<()
 
 /// One code per item of a cancelled transaction, in order (`None` for items that were fine);
 /// `None` when the transaction was not cancelled.
-fn cancellation_reasons(err: &TransactError) -> Option<Vec<&str>> {
+pub(crate) fn cancellation_reasons(err: &TransactError) -> Option<Vec<&str>> {
     use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
     match err.as_service_error() {
         Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => Some(
@@ -984,7 +945,7 @@ fn cancellation_reasons(err: &TransactError) -> Option<Vec<&str>> {
 }
 
 /// Cancellation reasons that mean contention, not a decision: retry later.
-fn is_contention(code: &str) -> bool {
+pub(crate) fn is_contention(code: &str) -> bool {
     matches!(
         code,
         "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
@@ -1059,7 +1020,7 @@ pub(crate) fn fence_puts<const N: usize>(
 
 /// Deletes lowering `fence` on every shard; `raised`: the first must exist (its condition fails
 /// the transaction when the fence was not up).
-fn fence_deletes(registry: &str, fence: &Fence, raised: bool) -> Result<Vec<TransactWriteItem>> {
+pub(crate) fn fence_deletes(registry: &str, fence: &Fence, raised: bool) -> Result<Vec<TransactWriteItem>> {
     let scope = fence.scope();
     (0..keys::FENCE_SHARDS)
         .map(|shard| {

@@ -8,6 +8,7 @@ pub mod dynamo_rotation;
 pub mod eventbridge;
 pub mod iam;
 pub mod kms;
+pub mod registry_writes;
 pub mod sts;
 
 use crate::cache::CachedPolicyStore;

@@ -1,0 +1,627 @@
+//! Operators' registry writes, all or nothing. A `RegistryWrite` is a list of changes (register
+//! or update an issuer, target, grant or destination; revoke a grant; disable a destination;
+//! create a secret with its first value), each conditional on what the operator's plan read:
+//! - a create requires the item to be absent;
+//! - an update requires the item unchanged since it was read (its `write_id`, a fresh id stamped
+//!   by every write of this module; items written before it existed have none), and a grant
+//!   still active (a revoked grant is never revived);
+//! - updates are `UpdateItem`s of the attributes the operator owns, so what the broker keeps on
+//!   the same item (a destination's `exposed` flag, a secret's versions) is never overwritten.
+//!
+//! `commit` runs every change plus one audit event in one `TransactWriteItems` (at most 100
+//! items, so 99 for changes), idempotent through the audit writer's `ClientRequestToken`. A
+//! cancelled transaction is read by its reasons: the first change whose condition failed is named
+//! (someone changed it since the plan; nothing was written), contention is retryable.
+
+use super::dynamo::{
+    DynamoLedger, Item, TransactError, build_err, cancellation_reasons, fence_deletes, fence_puts, keys, n, s, to_item,
+};
+use crate::domain::{AuditEvent, Destination, Fence, Grant, GrantStatus, Issuer, Secret, Target};
+use crate::error::{BrokerError, Result};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use std::collections::HashMap;
+
+/// DynamoDB's limit on items per transaction.
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+/// Items one commit can spend on changes (the audit event takes one).
+pub const MAX_CHANGE_ITEMS: usize = MAX_TRANSACTION_ITEMS - 1;
+
+/// What the plan found, and so what the write requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing there: create it.
+    Absent,
+    /// There, unchanged since read: the `write_id` it had (`None` for items that never had one).
+    Unchanged(Option<String>),
+}
+
+impl Expect {
+    /// What a plan read of `item` expects at write time.
+    pub fn from_read(item: Option<&Item>) -> Self {
+        match item {
+            None => Self::Absent,
+            Some(item) => Self::Unchanged(item.get("write_id").and_then(|v| v.as_s().ok()).cloned()),
+        }
+    }
+}
+
+/// Why a commit did not happen.
+#[derive(Debug)]
+pub enum WriteRefused {
+    /// This change's condition failed: the item changed (or appeared, or went) since the plan.
+    Changed(String),
+    /// Anything else (contention is `BrokerError::Aws { retryable: true, .. }`).
+    Failed(BrokerError),
+}
+
+impl From<BrokerError> for WriteRefused {
+    fn from(e: BrokerError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// How a secret's rotation policy changes with a `secret put`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationChange {
+    Keep,
+    Set(crate::domain::RotationPolicy),
+    Remove,
+}
+
+struct Change {
+    label: String,
+    items: Vec<TransactWriteItem>,
+}
+
+/// Changes to commit together.
+pub struct RegistryWrite {
+    table: String,
+    write_id: String,
+    changes: Vec<Change>,
+}
+
+impl RegistryWrite {
+    pub fn new(registry_table: &str) -> Self {
+        Self {
+            table: registry_table.into(),
+            write_id: uuid::Uuid::now_v7().to_string(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// Items the changes so far take in a transaction.
+    pub fn item_count(&self) -> usize {
+        self.changes.iter().map(|c| c.items.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Labels of the changes, in order.
+    pub fn labels(&self) -> Vec<&str> {
+        self.changes.iter().map(|c| c.label.as_str()).collect()
+    }
+
+    /// Register or update an issuer. Its fence follows `enabled` in the same transaction (raised
+    /// when disabled, lowered when enabled), as `DynamoRegistry::put_issuer` does.
+    pub fn issuer(&mut self, issuer: &Issuer, expect: Expect) -> Result<()> {
+        let key = (keys::issuer_pk(&issuer.issuer), keys::ISSUER_SK.to_string());
+        let item = to_item(issuer, [("item_type", s("issuer")), ("item_id", s(&issuer.issuer))])?;
+        let mut items = vec![self.upsert(key, item, &[], expect, None)?];
+        let fence = Fence::Issuer(issuer.issuer.clone());
+        if issuer.enabled {
+            items.extend(fence_deletes(&self.table, &fence, false)?);
+        } else {
+            let at = crate::ports::Clock::now(&crate::ports::SystemClock);
+            items.extend(fence_puts(
+                &self.table,
+                &fence,
+                [("reason", s("issuer disabled")), ("at", n(at))],
+            )?);
+        }
+        self.push(format!("issuer {}", issuer.issuer), items);
+        Ok(())
+    }
+
+    pub fn target(&mut self, target: &Target, expect: Expect) -> Result<()> {
+        let key = (keys::target_pk(&target.id), keys::TARGET_SK.to_string());
+        let item = to_item(target, [("item_type", s("target")), ("item_id", s(&target.id))])?;
+        let items = vec![self.upsert(key, item, &[], expect, None)?];
+        self.push(format!("target {}", target.id), items);
+        Ok(())
+    }
+
+    /// Register or update an active grant (an update requires it still active).
+    pub fn grant(&mut self, grant: &Grant, expect: Expect) -> Result<()> {
+        if grant.status != GrantStatus::Active {
+            return Err(BrokerError::InvalidRequest(
+                "only active grants are written; revoke with revoke_grant",
+            ));
+        }
+        let key = (keys::issuer_pk(&grant.issuer), keys::grant_sk(&grant.id));
+        let item = to_item(
+            grant,
+            [
+                ("item_type", s("grant")),
+                ("item_id", s(&grant.id)),
+                // Active grants sit on the sparse approval-due index until they end.
+                ("approval_shard", s(keys::APPROVAL_SHARD)),
+            ],
+        )?;
+        let items = vec![self.upsert(
+            key,
+            item,
+            &["session_policy", "delivers_to"],
+            expect,
+            Some("#status = :active"),
+        )?];
+        self.push(format!("grant {}", grant.id), items);
+        Ok(())
+    }
+
+    /// Mark an active grant revoked (never deleted), if unchanged since read. Its leases are swept
+    /// by the revocation record the caller writes after the commit.
+    pub fn revoke_grant(&mut self, grant: &Grant, expect: Expect) -> Result<()> {
+        let Expect::Unchanged(write_id) = expect else {
+            return Err(BrokerError::InvalidRequest("only an existing grant is revoked"));
+        };
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::issuer_pk(&grant.issuer)))
+            .key("sk", s(keys::grant_sk(&grant.id)))
+            .update_expression("SET #status = :revoked, write_id = :write REMOVE approval_shard")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":revoked", s("revoked"))
+            .expression_attribute_values(":active", s("active"))
+            .expression_attribute_values(":write", s(&self.write_id));
+        let (condition, value) = unchanged_condition(write_id.as_deref());
+        update = update.condition_expression(format!("attribute_exists(pk) AND #status = :active AND {condition}"));
+        if let Some(value) = value {
+            update = update.expression_attribute_values(":expected_write", value);
+        }
+        let item = TransactWriteItem::builder()
+            .update(update.build().map_err(build_err)?)
+            .build();
+        self.push(format!("grant {} (revoke)", grant.id), vec![item]);
+        Ok(())
+    }
+
+    /// Register or update a destination and its links in each secret's collection (links to
+    /// secrets it no longer holds are removed). `old_secrets`: what the read item held.
+    pub fn destination(&mut self, destination: &Destination, old_secrets: &[String], expect: Expect) -> Result<()> {
+        let key = (keys::destination_pk(&destination.id), keys::DESTINATION_SK.to_string());
+        let item = to_item(
+            destination,
+            [("item_type", s("destination")), ("item_id", s(&destination.id))],
+        )?;
+        let mut items = vec![self.upsert(key, item, &[], expect, None)?];
+        for secret in old_secrets.iter().filter(|s| !destination.secrets.contains(s)) {
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(keys::secret_pk(secret)))
+                .key("sk", s(keys::destination_link_sk(&destination.id)))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
+        for secret in &destination.secrets {
+            let link = Item::from([
+                ("pk".to_string(), s(keys::secret_pk(secret))),
+                ("sk".to_string(), s(keys::destination_link_sk(&destination.id))),
+                ("destination_id".to_string(), s(&destination.id)),
+                ("secret_id".to_string(), s(secret)),
+            ]);
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(link))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        self.push(format!("destination {}", destination.id), items);
+        Ok(())
+    }
+
+    /// Clear a destination's `exposed` flag (an operator resolved its unconfirmed deliveries),
+    /// if it is still exposed by the same unconfirmed event the operator looked at.
+    pub fn resolve_destination(&mut self, destination_id: &str, last_unconfirmed_event: Option<&str>) -> Result<()> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::destination_pk(destination_id)))
+            .key("sk", s(keys::DESTINATION_SK))
+            .update_expression(
+                "SET exposed = :false, unconfirmed_deliveries = :zero, resolved_at = :now \
+                 REMOVE exposed_since",
+            )
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(crate::ports::Clock::now(&crate::ports::SystemClock)));
+        update = match last_unconfirmed_event {
+            Some(event) => update
+                .condition_expression("attribute_exists(pk) AND last_unconfirmed_event = :event")
+                .expression_attribute_values(":event", s(event)),
+            None => {
+                update.condition_expression("attribute_exists(pk) AND attribute_not_exists(last_unconfirmed_event)")
+            }
+        };
+        let item = TransactWriteItem::builder()
+            .update(update.build().map_err(build_err)?)
+            .build();
+        self.push(format!("destination {destination_id} (resolve)"), vec![item]);
+        Ok(())
+    }
+
+    /// Any item, replaced whole if still what the plan read (`write_id`), e.g. a delivery record
+    /// an operator moves back to pending. `item` carries its own key.
+    pub fn replace(&mut self, label: String, mut item: Item, expect: Expect) -> Result<()> {
+        item.insert("write_id".into(), s(&self.write_id));
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
+        put = match expect {
+            Expect::Absent => put.condition_expression("attribute_not_exists(pk)"),
+            Expect::Unchanged(write_id) => {
+                let (condition, value) = unchanged_condition(write_id.as_deref());
+                let put = put.condition_expression(format!("attribute_exists(pk) AND {condition}"));
+                match value {
+                    Some(value) => put.expression_attribute_values(":expected_write", value),
+                    None => put,
+                }
+            }
+        };
+        let item = TransactWriteItem::builder()
+            .put(put.build().map_err(build_err)?)
+            .build();
+        self.push(label, vec![item]);
+        Ok(())
+    }
+
+    /// A new secret with its first (CURRENT) version, in the same transaction: a secret never
+    /// exists without a decryptable value. Refused (`Changed`) if the id exists.
+    pub fn create_secret(&mut self, secret: &Secret, version: &str, ciphertext: Vec<u8>, now: i64) -> Result<()> {
+        if let Some(policy) = &secret.rotation
+            && let Some(problem) = policy.problem()
+        {
+            return Err(BrokerError::InvalidRequest(problem));
+        }
+        let blob = AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(ciphertext));
+        let mut extra = vec![
+            ("pk", s(keys::secret_pk(&secret.id))),
+            ("sk", s(keys::SECRET_SK)),
+            ("item_type", s("secret")),
+            ("item_id", s(&secret.id)),
+            ("write_id", s(&self.write_id)),
+            ("current_version", s(version)),
+            ("current_ciphertext", blob.clone()),
+        ];
+        if let Some(policy) = &secret.rotation {
+            extra.push(("rotation_shard", s(keys::ROTATION_SHARD)));
+            extra.push(("rotation_due_at", n(now + policy.interval_seconds)));
+        }
+        let item = to_item(secret, extra)?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_err)?;
+        let version_put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(version_item(&secret.id, version, blob, now)))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_err)?;
+        self.push(
+            format!("secret {}", secret.id),
+            vec![
+                TransactWriteItem::builder().put(put).build(),
+                TransactWriteItem::builder().put(version_put).build(),
+            ],
+        );
+        Ok(())
+    }
+
+    /// Update an existing secret's metadata, keeping its environment (part of every version's
+    /// encryption context: a changed one would make them undecryptable) and, unless told, its
+    /// rotation policy. `first_version`: a value for a secret that has none yet (never under a
+    /// rotation in progress). Removing the policy is refused while a rotation is in progress.
+    pub fn update_secret(
+        &mut self,
+        secret: &Secret,
+        rotation: &RotationChange,
+        first_version: Option<(&str, Vec<u8>)>,
+        expect: Expect,
+        now: i64,
+    ) -> Result<()> {
+        let Expect::Unchanged(write_id) = expect else {
+            return Err(BrokerError::InvalidRequest("update_secret needs an existing secret"));
+        };
+        let mut set = vec![
+            "id = :id",
+            "#owner = :owner",
+            "enabled = :enabled",
+            "description = :desc",
+            "write_id = :write",
+        ];
+        let mut remove: Vec<&str> = Vec::new();
+        let (unchanged, expected_value) = unchanged_condition(write_id.as_deref());
+        let mut conditions = vec![
+            "attribute_exists(pk)".to_string(),
+            "environment = :env".into(),
+            unchanged,
+        ];
+        let mut values: HashMap<String, AttributeValue> = HashMap::from([
+            (":id".into(), s(&secret.id)),
+            (":owner".into(), s(&secret.owner)),
+            (":enabled".into(), AttributeValue::Bool(secret.enabled)),
+            (":desc".into(), s(&secret.description)),
+            (":write".into(), s(&self.write_id)),
+            (":env".into(), s(&secret.environment)),
+        ]);
+        if let Some(value) = expected_value {
+            values.insert(":expected_write".into(), value);
+        }
+        match rotation {
+            RotationChange::Keep => {}
+            RotationChange::Set(policy) => {
+                if let Some(problem) = policy.problem() {
+                    return Err(BrokerError::InvalidRequest(problem));
+                }
+                set.extend([
+                    "rotation = :rotation",
+                    "rotation_shard = :shard",
+                    "rotation_due_at = if_not_exists(rotation_due_at, :due)",
+                ]);
+                values.insert(
+                    ":rotation".into(),
+                    serde_dynamo::to_attribute_value(policy)
+                        .map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?,
+                );
+                values.insert(":shard".into(), s(keys::ROTATION_SHARD));
+                values.insert(":due".into(), n(now + policy.interval_seconds));
+            }
+            RotationChange::Remove => {
+                remove.extend(["rotation", "rotation_shard", "rotation_due_at"]);
+                conditions.push("attribute_not_exists(pending_version)".into());
+            }
+        }
+        let mut items = Vec::new();
+        if let Some((version, ciphertext)) = first_version {
+            let blob = AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(ciphertext));
+            set.extend(["current_version = :version", "current_ciphertext = :cipher"]);
+            values.insert(":version".into(), s(version));
+            values.insert(":cipher".into(), blob.clone());
+            conditions.push("attribute_not_exists(current_version)".into());
+            conditions.push("attribute_not_exists(pending_version)".into());
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(version_item(&secret.id, version, blob, now)))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        conditions.dedup();
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(keys::secret_pk(&secret.id)))
+            .key("sk", s(keys::SECRET_SK))
+            .update_expression(expression)
+            .condition_expression(conditions.join(" AND "))
+            .expression_attribute_names("#owner", "owner")
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(build_err)?;
+        items.insert(0, TransactWriteItem::builder().update(update).build());
+        self.push(format!("secret {}", secret.id), items);
+        Ok(())
+    }
+
+    /// Write every change and `event` in one transaction.
+    pub async fn commit(self, ledger: &DynamoLedger, event: &AuditEvent) -> std::result::Result<(), WriteRefused> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        if self.item_count() > MAX_CHANGE_ITEMS {
+            return Err(WriteRefused::Failed(BrokerError::InvalidRequest(
+                "more changes than one transaction holds",
+            )));
+        }
+        let owners: Vec<&str> = self
+            .changes
+            .iter()
+            .flat_map(|c| c.items.iter().map(move |_| c.label.as_str()))
+            .collect();
+        let items: Vec<TransactWriteItem> = self.changes.iter().flat_map(|c| c.items.clone()).collect();
+        match ledger.audited_transact(items, event).await? {
+            Ok(()) => Ok(()),
+            Err(e) => Err(refusal(&e, &owners)),
+        }
+    }
+
+    /// As `commit`, without an audit event: for the adapter's own single-item helpers
+    /// (`DynamoRegistry::put_destination`, used by tests and the local runner's bootstrap).
+    pub(crate) async fn commit_unaudited(
+        self,
+        client: &aws_sdk_dynamodb::Client,
+    ) -> std::result::Result<(), WriteRefused> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let owners: Vec<&str> = self
+            .changes
+            .iter()
+            .flat_map(|c| c.items.iter().map(move |_| c.label.as_str()))
+            .collect();
+        let items: Vec<TransactWriteItem> = self.changes.iter().flat_map(|c| c.items.clone()).collect();
+        let result = client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .client_request_token(&self.write_id[..36.min(self.write_id.len())])
+            .send()
+            .await;
+        result.map(|_| ()).map_err(|e| refusal(&e, &owners))
+    }
+
+    fn push(&mut self, label: String, items: Vec<TransactWriteItem>) {
+        self.changes.push(Change { label, items });
+    }
+
+    /// A `PutItem` for a create, an `UpdateItem` of the operator-owned attributes for an update.
+    fn upsert(
+        &self,
+        (pk, sk): (String, String),
+        mut item: Item,
+        optional: &[&str],
+        expect: Expect,
+        extra_condition: Option<&str>,
+    ) -> Result<TransactWriteItem> {
+        item.insert("write_id".into(), s(&self.write_id));
+        match expect {
+            Expect::Absent => {
+                item.insert("pk".into(), s(pk));
+                item.insert("sk".into(), s(sk));
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_err)?;
+                Ok(TransactWriteItem::builder().put(put).build())
+            }
+            Expect::Unchanged(write_id) => {
+                let mut names = HashMap::new();
+                let mut values = HashMap::new();
+                let mut set = Vec::new();
+                let mut attributes: Vec<(String, AttributeValue)> = item.into_iter().collect();
+                attributes.sort_by(|a, b| a.0.cmp(&b.0));
+                for (i, (name, value)) in attributes.into_iter().enumerate() {
+                    names.insert(format!("#a{i}"), name);
+                    values.insert(format!(":a{i}"), value);
+                    set.push(format!("#a{i} = :a{i}"));
+                }
+                let absent: Vec<&str> = optional
+                    .iter()
+                    .filter(|o| !names.values().any(|n| n == *o))
+                    .copied()
+                    .collect();
+                let mut remove = Vec::new();
+                for (i, name) in absent.into_iter().enumerate() {
+                    names.insert(format!("#r{i}"), name.to_string());
+                    remove.push(format!("#r{i}"));
+                }
+                let mut expression = format!("SET {}", set.join(", "));
+                if !remove.is_empty() {
+                    expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+                }
+                let (unchanged, expected_value) = unchanged_condition(write_id.as_deref());
+                let mut condition = format!("attribute_exists(pk) AND {unchanged}");
+                if let Some(extra) = extra_condition {
+                    condition.push_str(&format!(" AND {extra}"));
+                    names.insert("#status".into(), "status".into());
+                    values.insert(":active".into(), s("active"));
+                }
+                if let Some(value) = expected_value {
+                    values.insert(":expected_write".into(), value);
+                }
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(pk))
+                    .key("sk", s(sk))
+                    .update_expression(expression)
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .map_err(build_err)?;
+                Ok(TransactWriteItem::builder().update(update).build())
+            }
+        }
+    }
+}
+
+/// The condition "still as read", and the value it compares with.
+fn unchanged_condition(write_id: Option<&str>) -> (String, Option<AttributeValue>) {
+    match write_id {
+        Some(id) => ("write_id = :expected_write".into(), Some(s(id))),
+        None => ("attribute_not_exists(write_id)".into(), None),
+    }
+}
+
+fn version_item(secret_id: &str, version: &str, blob: AttributeValue, now: i64) -> Item {
+    Item::from([
+        ("pk".to_string(), s(keys::secret_pk(secret_id))),
+        ("sk".to_string(), s(keys::version_sk(version))),
+        ("secret_id".to_string(), s(secret_id)),
+        ("version".to_string(), s(version)),
+        ("ciphertext".to_string(), blob),
+        ("stage".to_string(), s(crate::domain::VersionStage::Current.as_str())),
+        ("created_at".to_string(), n(now)),
+    ])
+}
+
+/// A cancelled commit, by its reasons: the first change whose condition failed, else the error
+/// (contention retryable). `owners`: the change label of each item, in order (the audit append
+/// follows them).
+fn refusal(err: &TransactError, owners: &[&str]) -> WriteRefused {
+    if let Some(reasons) = cancellation_reasons(err)
+        && !reasons.iter().any(|r| super::dynamo::is_contention(r))
+        && let Some(index) = reasons
+            .iter()
+            .take(owners.len())
+            .position(|r| *r == "ConditionalCheckFailed")
+    {
+        return WriteRefused::Changed(owners[index].to_string());
+    }
+    WriteRefused::Failed(super::dynamo::audited_transact_error(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_set_only_what_operators_own_and_require_the_read_state() {
+        let mut write = RegistryWrite::new("registry");
+        let grant = Grant {
+            id: "g".into(),
+            issuer: "https://issuer".into(),
+            subject: "s".into(),
+            claims: Default::default(),
+            environment: "prod".into(),
+            targets: vec!["t".into()],
+            scopes: vec![],
+            max_ttl_seconds: 60,
+            session_policy: None,
+            approval_expires_at: 2,
+            owner: "o".into(),
+            justification: "j".into(),
+            status: GrantStatus::Active,
+            created_at: 1,
+            delivers_to: None,
+        };
+        write.grant(&grant, Expect::Unchanged(Some("w1".into()))).unwrap();
+        write.grant(&grant, Expect::Absent).unwrap();
+        let update = write.changes[0].items[0].update().unwrap();
+        let names = update.expression_attribute_names().unwrap();
+        assert!(update.update_expression().contains(" REMOVE "));
+        let removed: Vec<&String> = names
+            .iter()
+            .filter(|(k, _)| k.starts_with("#r"))
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(removed.len(), 2, "absent optional fields are removed: {removed:?}");
+        assert_eq!(
+            update.condition_expression(),
+            Some("attribute_exists(pk) AND write_id = :expected_write AND #status = :active")
+        );
+        assert!(!names.values().any(|n| n == "exposed" || n == "pk"));
+        let put = write.changes[1].items[0].put().unwrap();
+        assert_eq!(put.condition_expression(), Some("attribute_not_exists(pk)"));
+        assert_eq!(write.item_count(), 2);
+        assert_eq!(write.labels(), ["grant g", "grant g"]);
+    }
+}
