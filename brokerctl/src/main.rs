@@ -2,9 +2,9 @@
 //! `AWS_ENDPOINT_URL`); table names and keys from the same `NHI_*` variables the functions use
 //! (`source .local/local.env` under `make local`), or flags.
 
-use brokerctl::{CliError, Ctl, Manifest, Report, SecretValue, Tables, rotation_policy};
+use brokerctl::{ApplyOptions, CliError, Ctl, Manifest, Report, RotationFlags, SecretPut, SecretValue, Tables};
 use clap::{Parser, Subcommand, ValueEnum};
-use nhi_broker::domain::{Issuer, JwksSource, RevocationTarget, Secret, Target, TargetKind};
+use nhi_broker::domain::{Issuer, JwksSource, RevocationTarget, Target, TargetKind};
 use std::io::Write;
 
 #[derive(Parser)]
@@ -68,18 +68,25 @@ enum Command {
         #[command(subcommand)]
         action: ListAction,
     },
-    /// Systems holding copies of secrets (write them with `apply`).
+    /// Systems holding copies of secrets (write them with `apply`); resolve their exposure.
     Destination {
         #[command(subcommand)]
-        action: ListAction,
+        action: DestinationAction,
     },
     /// Make the registry match a YAML/JSON manifest (issuers, targets, grants, destinations).
-    /// Shows the changes; writes them only with --yes.
+    /// Checks the whole manifest first (exit 2 on any problem), shows the changes (exit 4 when a
+    /// dry run has some), and writes them all or nothing only with --yes.
     Apply {
         #[arg(long, short)]
         file: String,
         #[arg(long)]
         yes: bool,
+        /// Revoke grants and disable destinations the manifest no longer names.
+        #[arg(long)]
+        prune: bool,
+        /// Allow a change larger than one transaction: dependency-ordered transactions.
+        #[arg(long)]
+        staged: bool,
     },
     /// Revoke a secret, version (<secret>#<version>), grant, subject (<issuer>#<sub>), lease or
     /// destination everywhere.
@@ -118,8 +125,31 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
-    /// Rotate one secret now (an EventBridge event the template routes to rotate).
-    Rotate { secret: String },
+    /// Rotate one secret now (an EventBridge event the template routes to rotate). Refused when
+    /// rotate would skip it. With --wait: exit 0 rotated, 1 failed, 6 not finished in time.
+    Rotate {
+        secret: String,
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DestinationAction {
+    List,
+    /// Clear a destination's exposure once it confirmed what it missed (or the secret rotated since).
+    Resolve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Queue the destination's unconfirmed deliveries again (revoke-fanout's retry schedule sends them).
+    Redeliver {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,31 +219,39 @@ enum TargetKindArg {
 
 #[derive(Subcommand)]
 enum SecretAction {
-    /// Register a secret; with a value source, store its first value.
+    /// Register a secret with its first value, or update one (omitted flags keep their values;
+    /// the environment never changes; later values come from `rotate`).
     Put {
         id: String,
         #[arg(long)]
-        owner: String,
+        owner: Option<String>,
         #[arg(long)]
-        environment: String,
-        #[arg(long, default_value = "")]
-        description: String,
+        environment: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
         #[arg(long, group = "value")]
         value_file: Option<String>,
         #[arg(long, group = "value")]
         value_stdin: bool,
-        /// Generate a random alphanumeric value of this length.
+        /// Generate a random alphanumeric value of this length (16 to 4096).
         #[arg(long, group = "value")]
         generate: Option<usize>,
         /// Rotate every this many seconds (random values of --rotate-length characters).
         #[arg(long)]
         rotate_every: Option<i64>,
-        #[arg(long, default_value_t = 3600)]
-        grace: i64,
-        #[arg(long, default_value_t = 40)]
-        rotate_length: usize,
+        /// Seconds the replaced version stays valid (default 3600, or the current policy's).
         #[arg(long)]
+        grace: Option<i64>,
+        /// Length of rotated values (default 40, or the current policy's).
+        #[arg(long)]
+        rotate_length: Option<usize>,
+        /// Remove the rotation policy.
+        #[arg(long, conflicts_with_all = ["rotate_every", "grace", "rotate_length"])]
+        no_rotation: bool,
+        #[arg(long, conflicts_with = "enabled")]
         disabled: bool,
+        #[arg(long)]
+        enabled: bool,
     },
     List,
 }
@@ -261,6 +299,13 @@ async fn main() {
             std::process::exit(e.code);
         }
     }
+}
+
+/// A manifest read and parsed before any AWS client exists (its problems are exit 2).
+fn read_manifest(file: &str) -> Result<Manifest, CliError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| CliError::usage(format!("cannot read {file}: {}", e.kind())))?;
+    Manifest::parse(&text, file).map_err(|problems| brokerctl::manifest::refuse(file, &problems))
 }
 
 async fn run(cli: Cli) -> Result<Report, CliError> {
@@ -353,7 +398,9 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
                     rotate_every,
                     grace,
                     rotate_length,
+                    no_rotation,
                     disabled,
+                    enabled,
                 },
         } => {
             let value = match (value_file, value_stdin, generate) {
@@ -362,26 +409,52 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
                 (_, _, Some(length)) => Some(SecretValue::Generate(length)),
                 _ => None,
             };
-            let secret = Secret {
+            ctl.put_secret(SecretPut {
                 id,
                 owner,
                 environment,
-                enabled: !disabled,
                 description,
-                rotation: rotation_policy(rotate_every, grace, rotate_length)?,
-            };
-            ctl.put_secret(&secret, value).await
+                enabled: match (enabled, disabled) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+                rotation: RotationFlags {
+                    every: rotate_every,
+                    grace,
+                    length: rotate_length,
+                    none: no_rotation,
+                },
+                value,
+            })
+            .await
         }
         Command::Grant {
             action: ListAction::List,
         } => ctl.list("grant").await,
         Command::Destination {
-            action: ListAction::List,
+            action: DestinationAction::List,
         } => ctl.list("destination").await,
-        Command::Apply { file, yes } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::usage(format!("cannot read {file}: {}", e.kind())))?;
-            ctl.apply(&Manifest::parse(&text, &file)?, yes).await
+        Command::Destination {
+            action: DestinationAction::Resolve { id, reason },
+        } => ctl.resolve_destination(&id, &reason).await,
+        Command::Destination {
+            action: DestinationAction::Redeliver { id },
+        } => ctl.redeliver(&id).await,
+        Command::Apply {
+            file,
+            yes,
+            prune,
+            staged,
+        } => {
+            let manifest = read_manifest(&file)?;
+            let options = ApplyOptions {
+                write: yes,
+                prune,
+                staged,
+                source: file,
+            };
+            ctl.apply(&manifest, &options).await
         }
         Command::Revoke { kind, id, reason } => ctl.revoke(kind.into(), &id, &reason).await,
         Command::Unrevoke {
@@ -407,6 +480,9 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
             ctl.audit(secret.as_deref(), subject.as_deref(), grant.as_deref(), since, until)
                 .await
         }
-        Command::Rotate { secret } => ctl.rotate(&secret).await,
+        Command::Rotate { secret, wait, timeout } => {
+            ctl.rotate(&secret, wait.then(|| std::time::Duration::from_secs(timeout)))
+                .await
+        }
     }
 }

@@ -478,6 +478,8 @@ pub enum AuditOutcome {
     Lifted,
     /// An operator's registry change was written.
     Applied,
+    /// An operator resolved a destination's exposure (it confirmed what it had missed).
+    Resolved,
 }
 
 /// A standing block on new releases, checked inside every release transaction, so no cache of

@@ -89,7 +89,7 @@ pub async fn handle_rotate_event(
             serde_json::to_value(&report).map_err(|e| crate::BrokerError::Internal(e.to_string()))
         }
         RotateRequest::Secret { secret_id, run } => {
-            let outcome = service.rotate_secret(&secret_id, true).await?;
+            let outcome = service.rotate_on_demand(&secret_id).await?;
             tracing::info!(run_id = %run.id, secret_id = %secret_id, outcome = ?outcome, "on-demand rotation finished");
             serde_json::to_value(&outcome).map_err(|e| crate::BrokerError::Internal(e.to_string()))
         }

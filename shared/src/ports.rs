@@ -182,6 +182,12 @@ pub trait RotationStore: Send + Sync {
     ) -> Result<bool>;
     /// Move a secret's due time (e.g. a secret without work, or one whose rotation cannot run).
     async fn reschedule(&self, secret_id: &str, due_at: UnixTime) -> Result<()>;
+    /// Note on the secret that a rotation attempt failed (`failure`: what went wrong, no value), so
+    /// an operator waiting for it (`brokerctl rotate --wait`) learns it. Best effort.
+    async fn record_failure(&self, secret_id: &str, failure: &str, at: UnixTime) -> Result<()> {
+        let _ = (secret_id, failure, at);
+        Ok(())
+    }
 }
 
 /// What rotate asks a secret's rotation hook.

@@ -259,11 +259,31 @@ impl RotationService {
                     if let Err(e) = self.store.reschedule(&secret_id, retry_at).await {
                         tracing::error!(secret_id = %secret_id, error = %e, "could not reschedule failed secret");
                     }
+                    self.note_failure(&secret_id, &e.to_string()).await;
                 }
             }
         }
         report.remaining = self.store.count_due(self.clock.now()).await?;
         Ok(report)
+    }
+
+    /// An operator's on-demand rotation (`brokerctl rotate`): rotate now, and note on the secret
+    /// why it did not (a failure or a skip), for an operator waiting on it.
+    pub async fn rotate_on_demand(&self, secret_id: &str) -> Result<SecretOutcome> {
+        let outcome = self.rotate_secret(secret_id, true).await;
+        match &outcome {
+            Err(e) => self.note_failure(secret_id, &e.to_string()).await,
+            Ok(SecretOutcome::Skipped { reason }) => self.note_failure(secret_id, &format!("skipped: {reason}")).await,
+            Ok(_) => {}
+        }
+        outcome
+    }
+
+    async fn note_failure(&self, secret_id: &str, failure: &str) {
+        let failure: String = failure.chars().take(300).collect();
+        if let Err(e) = self.store.record_failure(secret_id, &failure, self.clock.now()).await {
+            tracing::warn!(secret_id, error = %e, "could not note the rotation failure on the secret");
+        }
     }
 
     /// Bring one secret to its rotation policy: resume a rotation in progress, deprecate a PREVIOUS

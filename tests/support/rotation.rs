@@ -120,6 +120,9 @@ impl RotationStore for CrashingStore {
     async fn reschedule(&self, secret_id: &str, due_at: UnixTime) -> Result<()> {
         self.inner.reschedule(secret_id, due_at).await
     }
+    async fn record_failure(&self, secret_id: &str, failure: &str, at: UnixTime) -> Result<()> {
+        self.inner.record_failure(secret_id, failure, at).await
+    }
 }
 
 /// One rotate "execution environment": its own store (and audit chain), clock and key ring.

@@ -459,6 +459,26 @@ impl RotationStore for DynamoRotationStore {
         landed(self.audit.transact(items, event).await?)
     }
 
+    async fn record_failure(&self, secret_id: &str, failure: &str, at: UnixTime) -> Result<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(keys::secret_pk(secret_id)))
+            .key("sk", s(keys::SECRET_SK))
+            .update_expression("SET rotation_failed_at = :at, rotation_failure = :failure")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":at", n(at))
+            .expression_attribute_values(":failure", s(failure))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_check_failed(&e) => Ok(()),
+            Err(e) => Err(BrokerError::aws("dynamodb", "UpdateItem", &e)),
+        }
+    }
+
     async fn reschedule(&self, secret_id: &str, due_at: UnixTime) -> Result<()> {
         let result = self
             .client

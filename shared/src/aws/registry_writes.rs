@@ -252,6 +252,36 @@ impl RegistryWrite {
         Ok(())
     }
 
+    /// Any other conditional update of one registry item (e.g. a delivery record an operator
+    /// re-queues or resolves): `update_expression` and `condition` over `names` and `values`.
+    pub fn update(
+        &mut self,
+        label: String,
+        (pk, sk): (String, String),
+        update_expression: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<()> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression(update_expression)
+            .condition_expression(condition);
+        for (name, attribute) in names {
+            update = update.expression_attribute_names(*name, *attribute);
+        }
+        for (name, value) in values {
+            update = update.expression_attribute_values(name, value);
+        }
+        let item = TransactWriteItem::builder()
+            .update(update.build().map_err(build_err)?)
+            .build();
+        self.push(label, vec![item]);
+        Ok(())
+    }
+
     /// Any item, replaced whole if still what the plan read (`write_id`), e.g. a delivery record
     /// an operator moves back to pending. `item` carries its own key.
     pub fn replace(&mut self, label: String, mut item: Item, expect: Expect) -> Result<()> {
