@@ -10,7 +10,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::Body;
 use nhi_broker::BrokerError;
-use nhi_broker::aws::dynamo::DynamoRegistry;
+use nhi_broker::aws::dynamo::{DynamoLedger, DynamoRegistry, keys};
+use nhi_broker::aws::registry_writes::{Expect, RegistryWrite, WriteRefused};
 use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_broker::domain::{
     Alphabet, Destination, DestinationKind, Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource,
@@ -183,76 +184,76 @@ pub async fn serve_demo_issuer(issuer: Arc<DemoIssuer>, listener: TcpListener, s
     serve(listener, move |req| issuer_route(issuer.clone(), req), shutdown).await
 }
 
-/// Register the demo issuer (JWKS served on loopback), a JWT target, a secret with a value, a
-/// grant for the demo workload on both, and a grant letting a demo gateway call introspection, so
-/// a newcomer can try every endpoint right away. Idempotent: re-running overwrites the same records
-/// (the demo secret gets a fresh version each start).
+/// Register the demo issuer (JWKS served on loopback), a JWT target, an AWS role target, a
+/// secret with a value and a rotation policy, a destination holding it, a grant for the demo
+/// workload on all three, and a grant letting a demo gateway call introspection, so a newcomer
+/// can try every endpoint right away.
+///
+/// Idempotent and safe to re-run against the same tables (a restart, even one that interrupted a
+/// rotation): it creates what is missing and never rewrites what exists, in one audited
+/// transaction conditional on each created item still being absent. Returns what it created.
 pub async fn bootstrap_demo(
     registry: &DynamoRegistry,
+    ledger: &DynamoLedger,
+    registry_table: &str,
     encryptor: &dyn SecretEncryptor,
     issuer: &DemoIssuer,
     jwks_url: &str,
     now: i64,
-) -> nhi_broker::Result<()> {
-    registry
-        .put_issuer(&Issuer {
-            issuer: issuer.issuer.clone(),
-            name: "demo-issuer".into(),
-            audiences: vec![DEMO_AUDIENCE.into()],
-            jwks: JwksSource::Url { url: jwks_url.into() },
-            algorithms: vec!["ES256".into()],
-            enabled: true,
-            one_time_jti: false,
-        })
-        .await?;
-    registry
-        .put_target(&Target {
-            id: DEMO_TARGET.into(),
-            kind: TargetKind::Jwt,
-            environment: "dev".into(),
-            owner: "platform-team".into(),
-            enabled: true,
-        })
-        .await?;
-    registry
-        .put_target(&Target {
-            id: DEMO_ROLE.into(),
-            kind: TargetKind::AwsRole,
-            environment: "dev".into(),
-            owner: "platform-team".into(),
-            enabled: true,
-        })
-        .await?;
-    let mut secret = Secret {
-        id: DEMO_SECRET.into(),
-        owner: "platform-team".into(),
-        environment: "dev".into(),
+) -> nhi_broker::Result<Vec<String>> {
+    let mut write = RegistryWrite::new(registry_table);
+    let absent = |item: Option<_>| item.is_none();
+    let demo_issuer = Issuer {
+        issuer: issuer.issuer.clone(),
+        name: "demo-issuer".into(),
+        audiences: vec![DEMO_AUDIENCE.into()],
+        jwks: JwksSource::Url { url: jwks_url.into() },
+        algorithms: vec!["ES256".into()],
         enabled: true,
-        description: "demo database password".into(),
-        rotation: None,
+        one_time_jti: false,
     };
-    registry.put_secret(&secret).await?;
-    let version = format!("v{now}");
-    let context = secret_encryption_context(&secret.id, &version, &secret.environment);
-    let ciphertext = encryptor
-        .encrypt(&SecretString::new(DEMO_SECRET_VALUE.into()), &context)
-        .await?;
-    registry
-        .set_current_version(&secret.id, &version, ciphertext, now)
-        .await?;
-    // Rotated by the local rotate schedule: due every DEMO_ROTATION_INTERVAL seconds.
-    secret.rotation = Some(RotationPolicy {
-        interval_seconds: DEMO_ROTATION_INTERVAL,
-        grace_seconds: 120,
-        generator: SecretGenerator::Random {
-            length: 32,
-            alphabet: Alphabet::Alphanumeric,
-        },
-    });
-    registry.put_secret(&secret).await?;
+    if absent(registry.get(&keys::issuer_pk(&demo_issuer.issuer), keys::ISSUER_SK).await?) {
+        write.issuer(&demo_issuer, Expect::Absent)?;
+    }
+    for (id, kind) in [(DEMO_TARGET, TargetKind::Jwt), (DEMO_ROLE, TargetKind::AwsRole)] {
+        if absent(registry.get(&keys::target_pk(id), keys::TARGET_SK).await?) {
+            let target = Target {
+                id: id.into(),
+                kind,
+                environment: "dev".into(),
+                owner: "platform-team".into(),
+                enabled: true,
+            };
+            write.target(&target, Expect::Absent)?;
+        }
+    }
+    if absent(registry.get(&keys::secret_pk(DEMO_SECRET), keys::SECRET_SK).await?) {
+        // Rotated by the local rotate schedule: due every DEMO_ROTATION_INTERVAL seconds.
+        let secret = Secret {
+            id: DEMO_SECRET.into(),
+            owner: "platform-team".into(),
+            environment: "dev".into(),
+            enabled: true,
+            description: "demo database password".into(),
+            rotation: Some(RotationPolicy {
+                interval_seconds: DEMO_ROTATION_INTERVAL,
+                grace_seconds: 120,
+                generator: SecretGenerator::Random {
+                    length: 32,
+                    alphabet: Alphabet::Alphanumeric,
+                },
+            }),
+        };
+        let version = format!("v{now}");
+        let context = secret_encryption_context(&secret.id, &version, &secret.environment);
+        let ciphertext = encryptor
+            .encrypt(&SecretString::new(DEMO_SECRET_VALUE.into()), &context)
+            .await?;
+        write.create_secret(&secret, &version, ciphertext, now)?;
+    }
     // A destination holding a copy of the demo secret: the demo issuer's /events prints what it gets.
-    registry
-        .put_destination(&Destination {
+    if absent(registry.get(&keys::destination_pk(DEMO_DESTINATION), keys::DESTINATION_SK).await?) {
+        let destination = Destination {
             id: DEMO_DESTINATION.into(),
             kind: DestinationKind::Webhook {
                 url: format!("{}/events", issuer.issuer),
@@ -260,13 +261,9 @@ pub async fn bootstrap_demo(
             secrets: vec![DEMO_SECRET.into()],
             owner: "platform-team".into(),
             enabled: true,
-        })
-        .await
-        .or_else(|e| match e {
-            // Already registered by an earlier start against the same tables.
-            nhi_broker::BrokerError::Aws { ref code, .. } if code.contains("TransactionCanceled") => Ok(()),
-            other => Err(other),
-        })?;
+        };
+        write.destination(&destination, &[], Expect::Absent)?;
+    }
     let grant = |id: &str, subject: &str, targets: Vec<String>, scopes: Vec<String>| Grant {
         id: id.into(),
         issuer: issuer.issuer.clone(),
@@ -284,22 +281,41 @@ pub async fn bootstrap_demo(
         created_at: now,
         delivers_to: None,
     };
-    registry
-        .put_grant(&grant(
+    let grants = [
+        grant(
             DEMO_GRANT,
             DEMO_SUBJECT,
             vec![DEMO_TARGET.into(), DEMO_SECRET.into(), DEMO_ROLE.into()],
             vec!["read".into(), "deploy".into()],
-        ))
-        .await?;
-    registry
-        .put_grant(&grant(
-            DEMO_GATEWAY_GRANT,
-            DEMO_GATEWAY,
-            vec![INTROSPECTION_TARGET.into()],
-            vec![],
-        ))
-        .await
+        ),
+        grant(DEMO_GATEWAY_GRANT, DEMO_GATEWAY, vec![INTROSPECTION_TARGET.into()], vec![]),
+    ];
+    for grant in &grants {
+        if absent(registry.get(&keys::issuer_pk(&grant.issuer), &keys::grant_sk(&grant.id)).await?) {
+            write.grant(grant, Expect::Absent)?;
+        }
+    }
+    let created: Vec<String> = write.labels().into_iter().map(String::from).collect();
+    if created.is_empty() {
+        return Ok(created);
+    }
+    let event = nhi_broker::domain::AuditEvent {
+        actor_subject: Some("operator:nhi-local".into()),
+        target: Some("manifest:demo bootstrap".into()),
+        reason: Some(format!("bootstrap: {}", created.join(", "))),
+        ..nhi_broker::domain::AuditEvent::new(
+            nhi_broker::domain::AuditAction::Register,
+            nhi_broker::domain::AuditOutcome::Applied,
+            now,
+        )
+    };
+    write.commit(ledger, &event).await.map_err(|refused| match refused {
+        WriteRefused::Changed(what) => BrokerError::Config(format!(
+            "{what} appeared while bootstrapping (another nhi-local on the same tables?): start again"
+        )),
+        WriteRefused::Failed(e) => e,
+    })?;
+    Ok(created)
 }
 
 /// Seconds between runs of an EventBridge schedule expression: `rate(N unit)`; `cron(...)` and

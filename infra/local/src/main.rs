@@ -67,8 +67,16 @@ async fn run(args: Args) -> Result<(), String> {
     let issuer = Arc::new(DemoIssuer::generate(&issuer_url).map_err(|e| e.to_string())?);
     let registry = DynamoRegistry::new(aws_sdk_dynamodb::Client::new(&sdk), &config.registry_table);
     let encryptor = KmsSecretCipher::new(aws_sdk_kms::Client::new(&sdk), &config.secrets_key_id);
-    nhi_local::bootstrap_demo(
+    let ledger = nhi_broker::aws::dynamo::DynamoLedger::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &config.leases_table,
+        &config.audit_table,
+        &config.revocations_table,
+    );
+    let created = nhi_local::bootstrap_demo(
         &registry,
+        &ledger,
+        &config.registry_table,
         &encryptor,
         &issuer,
         &format!("{issuer_url}/jwks.json"),
@@ -76,6 +84,9 @@ async fn run(args: Args) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("bootstrap of demo issuer and grant failed: {e}"))?;
+    if !created.is_empty() {
+        println!("demo registry created: {}", created.join(", "));
+    }
 
     let period = |expression: &str, what: &str| -> Result<u64, String> {
         match args.schedule_every {
