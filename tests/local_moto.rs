@@ -42,7 +42,10 @@ async fn a_restart_after_an_interrupted_rotation_bootstraps_cleanly_and_rewrites
     let before = by_key(secret_items(&h, secret).await);
     let head = &before["#SECRET"];
     assert!(head.contains_key("rotation"), "the demo secret rotates");
-    assert!(!attr(head, "current_version").is_empty(), "and has a value from the start");
+    assert!(
+        !attr(head, "current_version").is_empty(),
+        "and has a value from the start"
+    );
 
     // Killed mid-rotation: a PENDING version staged, the step recorded.
     h.dynamo
@@ -62,7 +65,10 @@ async fn a_restart_after_an_interrupted_rotation_bootstraps_cleanly_and_rewrites
     let second = bootstrap(now() + 60).await.expect("a restart bootstraps cleanly");
     assert_eq!(second, Vec::<String>::new());
     let after = by_key(secret_items(&h, secret).await);
-    assert_eq!(after, interrupted, "the demo secret (policy, versions, rotation in progress) is untouched");
+    assert_eq!(
+        after, interrupted,
+        "the demo secret (policy, versions, rotation in progress) is untouched"
+    );
     let versions = after.keys().filter(|k| k.starts_with("VERSION#")).count();
     assert_eq!(versions, 1, "no extra CURRENT version per start");
 }

@@ -5,42 +5,10 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use nhi_tests::fanout::{Fanout, Receiver, exclusive};
 use nhi_tests::{Harness, LogCapture};
-use serde_json::Value;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+mod common;
 
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-}
-
-fn brokerctl(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_brokerctl"))
-        .args(args)
-        .env("NHI_OPERATOR", "alice")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("brokerctl runs");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
+use common::brokerctl;
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_operator_registers_inventories_revokes_and_verifies_the_audit_trail_with_brokerctl() {

@@ -212,7 +212,11 @@ pub async fn bootstrap_demo(
         enabled: true,
         one_time_jti: false,
     };
-    if absent(registry.get(&keys::issuer_pk(&demo_issuer.issuer), keys::ISSUER_SK).await?) {
+    if absent(
+        registry
+            .get(&keys::issuer_pk(&demo_issuer.issuer), keys::ISSUER_SK)
+            .await?,
+    ) {
         write.issuer(&demo_issuer, Expect::Absent)?;
     }
     for (id, kind) in [(DEMO_TARGET, TargetKind::Jwt), (DEMO_ROLE, TargetKind::AwsRole)] {
@@ -252,7 +256,11 @@ pub async fn bootstrap_demo(
         write.create_secret(&secret, &version, ciphertext, now)?;
     }
     // A destination holding a copy of the demo secret: the demo issuer's /events prints what it gets.
-    if absent(registry.get(&keys::destination_pk(DEMO_DESTINATION), keys::DESTINATION_SK).await?) {
+    if absent(
+        registry
+            .get(&keys::destination_pk(DEMO_DESTINATION), keys::DESTINATION_SK)
+            .await?,
+    ) {
         let destination = Destination {
             id: DEMO_DESTINATION.into(),
             kind: DestinationKind::Webhook {
@@ -288,10 +296,19 @@ pub async fn bootstrap_demo(
             vec![DEMO_TARGET.into(), DEMO_SECRET.into(), DEMO_ROLE.into()],
             vec!["read".into(), "deploy".into()],
         ),
-        grant(DEMO_GATEWAY_GRANT, DEMO_GATEWAY, vec![INTROSPECTION_TARGET.into()], vec![]),
+        grant(
+            DEMO_GATEWAY_GRANT,
+            DEMO_GATEWAY,
+            vec![INTROSPECTION_TARGET.into()],
+            vec![],
+        ),
     ];
     for grant in &grants {
-        if absent(registry.get(&keys::issuer_pk(&grant.issuer), &keys::grant_sk(&grant.id)).await?) {
+        if absent(
+            registry
+                .get(&keys::issuer_pk(&grant.issuer), &keys::grant_sk(&grant.id))
+                .await?,
+        ) {
             write.grant(grant, Expect::Absent)?;
         }
     }

@@ -397,22 +397,6 @@ impl DynamoRegistry {
             })
     }
 
-    /// A secret's first value (operators): like `set_current_version`, refused with `Ok(false)`
-    /// when the secret already has a CURRENT version (later values come from rotation).
-    pub async fn set_first_version(
-        &self,
-        secret_id: &str,
-        version: &str,
-        ciphertext: Vec<u8>,
-        now: i64,
-    ) -> Result<bool> {
-        match self.store_current(secret_id, version, ciphertext, now, true).await {
-            Ok(()) => Ok(true),
-            Err(BrokerError::Aws { code, .. }) if code.contains("TransactionCanceled") => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Store an encrypted version and make it CURRENT, atomically. The version id must be new and
     /// the secret must exist. (Staged PENDING/PREVIOUS rotation is the rotate function's job.)
     pub async fn set_current_version(
@@ -422,17 +406,10 @@ impl DynamoRegistry {
         ciphertext: Vec<u8>,
         now: i64,
     ) -> Result<()> {
-        self.store_current(secret_id, version, ciphertext, now, false).await
+        self.store_current(secret_id, version, ciphertext, now).await
     }
 
-    async fn store_current(
-        &self,
-        secret_id: &str,
-        version: &str,
-        ciphertext: Vec<u8>,
-        now: i64,
-        first_only: bool,
-    ) -> Result<()> {
+    async fn store_current(&self, secret_id: &str, version: &str, ciphertext: Vec<u8>, now: i64) -> Result<()> {
         let blob = AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(ciphertext));
         let version_item = Item::from([
             ("pk".to_string(), s(keys::secret_pk(secret_id))),
@@ -449,11 +426,7 @@ impl DynamoRegistry {
             .key("sk", s(keys::SECRET_SK))
             .update_expression("SET current_version = :v, current_ciphertext = :c")
             // Never under a rotation in progress: that would leave two versions claiming CURRENT.
-            .condition_expression(if first_only {
-                "attribute_exists(pk) AND attribute_not_exists(pending_version) AND attribute_not_exists(current_version)"
-            } else {
-                "attribute_exists(pk) AND attribute_not_exists(pending_version)"
-            })
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(pending_version)")
             .expression_attribute_values(":v", s(version))
             .expression_attribute_values(":c", blob)
             .build()

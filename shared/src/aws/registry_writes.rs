@@ -282,29 +282,6 @@ impl RegistryWrite {
         Ok(())
     }
 
-    /// Any item, replaced whole if still what the plan read (`write_id`), e.g. a delivery record
-    /// an operator moves back to pending. `item` carries its own key.
-    pub fn replace(&mut self, label: String, mut item: Item, expect: Expect) -> Result<()> {
-        item.insert("write_id".into(), s(&self.write_id));
-        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
-        put = match expect {
-            Expect::Absent => put.condition_expression("attribute_not_exists(pk)"),
-            Expect::Unchanged(write_id) => {
-                let (condition, value) = unchanged_condition(write_id.as_deref());
-                let put = put.condition_expression(format!("attribute_exists(pk) AND {condition}"));
-                match value {
-                    Some(value) => put.expression_attribute_values(":expected_write", value),
-                    None => put,
-                }
-            }
-        };
-        let item = TransactWriteItem::builder()
-            .put(put.build().map_err(build_err)?)
-            .build();
-        self.push(label, vec![item]);
-        Ok(())
-    }
-
     /// A new secret with its first (CURRENT) version, in the same transaction: a secret never
     /// exists without a decryptable value. Refused (`Changed`) if the id exists.
     pub fn create_secret(&mut self, secret: &Secret, version: &str, ciphertext: Vec<u8>, now: i64) -> Result<()> {
