@@ -315,6 +315,17 @@ impl Ctl {
                 old.as_ref().map(to_json),
                 &to_json(&destination),
             );
+            let revoked = item
+                .as_ref()
+                .and_then(|i| i.get("revoked"))
+                .and_then(|v| v.as_bool().ok())
+                == Some(&true);
+            if revoked && destination.enabled {
+                return Err(CliError::usage(format!(
+                    "destination {} was revoked; a revoked destination is never re-enabled: give it a new id (or enabled: false)",
+                    destination.id
+                )));
+            }
             if change.action != "unchanged" {
                 let old_secrets = old.map(|d| d.secrets).unwrap_or_default();
                 ops.push(Op::Destination(

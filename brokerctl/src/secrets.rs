@@ -278,8 +278,18 @@ impl Ctl {
         let has_value = !attr(&item, "current_version").is_empty();
         let rotating = !attr(&item, "pending_version").is_empty();
         let expect = Expect::from_read(Some(&item));
+        let revoked = item.get("revoked").and_then(|v| v.as_bool().ok()) == Some(&true);
         let old: Secret = from_item(item, "secret")?;
         let mut problems = Vec::new();
+        if revoked && put.enabled == Some(true) {
+            problems.push(problem(
+                "--enabled",
+                format!(
+                    "secret {} was revoked: a revoked secret is never re-enabled (register a new one)",
+                    old.id
+                ),
+            ));
+        }
         if let Some(environment) = &put.environment
             && environment != &old.environment
         {

@@ -757,3 +757,70 @@ async fn an_exposed_destination_is_redelivered_and_resolved_and_inventory_clears
     assert_eq!(audited.len(), 1);
     assert_eq!(attr(&audited[0], "outcome"), "resolved");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_revoked_secret_or_destination_is_never_re_enabled() {
+    let _one_at_a_time = exclusive().await;
+    let h = Harness::new().await;
+    let mut fanout = Fanout::new(&h).await;
+    let secret = format!("revoked-{}", h.id);
+    assert_eq!(
+        brokerctl(
+            &[
+                "secret",
+                "put",
+                &secret,
+                "--owner",
+                "o",
+                "--environment",
+                "prod",
+                "--generate",
+                "32"
+            ],
+            None
+        )
+        .code,
+        0
+    );
+    let destination = format!("gone-{}", h.id);
+    let entry = |enabled: bool| {
+        format!(
+            "destinations:\n  - {{id: \"{destination}\", kind: {{type: webhook, url: \"https://gone.example\"}}, secrets: [\"{secret}\"], owner: o, enabled: {enabled}}}\n"
+        )
+    };
+    let manifest = write_file(&format!("revived-{}.yaml", h.id), &entry(true));
+    assert_eq!(brokerctl(&["apply", "-f", &manifest, "--yes"], None).code, 0);
+    for (kind, id) in [("destination", &destination), ("secret", &secret)] {
+        assert_eq!(
+            brokerctl(&["revoke", kind, id, "--reason", "compromised"], None).code,
+            0
+        );
+    }
+    fanout.drain().await;
+    let dest_pk = format!("DEST#{destination}");
+    let dest_item = || get(&h, &h.config.registry_table, &dest_pk, "#DEST");
+    assert_eq!(
+        dest_item().await.unwrap().get("enabled").and_then(|v| v.as_bool().ok()),
+        Some(&false)
+    );
+
+    refused(
+        &brokerctl(&["apply", "-f", &manifest, "--yes"], None),
+        2,
+        &["was revoked", "never re-enabled"],
+    );
+    assert_eq!(
+        dest_item().await.unwrap().get("enabled").and_then(|v| v.as_bool().ok()),
+        Some(&false)
+    );
+    let before = secret_head(&h, &secret).await.unwrap();
+    refused(
+        &brokerctl(&["secret", "put", &secret, "--enabled"], None),
+        2,
+        &["never re-enabled"],
+    );
+    assert_eq!(secret_head(&h, &secret).await.unwrap(), before);
+    // Keeping them disabled is still allowed (e.g. a manifest that documents them).
+    std::fs::write(&manifest, entry(false)).unwrap();
+    assert_eq!(brokerctl(&["apply", "-f", &manifest, "--yes"], None).code, 0);
+}

@@ -299,8 +299,10 @@ impl FanoutRegistry for DynamoFanoutRegistry {
                 self.switch_off(
                     keys::secret_pk(id),
                     keys::SECRET_SK,
-                    "SET enabled = :false",
-                    "enabled = :true",
+                    // `revoked` marks it for operators: a revoked secret or destination is never
+                    // re-enabled by `secret put` or `apply`.
+                    "SET enabled = :false, revoked = :true",
+                    "attribute_exists(pk) AND (enabled = :true OR attribute_not_exists(revoked))",
                     false,
                 )
                 .await
@@ -309,8 +311,10 @@ impl FanoutRegistry for DynamoFanoutRegistry {
                 self.switch_off(
                     keys::destination_pk(id),
                     keys::DESTINATION_SK,
-                    "SET enabled = :false",
-                    "enabled = :true",
+                    // `revoked` marks it for operators: a revoked secret or destination is never
+                    // re-enabled by `secret put` or `apply`.
+                    "SET enabled = :false, revoked = :true",
+                    "attribute_exists(pk) AND (enabled = :true OR attribute_not_exists(revoked))",
                     false,
                 )
                 .await

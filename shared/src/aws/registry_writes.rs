@@ -195,7 +195,9 @@ impl RegistryWrite {
             destination,
             [("item_type", s("destination")), ("item_id", s(&destination.id))],
         )?;
-        let mut items = vec![self.upsert(key, item, &[], expect, None)?];
+        // A revoked destination is never re-enabled (a disabled one may be).
+        let condition = destination.enabled.then_some("attribute_not_exists(revoked)");
+        let mut items = vec![self.upsert(key, item, &[], expect, condition)?];
         for secret in old_secrets.iter().filter(|s| !destination.secrets.contains(s)) {
             let delete = Delete::builder()
                 .table_name(&self.table)
@@ -367,6 +369,10 @@ impl RegistryWrite {
         if let Some(value) = expected_value {
             values.insert(":expected_write".into(), value);
         }
+        if secret.enabled {
+            // A revoked secret is never re-enabled (a disabled one may be).
+            conditions.push("attribute_not_exists(revoked)".into());
+        }
         match rotation {
             RotationChange::Keep => {}
             RotationChange::Set(policy) => {
@@ -528,8 +534,10 @@ impl RegistryWrite {
                 let mut condition = format!("attribute_exists(pk) AND {unchanged}");
                 if let Some(extra) = extra_condition {
                     condition.push_str(&format!(" AND {extra}"));
-                    names.insert("#status".into(), "status".into());
-                    values.insert(":active".into(), s("active"));
+                    if extra.contains("#status") {
+                        names.insert("#status".into(), "status".into());
+                        values.insert(":active".into(), s("active"));
+                    }
                 }
                 if let Some(value) = expected_value {
                     values.insert(":expected_write".into(), value);
