@@ -783,9 +783,12 @@ async fn a_revoked_secret_or_destination_is_never_re_enabled() {
         0
     );
     let destination = format!("gone-{}", h.id);
+    // Loopback, and confirming: the revocations below leave no delivery pending for other tests.
+    let receiver = Receiver::start(202).await;
     let entry = |enabled: bool| {
         format!(
-            "destinations:\n  - {{id: \"{destination}\", kind: {{type: webhook, url: \"https://gone.example\"}}, secrets: [\"{secret}\"], owner: o, enabled: {enabled}}}\n"
+            "destinations:\n  - {{id: \"{destination}\", kind: {{type: webhook, url: \"{}\"}}, secrets: [\"{secret}\"], owner: o, enabled: {enabled}}}\n",
+            receiver.url
         )
     };
     let manifest = write_file(&format!("revived-{}.yaml", h.id), &entry(true));
@@ -797,6 +800,7 @@ async fn a_revoked_secret_or_destination_is_never_re_enabled() {
         );
     }
     fanout.drain().await;
+    assert_eq!(receiver.received().len(), 2, "both revocations told the destination");
     let dest_pk = format!("DEST#{destination}");
     let dest_item = || get(&h, &h.config.registry_table, &dest_pk, "#DEST");
     assert_eq!(
