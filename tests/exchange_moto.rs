@@ -4,7 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use nhi_broker::demo_issuer::DemoIssuer;
+use nhi_broker::testing::demo_issuer::DemoIssuer;
 use nhi_tests::{AUDIENCE, Harness, LogCapture, attr, form_request, now, post_form};
 use serde_json::json;
 
@@ -321,7 +321,7 @@ async fn unknown_kid_refreshes_the_issuer_jwks_at_most_once_per_interval() {
     // known kid is then served from cache.
     let mut config = h.config.clone();
     config.jwks.min_refresh_interval = std::time::Duration::ZERO;
-    let api = nhi_broker::aws::broker_api(&config, &nhi_broker::aws::sdk_config().await).unwrap();
+    let api = nhi_broker::wiring::broker_api(&config, &nhi_broker::aws::sdk_config().await).unwrap();
     let post = |form: Vec<(String, String)>| post_form("/token", serde_urlencoded::to_string(form).unwrap());
     assert_eq!(
         api.handle(post(h.form(&unknown_kid(&h), &h.target))).await.status(),
@@ -341,7 +341,7 @@ async fn unknown_kid_refreshes_the_issuer_jwks_at_most_once_per_interval() {
 async fn local_server_serves_the_same_handler_over_loopback_http() {
     let h = Harness::new().await;
     let sdk = nhi_broker::aws::sdk_config().await;
-    let api = std::sync::Arc::new(nhi_broker::aws::broker_api(&h.config, &sdk).unwrap());
+    let api = std::sync::Arc::new(nhi_broker::wiring::broker_api(&h.config, &sdk).unwrap());
     let listener = nhi_local::bind_loopback(0).await.unwrap();
     let addr = listener.local_addr().unwrap();
     assert!(addr.ip().is_loopback());
@@ -371,7 +371,7 @@ async fn local_server_serves_the_same_handler_over_loopback_http() {
         .unwrap();
     verify_broker_token(body["access_token"].as_str().unwrap(), &jwks, &h);
 
-    let oversized = "a".repeat(nhi_broker::http_api::MAX_BODY_BYTES + 10);
+    let oversized = "a".repeat(nhi_broker::http::MAX_BODY_BYTES + 10);
     let response = client
         .post(format!("{base}/token"))
         .body(oversized)

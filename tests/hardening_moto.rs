@@ -148,7 +148,7 @@ async fn behind(h: &mut Harness, proxy: &FaultProxy) {
     let sdk = nhi_broker::aws::sdk_config_with(&settings, Some(&proxy.url)).await;
     let mut config = h.config.clone();
     config.request_deadline = Duration::from_secs(4);
-    h.api = nhi_broker::aws::broker_api(&config, &sdk).unwrap();
+    h.api = nhi_broker::wiring::broker_api(&config, &sdk).unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -4,7 +4,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use nhi_broker::aws::dynamo::Item;
 use nhi_broker::aws::kms::KmsSecretCipher;
-use nhi_broker::demo_issuer::DemoIssuer;
+use nhi_broker::testing::demo_issuer::DemoIssuer;
 use nhi_tests::rotation::secret_items;
 use nhi_tests::{Harness, attr, now};
 use std::collections::BTreeMap;

@@ -17,8 +17,8 @@
 
 use crate::manifest::{GrantSpec, Known, Manifest, Problem, refuse};
 use crate::{CliError, CliResult, Ctl, Report, to_json};
+use nhi_broker::aws::dynamo::registry_writes::{Expect, MAX_CHANGE_ITEMS, RegistryWrite, WriteRefused};
 use nhi_broker::aws::dynamo::{Item, from_item, keys};
-use nhi_broker::aws::registry_writes::{Expect, MAX_CHANGE_ITEMS, RegistryWrite, WriteRefused};
 use nhi_broker::domain::{
     AuditAction, AuditEvent, AuditOutcome, Destination, Grant, GrantStatus, Issuer, Revocation, RevocationTarget,
     Secret, Target, TargetKind,

@@ -11,8 +11,8 @@
 
 use crate::{CliError, CliResult, Ctl, Report, attr};
 use aws_sdk_dynamodb::types::AttributeValue;
+use nhi_broker::aws::dynamo::registry_writes::{MAX_CHANGE_ITEMS, RegistryWrite, WriteRefused};
 use nhi_broker::aws::dynamo::{Item, from_item, keys};
-use nhi_broker::aws::registry_writes::{MAX_CHANGE_ITEMS, RegistryWrite, WriteRefused};
 use nhi_broker::domain::{
     AuditAction, AuditEvent, AuditOutcome, ChangeEvent, Delivery, DeliveryStatus, RevocationTarget,
 };

@@ -12,8 +12,8 @@
 use crate::manifest::{Problem, id_problem, refuse};
 use crate::{CliError, CliResult, Ctl, Report, attr, to_json};
 use nhi_broker::BrokerError;
+use nhi_broker::aws::dynamo::registry_writes::{Expect, RegistryWrite, RotationChange, WriteRefused};
 use nhi_broker::aws::dynamo::{Item, from_item, keys};
-use nhi_broker::aws::registry_writes::{Expect, RegistryWrite, RotationChange, WriteRefused};
 use nhi_broker::domain::{
     Alphabet, AuditAction, AuditEvent, AuditOutcome, RotationPolicy, Secret, SecretGenerator, secret_encryption_context,
 };

@@ -6,7 +6,7 @@
 //! Run: `cargo bench -p nhi-broker --bench exchange` (release profile). Prints µs per request.
 
 use nhi_broker::domain::{Grant, GrantStatus, Target, TargetKind};
-use nhi_broker::fakes::FakeBroker;
+use nhi_broker::testing::FakeBroker;
 use std::time::Instant;
 
 const NOW: i64 = 1_795_514_400;

@@ -2,7 +2,7 @@
 //! settings fail start-up with a message naming every offending variable.
 
 use crate::error::BrokerError;
-use crate::jwks::JwksSettings;
+use crate::exchange::jwks::JwksSettings;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]

@@ -1,27 +1,30 @@
-//! nhi-broker core: domain, policy, tokens, ports and AWS adapters shared by the four functions.
+//! nhi-broker core, one folder per flow:
+//! - `exchange/`: the `/token` flow (subject tokens, issuer keys, policy, signing, introspection,
+//!   self-revocation);
+//! - `rotation/`: secret rotation and the signing-key ring;
+//! - `fanout/`: revocation sweeps and deliveries to destinations;
+//! - `sweeper/`: expiry of leases and approvals, unconfirmed deliveries;
+//! - `http/`: the HTTP surface shared by the Lambda and the local runner;
+//! - `domain/`: the model and its rules (no I/O); `ports`: the traits the flows need;
+//! - `aws/`: the adapters behind the ports; `wiring`: each function's composition root;
+//! - `testing/` (feature `test-util`): in-memory fakes and the demo issuer.
 
 pub mod audit;
 pub mod aws;
-pub mod broker_token;
-pub mod cache;
 pub mod config;
-pub mod demo_issuer;
 pub mod domain;
 pub mod error;
 pub mod exchange;
-pub mod fakes;
 pub mod fanout;
-pub mod http_api;
+pub mod http;
 pub mod jobs;
-pub mod jwks;
-pub mod policy;
 pub mod ports;
 pub mod redact;
 pub mod rotation;
-pub mod secevent;
-pub mod subject_token;
 pub mod sweeper;
 pub mod telemetry;
-pub mod token_admin;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+pub mod wiring;
 
 pub use error::{BrokerError, Result};

@@ -1,4 +1,4 @@
-//! Narrow ports owned by the domain. Each has an in-memory fake (`crate::fakes`) for unit tests and
+//! Narrow ports owned by the domain. Each has an in-memory fake (`crate::testing`) for unit tests and
 //! an AWS adapter (`crate::aws`) tested against moto.
 
 use crate::domain::{

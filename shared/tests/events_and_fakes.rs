@@ -4,8 +4,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use nhi_broker::domain::{Grant, GrantStatus, Target, TargetKind};
-use nhi_broker::fakes::FakeBroker;
-use nhi_broker::http_api::BrokerApi;
+use nhi_broker::http::BrokerApi;
+use nhi_broker::testing::FakeBroker;
 use std::sync::atomic::Ordering;
 
 const TOKEN_EVENT: &str = include_str!("../../events/exchange-token-request.json");

@@ -5,12 +5,12 @@ use nhi_broker::domain::{
     Delivery, DeliveryStatus, Destination, DestinationKind, Lease, LeaseStatus, Revocation, RevocationTarget,
     TargetKind,
 };
-use nhi_broker::fakes::{
+use nhi_broker::fanout::{FanoutService, FanoutSettings, FanoutWork};
+use nhi_broker::ports::DeliveryLedger;
+use nhi_broker::testing::{
     FixedClock, InMemoryDeliveries, InMemoryFanoutLedger, InMemoryFanoutRegistry, RecordingNotifier,
     RecordingSessionDenier,
 };
-use nhi_broker::fanout::{FanoutService, FanoutSettings, FanoutWork};
-use nhi_broker::ports::DeliveryLedger;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 

@@ -7,7 +7,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nhi_broker::domain::{Grant, GrantStatus, Target, TargetKind};
-use nhi_broker::fakes::FakeBroker;
+use nhi_broker::testing::FakeBroker;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

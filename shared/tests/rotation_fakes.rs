@@ -4,11 +4,11 @@
 use nhi_broker::domain::{
     Alphabet, KeyRing, RotationPolicy, Secret, SecretGenerator, SecretRotationState, VersionStage,
 };
-use nhi_broker::fakes::{
-    ContextBoundCipher, FixedClock, InMemoryKeyRing, InMemoryRotationStore, RecordingKeyAdmin, ScriptedHook,
-};
 use nhi_broker::rotation::{
     KeyRotationSettings, RETRY_BACKOFF_SECONDS, RotationService, RotationSettings, next_version_id,
+};
+use nhi_broker::testing::{
+    ContextBoundCipher, FixedClock, InMemoryKeyRing, InMemoryRotationStore, RecordingKeyAdmin, ScriptedHook,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

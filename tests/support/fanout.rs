@@ -4,9 +4,9 @@
 use crate::{Harness, now};
 use http_body_util::BodyExt;
 use nhi_broker::aws::Clients;
-use nhi_broker::fakes::FixedClock;
 use nhi_broker::fanout::FanoutService;
 use nhi_broker::sweeper::SweepService;
+use nhi_broker::testing::FixedClock;
 use nhi_local::stream::{PollOutcome, StartingPosition, StreamPoller};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,9 +107,9 @@ impl Fanout {
         let sdk = nhi_broker::aws::sdk_config().await;
         let clients = Clients::new(&sdk);
         let clock = Arc::new(FixedClock::at(now()));
-        let mut service = nhi_broker::aws::fanout_service(&h.config, &clients).unwrap();
+        let mut service = nhi_broker::wiring::fanout_service(&h.config, &clients).unwrap();
         service.clock = clock.clone();
-        let mut sweeper = nhi_broker::aws::sweep_service(&h.config, &clients);
+        let mut sweeper = nhi_broker::wiring::sweep_service(&h.config, &clients);
         sweeper.clock = clock.clone();
         let poller = StreamPoller::from_env(StartingPosition::Latest).await.unwrap();
         Self {

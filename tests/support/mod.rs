@@ -11,9 +11,9 @@ use jsonwebtoken::jwk::JwkSet;
 use lambda_http::{Body, Request};
 use nhi_broker::aws::dynamo::{DynamoRegistry, Item};
 use nhi_broker::config::Config;
-use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_broker::domain::{Grant, GrantStatus, Issuer, JwksSource, Target, TargetKind};
-use nhi_broker::http_api::BrokerApi;
+use nhi_broker::http::BrokerApi;
+use nhi_broker::testing::demo_issuer::DemoIssuer;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -57,7 +57,7 @@ impl Harness {
     pub async fn new() -> Self {
         let config = config();
         let sdk = nhi_broker::aws::sdk_config().await;
-        let api = nhi_broker::aws::broker_api(&config, &sdk).expect("api");
+        let api = nhi_broker::wiring::broker_api(&config, &sdk).expect("api");
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
         let registry = DynamoRegistry::new(dynamo.clone(), &config.registry_table);
 
@@ -103,7 +103,7 @@ impl Harness {
     /// Serve the exchange API from `config` instead (e.g. another signing-key ring).
     pub async fn use_config(&mut self, config: Config) {
         let sdk = nhi_broker::aws::sdk_config().await;
-        self.api = nhi_broker::aws::broker_api(&config, &sdk).expect("api");
+        self.api = nhi_broker::wiring::broker_api(&config, &sdk).expect("api");
         self.config = config;
     }
 

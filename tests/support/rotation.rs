@@ -5,17 +5,17 @@
 use crate::{Harness, attr, now};
 use async_trait::async_trait;
 use nhi_broker::aws::dynamo::Item;
-use nhi_broker::aws::dynamo_rotation::{DynamoKeyRing, DynamoRotationStore};
+use nhi_broker::aws::dynamo::{DynamoKeyRing, DynamoRotationStore};
 use nhi_broker::aws::kms::{KmsKeyAdmin, KmsSecretCipher, KmsSigner};
 use nhi_broker::domain::{
     Alphabet, AuditEvent, RotationNotice, RotationPolicy, RotationStep, Secret, SecretGenerator, SecretRotationState,
     UnixTime, VersionStage, secret_encryption_context,
 };
 use nhi_broker::error::{BrokerError, Result};
-use nhi_broker::fakes::FixedClock;
 use nhi_broker::ports::{Clock, Promotion, RotationStore, SecretEncryptor};
 use nhi_broker::redact::SecretString;
 use nhi_broker::rotation::{HttpRotationHook, KeyRotationSettings, RotationService, RotationSettings};
+use nhi_broker::testing::FixedClock;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 

@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = Config::from_env()?;
     let sdk = nhi_broker::aws::sdk_config_with(&config.aws, None).await;
-    let api = nhi_broker::aws::broker_api(&config, &sdk)?;
+    let api = nhi_broker::wiring::broker_api(&config, &sdk)?;
     let api = &api;
     lambda_http::run(service_fn(move |request| async move {
         Ok::<_, Infallible>(api.handle(request).await)

@@ -7,8 +7,8 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = nhi_broker::config::Config::from_env()?;
-    let clients = nhi_broker::aws::Clients::new(&nhi_broker::aws::sdk_config_with(&config.aws, None).await);
-    let service = nhi_broker::aws::sweep_service(&config, &clients);
+    let clients = nhi_broker::wiring::SweepClients::new(&nhi_broker::aws::sdk_config_with(&config.aws, None).await);
+    let service = nhi_broker::wiring::sweep_service(&config, clients);
     let service = &service;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
         Ok::<_, Error>(nhi_broker::jobs::handle_sweep_event(service, event.payload).await?)

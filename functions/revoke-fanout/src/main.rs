@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = nhi_broker::config::Config::from_env()?;
-    let clients = nhi_broker::aws::Clients::new(&nhi_broker::aws::sdk_config_with(&config.aws, None).await);
-    let service = nhi_broker::aws::fanout_service(&config, &clients)?;
+    let clients = nhi_broker::wiring::FanoutClients::new(&nhi_broker::aws::sdk_config_with(&config.aws, None).await);
+    let service = nhi_broker::wiring::fanout_service(&config, clients)?;
     let service = &service;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
         // The invocation's deadline (epoch ms) as an Instant: a long sweep saves its place before it.

@@ -10,8 +10,8 @@ async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = Config::from_env()?;
     let sdk = nhi_broker::aws::sdk_config_with(&config.aws, None).await;
-    let clients = nhi_broker::aws::Clients::new(&sdk);
-    let service = nhi_broker::aws::rotation_service(&config, &clients)?;
+    let clients = nhi_broker::wiring::RotationClients::new(&sdk);
+    let service = nhi_broker::wiring::rotation_service(&config, clients)?;
     let service = &service;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         Ok::<_, Error>(nhi_broker::jobs::handle_rotate_event(service, event.payload).await?)

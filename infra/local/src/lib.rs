@@ -10,16 +10,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::Body;
 use nhi_broker::BrokerError;
+use nhi_broker::aws::dynamo::registry_writes::{Expect, RegistryWrite, WriteRefused};
 use nhi_broker::aws::dynamo::{DynamoLedger, DynamoRegistry, keys};
-use nhi_broker::aws::registry_writes::{Expect, RegistryWrite, WriteRefused};
-use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_broker::domain::{
     Alphabet, Destination, DestinationKind, Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource,
     RotationPolicy, Secret, SecretGenerator, Target, TargetKind, secret_encryption_context,
 };
-use nhi_broker::http_api::{BrokerApi, MAX_BODY_BYTES, error_response};
+use nhi_broker::http::{BrokerApi, MAX_BODY_BYTES, error_response};
 use nhi_broker::ports::SecretEncryptor;
 use nhi_broker::redact::SecretString;
+use nhi_broker::testing::demo_issuer::DemoIssuer;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;

@@ -5,8 +5,8 @@ use clap::Parser;
 use nhi_broker::aws::dynamo::DynamoRegistry;
 use nhi_broker::aws::kms::KmsSecretCipher;
 use nhi_broker::config::Config;
-use nhi_broker::demo_issuer::DemoIssuer;
 use nhi_broker::ports::{Clock, SystemClock};
+use nhi_broker::testing::demo_issuer::DemoIssuer;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -55,7 +55,7 @@ async fn main() {
 async fn run(args: Args) -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let sdk = nhi_broker::aws::sdk_config().await;
-    let api = Arc::new(nhi_broker::aws::broker_api(&config, &sdk).map_err(|e| e.to_string())?);
+    let api = Arc::new(nhi_broker::wiring::broker_api(&config, &sdk).map_err(|e| e.to_string())?);
 
     let issuer_listener = nhi_local::bind_loopback(args.issuer_port)
         .await
@@ -99,9 +99,9 @@ async fn run(args: Args) -> Result<(), String> {
     let sweep_every = period(&args.sweep_schedule, "expire-sweeper")?;
     let retry_every = period(&args.retry_schedule, "revoke-fanout retry")?;
     let clients = nhi_broker::aws::Clients::new(&sdk);
-    let rotation = Arc::new(nhi_broker::aws::rotation_service(&config, &clients).map_err(|e| e.to_string())?);
-    let fanout = Arc::new(nhi_broker::aws::fanout_service(&config, &clients).map_err(|e| e.to_string())?);
-    let sweeper = Arc::new(nhi_broker::aws::sweep_service(&config, &clients));
+    let rotation = Arc::new(nhi_broker::wiring::rotation_service(&config, &clients).map_err(|e| e.to_string())?);
+    let fanout = Arc::new(nhi_broker::wiring::fanout_service(&config, &clients).map_err(|e| e.to_string())?);
+    let sweeper = Arc::new(nhi_broker::wiring::sweep_service(&config, &clients));
     let mut poller =
         nhi_local::stream::StreamPoller::from_env(nhi_local::stream::StartingPosition::TrimHorizon).await?;
 

@@ -1,8 +1,8 @@
 //! EventBridge destinations: one `PutEvents` entry per change; confirmed only when the entry was
 //! accepted (PutEvents reports per-entry failures with a 200).
 
+use crate::fanout::secevent::{EVENT_SOURCE, EventBus};
 use crate::ports::NotifyFailure;
-use crate::secevent::{EVENT_SOURCE, EventBus};
 use async_trait::async_trait;
 use aws_sdk_eventbridge::error::ProvideErrorMetadata;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;

@@ -288,16 +288,16 @@ impl RoleAssumer for RecordingRoleAssumer {
 /// The broker wired entirely to fakes: one issuer (a static JWKS read through the production
 /// `HttpIssuerKeys`), one JWT target and one grant for `subject` on it, at a fixed clock.
 pub struct FakeBroker {
-    pub api: crate::http_api::BrokerApi,
+    pub api: crate::http::BrokerApi,
     pub ledger: std::sync::Arc<InMemoryLedger>,
-    pub issuer: crate::demo_issuer::DemoIssuer,
+    pub issuer: crate::testing::demo_issuer::DemoIssuer,
 }
 
 impl FakeBroker {
     pub fn new(issuer: &str, grant: crate::domain::Grant, target: Target, now: UnixTime) -> Self {
         use crate::domain::JwksSource;
         use std::sync::Arc;
-        let demo = crate::demo_issuer::DemoIssuer::generate(issuer).expect("key generation");
+        let demo = crate::testing::demo_issuer::DemoIssuer::generate(issuer).expect("key generation");
         let policy = InMemoryPolicy::with(
             vec![Issuer {
                 issuer: issuer.into(),
@@ -319,7 +319,8 @@ impl FakeBroker {
             ledger: ledger.clone(),
             signer: Arc::new(LocalSigner::generate("test-key")),
             issuer_keys: Arc::new(
-                crate::jwks::HttpIssuerKeys::new(crate::jwks::JwksSettings::default()).expect("http client"),
+                crate::exchange::jwks::HttpIssuerKeys::new(crate::exchange::jwks::JwksSettings::default())
+                    .expect("http client"),
             ),
             secrets: Arc::new(InMemorySecrets::default()),
             decryptor: Arc::new(ContextBoundCipher),
@@ -332,7 +333,7 @@ impl FakeBroker {
             },
         };
         Self {
-            api: crate::http_api::BrokerApi::new(service),
+            api: crate::http::BrokerApi::new(service),
             ledger,
             issuer: demo,
         }

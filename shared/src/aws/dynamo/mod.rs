@@ -8,6 +8,13 @@
 //!   lease         LEASE#<lease_id>   LEASE       + grant_id, target, subject_key, active_shard, expires_at, ttl
 //! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
 
+pub mod fanout;
+pub mod registry_writes;
+pub mod rotation;
+
+pub use fanout::{DynamoDeliveryLedger, DynamoExpiryStore, DynamoFanoutLedger, DynamoFanoutRegistry};
+pub use rotation::{DynamoKeyRing, DynamoRotationStore};
+
 use crate::audit::{AuditChain, ChainLink};
 use crate::domain::{
     AuditEvent, Destination, Fence, Grant, GrantStatus, Issuer, Lease, LeaseStatus, Revocation, Secret, Target,
@@ -376,24 +383,24 @@ impl DynamoRegistry {
         let existing = self
             .get(&keys::destination_pk(&destination.id), keys::DESTINATION_SK)
             .await?;
-        let expect = super::registry_writes::Expect::from_read(existing.as_ref());
+        let expect = registry_writes::Expect::from_read(existing.as_ref());
         let old_secrets: Vec<String> = match existing {
             Some(item) => from_item::<Destination>(item, "destination")?.secrets,
             None => Vec::new(),
         };
-        let mut write = super::registry_writes::RegistryWrite::new(&self.table);
+        let mut write = registry_writes::RegistryWrite::new(&self.table);
         write.destination(destination, &old_secrets, expect)?;
         write
             .commit_unaudited(&self.client)
             .await
             .map_err(|refused| match refused {
-                super::registry_writes::WriteRefused::Changed(_) => BrokerError::Aws {
+                registry_writes::WriteRefused::Changed(_) => BrokerError::Aws {
                     service: "dynamodb",
                     operation: "TransactWriteItems",
                     code: "TransactionCanceled:ConditionalCheckFailed".into(),
                     retryable: true,
                 },
-                super::registry_writes::WriteRefused::Failed(e) => e,
+                registry_writes::WriteRefused::Failed(e) => e,
             })
     }
 

@@ -1,19 +1,26 @@
 //! The token exchange use case (RFC 8693), independent of HTTP and AWS.
 
-use crate::broker_token::{self, ActorClaim, BrokerClaims};
+pub mod broker_token;
+pub mod cache;
+pub mod jwks;
+pub mod policy;
+pub mod subject_token;
+pub mod token_admin;
+
 use crate::domain::{
     AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, STS_MAX_SESSION_SECONDS, STS_MIN_SESSION_SECONDS,
     TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind, secret_encryption_context,
 };
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
-use crate::policy::{self, PolicyRequest};
+use crate::exchange::subject_token::{SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
 use crate::ports::{
     AssumeRoleRequest, Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, RoleAssumer, SecretDecryptor,
     SecretStore, TokenSigner,
 };
 use crate::redact::SecretString;
-use crate::subject_token::{SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
+use broker_token::{ActorClaim, BrokerClaims};
+use policy::PolicyRequest;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 

@@ -90,7 +90,7 @@ impl PolicyStore for CachedPolicyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::InMemoryPolicy;
+    use crate::testing::InMemoryPolicy;
 
     #[tokio::test]
     async fn serves_from_cache_within_ttl_and_not_when_disabled() {

@@ -261,9 +261,9 @@ fn check_claims(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo_issuer::DemoIssuer;
-    use crate::fakes::InMemoryPolicy;
-    use crate::jwks::{HttpIssuerKeys, JwksSettings};
+    use crate::exchange::jwks::{HttpIssuerKeys, JwksSettings};
+    use crate::testing::InMemoryPolicy;
+    use crate::testing::demo_issuer::DemoIssuer;
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000;

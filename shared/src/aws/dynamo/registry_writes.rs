@@ -13,7 +13,7 @@
 //! cancelled transaction is read by its reasons: the first change whose condition failed is named
 //! (someone changed it since the plan; nothing was written), contention is retryable.
 
-use super::dynamo::{
+use super::{
     DynamoLedger, Item, TransactError, build_err, cancellation_reasons, fence_deletes, fence_puts, keys, n, s, to_item,
 };
 use crate::domain::{AuditEvent, Destination, Fence, Grant, GrantStatus, Issuer, Secret, Target};
@@ -583,7 +583,7 @@ fn version_item(secret_id: &str, version: &str, blob: AttributeValue, now: i64) 
 /// follows them).
 fn refusal(err: &TransactError, owners: &[&str]) -> WriteRefused {
     if let Some(reasons) = cancellation_reasons(err)
-        && !reasons.iter().any(|r| super::dynamo::is_contention(r))
+        && !reasons.iter().any(|r| super::is_contention(r))
         && let Some(index) = reasons
             .iter()
             .take(owners.len())
@@ -591,7 +591,7 @@ fn refusal(err: &TransactError, owners: &[&str]) -> WriteRefused {
     {
         return WriteRefused::Changed(owners[index].to_string());
     }
-    WriteRefused::Failed(super::dynamo::audited_transact_error(err))
+    WriteRefused::Failed(super::audited_transact_error(err))
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use crate::domain::{
 };
 use crate::error::{BrokerError, Result};
 use crate::exchange::ExchangeService;
-use crate::policy;
+use crate::exchange::policy;
+use crate::exchange::subject_token::{MAX_SUBJECT_TOKEN_BYTES, UnverifiedContext, VerifiedSubject};
 use crate::redact::SecretString;
-use crate::subject_token::{MAX_SUBJECT_TOKEN_BYTES, UnverifiedContext, VerifiedSubject};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value, json};
 

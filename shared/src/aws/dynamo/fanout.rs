@@ -1,7 +1,7 @@
 //! DynamoDB adapters of revoke-fanout and expire-sweeper: lease sweeps through the lease indexes,
 //! the jti deny list, delivery records, registry disables, expiry through sparse deadline indexes.
 
-use super::dynamo::{
+use super::{
     AuditWriter, Item, build_err, from_item, is_conditional_check_failed, keys, landed, n, put_new, revocation_item, s,
     to_item,
 };
@@ -201,7 +201,7 @@ impl FanoutLedger for DynamoFanoutLedger {
     }
 
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
-        let items = super::dynamo::lease_revocation_items(&self.leases_table, lease, revocation)?;
+        let items = super::lease_revocation_items(&self.leases_table, lease, revocation)?;
         landed(self.audit.writer().transact(items, event).await?)
     }
 
@@ -277,7 +277,7 @@ impl FanoutRegistry for DynamoFanoutRegistry {
         match revocation.target_kind {
             RevocationTarget::Grant => {
                 // Grants live in their issuer's collection; the type index finds the key.
-                let found = super::dynamo::find_by_id(&self.client, &self.table, "grant", id).await?;
+                let found = super::find_by_id(&self.client, &self.table, "grant", id).await?;
                 let mut changed = false;
                 for item in found {
                     let (Some(pk), Some(sk)) = (attr_str(&item, "pk"), attr_str(&item, "sk")) else {
@@ -324,7 +324,7 @@ impl FanoutRegistry for DynamoFanoutRegistry {
     }
 
     async fn destinations_of_secret(&self, secret_id: &str) -> Result<Vec<String>> {
-        super::dynamo::destination_ids(&self.client, &self.table, secret_id).await
+        super::destination_ids(&self.client, &self.table, secret_id).await
     }
 
     async fn destination(&self, id: &str) -> Result<Option<Destination>> {

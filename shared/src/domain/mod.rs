@@ -125,7 +125,7 @@ impl RotationPolicy {
             SecretGenerator::Random { length, .. } if !(16..=4096).contains(length) => {
                 Some("random secrets must be 16 to 4096 characters long")
             }
-            SecretGenerator::Hook { url } if !crate::jwks::is_allowed_url(url) => {
+            SecretGenerator::Hook { url } if !crate::exchange::jwks::is_allowed_url(url) => {
                 Some("rotation hook must be an https URL (http only to loopback)")
             }
             _ => None,

@@ -2,7 +2,7 @@
 
 use crate::domain::{Grant, GrantStatus, Target, UnixTime};
 use crate::error::PolicyDenial;
-use crate::subject_token::VerifiedSubject;
+use crate::exchange::subject_token::VerifiedSubject;
 
 /// What policy allows for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

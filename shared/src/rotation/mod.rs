@@ -13,13 +13,13 @@
 //! after a hook made a credential asks the hook again for the same version (hooks are idempotent
 //! per version id) instead of orphaning it.
 
-use crate::broker_token;
 use crate::domain::{
     Alphabet, AuditAction, AuditEvent, AuditOutcome, KeyRing, Revocation, RevocationTarget, RotationNotice,
     RotationPolicy, RotationStep, SecretGenerator, SecretRotationState, SigningKey, SigningKeyState, UnixTime,
     VersionStage, secret_encryption_context,
 };
 use crate::error::{BrokerError, Result};
+use crate::exchange::broker_token;
 use crate::ports::{
     Clock, HookAction, KeyRingStore, Promotion, RotationHook, RotationStore, SecretEncryptor, SigningKeyAdmin,
     TokenSigner,
@@ -66,7 +66,7 @@ impl KeyRotationSettings {
         Self {
             bootstrap_key_id: bootstrap_key_id.to_string(),
             max_age_seconds,
-            overlap_seconds: max_token_ttl_seconds + crate::http_api::JWKS_MAX_AGE_SECONDS + ring_cache_seconds,
+            overlap_seconds: max_token_ttl_seconds + crate::http::JWKS_MAX_AGE_SECONDS + ring_cache_seconds,
             publish_after_retire_seconds: max_token_ttl_seconds + ring_cache_seconds + clock_leeway_seconds,
             deletion_window_days,
         }
@@ -660,7 +660,7 @@ impl RotationHook for HttpRotationHook {
         secret_id: &str,
         version: &str,
     ) -> Result<Option<SecretString>> {
-        if !crate::jwks::is_allowed_url(url) {
+        if !crate::exchange::jwks::is_allowed_url(url) {
             return Err(BrokerError::Config("rotation hook url must be https".into()));
         }
         let now = self.clock.now();

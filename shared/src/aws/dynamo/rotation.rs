@@ -7,7 +7,7 @@
 //!   dest. link    SECRET#<id>        DEST#<dest id>
 //!   key ring      KEYRING#<ring>     #KEYRING         keys, version
 
-use super::dynamo::{
+use super::{
     AuditWriter, Item, build_err, condition_failed_at, from_item, is_conditional_check_failed, keys, landed, n,
     put_new, revocation_item, s, to_item,
 };
@@ -337,7 +337,7 @@ impl RotationStore for DynamoRotationStore {
         match result {
             Ok(_) => Ok(true),
             Err(e) if condition_failed_at(&e, 0) || condition_failed_at(&e, 1) => Ok(false),
-            Err(e) => Err(super::dynamo::transact_error(&e)),
+            Err(e) => Err(super::transact_error(&e)),
         }
     }
 
@@ -363,7 +363,7 @@ impl RotationStore for DynamoRotationStore {
     }
 
     async fn destinations_for(&self, secret_id: &str) -> Result<Vec<String>> {
-        super::dynamo::destination_ids(&self.client, &self.table, secret_id).await
+        super::destination_ids(&self.client, &self.table, secret_id).await
     }
 
     async fn promote(&self, p: &Promotion, event: &AuditEvent, notice: &RotationNotice) -> Result<bool> {

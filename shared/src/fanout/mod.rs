@@ -12,6 +12,8 @@
 //! finds the same record cannot send it again at the same time (one attempt, one POST, recorded).
 //! A run that dies after its claim leaves the attempt counted and the record due again later.
 
+pub mod secevent;
+
 use crate::domain::{
     AuditAction, AuditEvent, AuditOutcome, ChangeEvent, Delivery, DeliveryStatus, Lease, Revocation, RevocationTarget,
     RotationNotice, TargetKind, UnixTime,

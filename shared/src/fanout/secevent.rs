@@ -1,9 +1,9 @@
 //! Telling destinations: Security Event Tokens (RFC 8417) pushed to webhooks as RFC 8935 describes,
 //! or events put on an EventBridge bus. Events carry ids and versions, never secret values.
 
-use crate::broker_token::sign_jwt;
 use crate::domain::{ChangeEvent, Destination, DestinationKind, UnixTime};
 use crate::error::{BrokerError, Result};
+use crate::exchange::broker_token::sign_jwt;
 use crate::ports::{Clock, Notifier, NotifyFailure, TokenSigner};
 use async_trait::async_trait;
 use serde::Serialize;
@@ -98,7 +98,12 @@ impl WebhookPusher {
     }
 
     /// The signed SET for one destination (`aud` = its URL).
-    pub async fn sign(&self, url: &str, event: &ChangeEvent, jti: &str) -> Result<crate::broker_token::Signed> {
+    pub async fn sign(
+        &self,
+        url: &str,
+        event: &ChangeEvent,
+        jti: &str,
+    ) -> Result<crate::exchange::broker_token::Signed> {
         let (uri, payload) = event_payload(event);
         let subject = event.subject();
         let claims = SetClaims {
@@ -117,7 +122,7 @@ impl WebhookPusher {
     }
 
     pub async fn push(&self, url: &str, event: &ChangeEvent, jti: &str) -> std::result::Result<String, NotifyFailure> {
-        if !crate::jwks::is_allowed_url(url) {
+        if !crate::exchange::jwks::is_allowed_url(url) {
             return Err(NotifyFailure("url_not_allowed".into()));
         }
         let set = self.sign(url, event, jti).await.map_err(|e| {
