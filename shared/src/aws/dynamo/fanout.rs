@@ -1,20 +1,12 @@
 //! DynamoDB adapters of revoke-fanout and expire-sweeper: lease sweeps through the lease indexes,
 //! the jti deny list, delivery records, registry disables, expiry through sparse deadline indexes.
 
-use super::{
-    AuditWriter, Item, build_err, from_item, is_conditional_check_failed, keys, landed, n, put_new, revocation_item, s,
-    to_item,
-};
-use crate::domain::{
-    AuditEvent, Delivery, DeliveryStatus, Destination, Lease, LeaseStatus, Revocation, RevocationTarget, TargetKind,
-    UnixTime,
-};
+use super::{AuditWriter, Item, from_item, is_conditional_check_failed, keys, landed, n, s};
+use crate::domain::{AuditEvent, Destination, Lease, LeaseStatus, Revocation, RevocationTarget, TargetKind, UnixTime};
 use crate::error::{BrokerError, Result};
-use crate::ports::{
-    DeliveryLedger, ExpiredLease, ExpiryStore, FanoutLedger, FanoutRegistry, LapsedGrant, LeasePage, LeaseScope,
-};
+use crate::ports::{FanoutLedger, FanoutRegistry, LeasePage, LeaseScope};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const DELIVERY_DUE_INDEX: &str = "delivery-due";
@@ -23,13 +15,13 @@ pub const ACTIVE_BY_EXPIRY_INDEX: &str = "active-by-expiry";
 pub const APPROVAL_DUE_INDEX: &str = "approval-due";
 
 /// Several audit chains, so concurrent writes of one function do not queue behind one chain.
-struct AuditPool {
+pub(super) struct AuditPool {
     writers: Vec<AuditWriter>,
     next: AtomicUsize,
 }
 
 impl AuditPool {
-    fn new(client: &aws_sdk_dynamodb::Client, table: &str, size: usize) -> Self {
+    pub(super) fn new(client: &aws_sdk_dynamodb::Client, table: &str, size: usize) -> Self {
         Self {
             writers: (0..size.max(1))
                 .map(|_| AuditWriter::new(client.clone(), table))
@@ -38,7 +30,7 @@ impl AuditPool {
         }
     }
 
-    fn writer(&self) -> &AuditWriter {
+    pub(super) fn writer(&self) -> &AuditWriter {
         &self.writers[self.next.fetch_add(1, Ordering::Relaxed) % self.writers.len()]
     }
 }
@@ -73,11 +65,11 @@ pub fn decode_cursor(cursor: &str) -> Result<Item> {
         .collect()
 }
 
-fn attr_str(item: &Item, name: &str) -> Option<String> {
+pub(super) fn attr_str(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
-fn attr_num(item: &Item, name: &str) -> Option<i64> {
+pub(super) fn attr_num(item: &Item, name: &str) -> Option<i64> {
     item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
 }
 
@@ -345,294 +337,6 @@ impl FanoutRegistry for DynamoFanoutRegistry {
 /// Delivery records live in their destination's item collection (`DEST#<id>`, `DELIVERY#<event>`),
 /// so a destination's history is one Query. Pending records carry `delivery_shard`, which puts
 /// them on the sparse retry (`next_attempt_at`) and drift (`confirm_by`) indexes.
-pub struct DynamoDeliveryLedger {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
-    audit: AuditWriter,
-}
-
-impl DynamoDeliveryLedger {
-    pub fn new(client: aws_sdk_dynamodb::Client, registry_table: &str, audit_table: &str) -> Self {
-        Self {
-            audit: AuditWriter::new(client.clone(), audit_table),
-            client,
-            table: registry_table.into(),
-        }
-    }
-
-    fn item(delivery: &Delivery) -> Result<Item> {
-        let mut extra = vec![
-            ("pk", s(keys::destination_pk(&delivery.destination_id))),
-            ("sk", s(keys::delivery_sk(delivery.event.event_id()))),
-            ("record_type", s("delivery")),
-        ];
-        if delivery.status == DeliveryStatus::Pending {
-            extra.push(("delivery_shard", s(keys::DELIVERY_SHARD)));
-        }
-        to_item(delivery, extra)
-    }
-
-    async fn query_index(&self, index: &str, sort_key: &str, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(index)
-            .key_condition_expression("delivery_shard = :shard AND #due <= :now")
-            .expression_attribute_names("#due", sort_key)
-            .expression_attribute_values(":shard", s(keys::DELIVERY_SHARD))
-            .expression_attribute_values(":now", n(now))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-        output
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| from_item(i, "delivery"))
-            .collect()
-    }
-}
-
-#[async_trait]
-impl DeliveryLedger for DynamoDeliveryLedger {
-    async fn open(&self, delivery: &Delivery) -> Result<Delivery> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(Self::item(delivery)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(delivery.clone()),
-            Err(e) if is_conditional_check_failed(&e) => {
-                let item = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .key("pk", s(keys::destination_pk(&delivery.destination_id)))
-                    .key("sk", s(keys::delivery_sk(delivery.event.event_id())))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
-                    .item
-                    .ok_or_else(|| BrokerError::Internal("delivery record vanished".into()))?;
-                from_item(item, "delivery")
-            }
-            Err(e) => Err(BrokerError::aws("dynamodb", "PutItem", &e)),
-        }
-    }
-
-    async fn update(&self, before: &Delivery, after: &Delivery, event: Option<&AuditEvent>) -> Result<bool> {
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(Self::item(after)?))
-            .condition_expression("#status = :status AND attempts = :attempts")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", s(before.status.as_str()))
-            .expression_attribute_values(":attempts", n(i64::from(before.attempts)))
-            .build()
-            .map_err(build_err)?;
-        let Some(event) = event else {
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(put.item))
-                .condition_expression("#status = :status AND attempts = :attempts")
-                .set_expression_attribute_names(put.expression_attribute_names)
-                .set_expression_attribute_values(put.expression_attribute_values)
-                .send()
-                .await;
-            return match result {
-                Ok(_) => Ok(true),
-                Err(e) if is_conditional_check_failed(&e) => Ok(false),
-                Err(e) => Err(BrokerError::aws("dynamodb", "PutItem", &e)),
-            };
-        };
-        let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        if after.status == DeliveryStatus::Unconfirmed && after.last_error.as_deref() != Some("unknown_destination") {
-            // The destination is flagged exposed: inventory and metrics read it from here.
-            let flag = Update::builder()
-                .table_name(&self.table)
-                .key("pk", s(keys::destination_pk(&after.destination_id)))
-                .key("sk", s(keys::DESTINATION_SK))
-                .update_expression(
-                    "SET exposed = :true, exposed_since = if_not_exists(exposed_since, :now), \
-                     last_unconfirmed_event = :event ADD unconfirmed_deliveries :one",
-                )
-                .condition_expression("attribute_exists(pk)")
-                .expression_attribute_values(":true", AttributeValue::Bool(true))
-                .expression_attribute_values(":now", n(event.at))
-                .expression_attribute_values(":event", s(after.event.event_id()))
-                .expression_attribute_values(":one", n(1))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().update(flag).build());
-        }
-        landed(self.audit.transact(items, event).await?)
-    }
-
-    async fn due(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
-        self.query_index(DELIVERY_DUE_INDEX, "next_attempt_at", now, limit)
-            .await
-    }
-
-    async fn overdue(&self, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
-        self.query_index(DELIVERY_OVERDUE_INDEX, "confirm_by", now, limit).await
-    }
-}
-
-pub struct DynamoExpiryStore {
-    client: aws_sdk_dynamodb::Client,
-    leases_table: String,
-    registry_table: String,
-    revocations_table: String,
-    audit: AuditPool,
-}
-
-impl DynamoExpiryStore {
-    pub fn new(
-        client: aws_sdk_dynamodb::Client,
-        leases_table: &str,
-        registry_table: &str,
-        audit_table: &str,
-        revocations_table: &str,
-        audit_chains: usize,
-    ) -> Self {
-        Self {
-            audit: AuditPool::new(&client, audit_table, audit_chains),
-            client,
-            leases_table: leases_table.into(),
-            registry_table: registry_table.into(),
-            revocations_table: revocations_table.into(),
-        }
-    }
-}
-
-#[async_trait]
-impl ExpiryStore for DynamoExpiryStore {
-    async fn expired_leases(&self, shard: u32, now: UnixTime, limit: usize) -> Result<Vec<ExpiredLease>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.leases_table)
-            .index_name(ACTIVE_BY_EXPIRY_INDEX)
-            .key_condition_expression("active_shard = :shard AND expires_at <= :now")
-            .expression_attribute_values(":shard", s(format!("ACTIVE#{shard}")))
-            .expression_attribute_values(":now", n(now))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-        output
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|item| {
-                let lease_id = attr_str(&item, "pk")
-                    .and_then(|pk| pk.strip_prefix("LEASE#").map(str::to_string))
-                    .ok_or_else(|| BrokerError::CorruptRecord("expiry index entry without a lease key".into()))?;
-                Ok(ExpiredLease {
-                    lease_id,
-                    expires_at: attr_num(&item, "expires_at").unwrap_or_default(),
-                    grant_id: attr_str(&item, "grant_id").unwrap_or_default(),
-                    target: attr_str(&item, "target").unwrap_or_default(),
-                    destination: attr_str(&item, "destination"),
-                })
-            })
-            .collect()
-    }
-
-    async fn expire_lease(
-        &self,
-        lease: &ExpiredLease,
-        revocation: Option<&Revocation>,
-        event: &AuditEvent,
-    ) -> Result<bool> {
-        let update = Update::builder()
-            .table_name(&self.leases_table)
-            .key("pk", s(keys::lease_pk(&lease.lease_id)))
-            .key("sk", s(keys::LEASE_SK))
-            .update_expression("SET #status = :expired, expired_at = :now REMOVE active_shard")
-            .condition_expression("#status = :active AND expires_at <= :now")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":expired", s(LeaseStatus::Expired.as_str()))
-            .expression_attribute_values(":active", s(LeaseStatus::Active.as_str()))
-            .expression_attribute_values(":now", n(event.at))
-            .build()
-            .map_err(build_err)?;
-        let mut items = vec![TransactWriteItem::builder().update(update).build()];
-        if let Some(revocation) = revocation {
-            items.push(put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?);
-        }
-        landed(self.audit.writer().transact(items, event).await?)
-    }
-
-    async fn lapsed_grants(&self, now: UnixTime, limit: usize) -> Result<Vec<LapsedGrant>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.registry_table)
-            .index_name(APPROVAL_DUE_INDEX)
-            .key_condition_expression("approval_shard = :shard AND approval_expires_at <= :now")
-            .expression_attribute_values(":shard", s(keys::APPROVAL_SHARD))
-            .expression_attribute_values(":now", n(now))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-        output
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|item| {
-                let issuer = attr_str(&item, "pk").and_then(|pk| pk.strip_prefix("ISSUER#").map(str::to_string));
-                let grant_id = attr_str(&item, "sk").and_then(|sk| sk.strip_prefix("GRANT#").map(str::to_string));
-                match (issuer, grant_id) {
-                    (Some(issuer), Some(grant_id)) => Ok(LapsedGrant {
-                        issuer,
-                        grant_id,
-                        approval_expires_at: attr_num(&item, "approval_expires_at").unwrap_or_default(),
-                    }),
-                    _ => Err(BrokerError::CorruptRecord(
-                        "approval index entry without a grant key".into(),
-                    )),
-                }
-            })
-            .collect()
-    }
-
-    async fn revoke_lapsed_grant(
-        &self,
-        grant: &LapsedGrant,
-        revocation: &Revocation,
-        event: &AuditEvent,
-    ) -> Result<bool> {
-        let update = Update::builder()
-            .table_name(&self.registry_table)
-            .key("pk", s(keys::issuer_pk(&grant.issuer)))
-            .key("sk", s(keys::grant_sk(&grant.grant_id)))
-            .update_expression("SET #status = :revoked REMOVE approval_shard")
-            .condition_expression("#status = :active AND approval_expires_at <= :now")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":revoked", s("revoked"))
-            .expression_attribute_values(":active", s("active"))
-            .expression_attribute_values(":now", n(event.at))
-            .build()
-            .map_err(build_err)?;
-        let items = vec![
-            TransactWriteItem::builder().update(update).build(),
-            put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
-        ];
-        landed(self.audit.writer().transact(items, event).await?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
