@@ -517,7 +517,7 @@ async fn overlapping_sweeps_expire_each_lease_once_and_tell_the_destination_hold
     // Two runs at once (a slow run overlapping the next schedule).
     f.set_clock(t0 + 120);
     let sdk = nhi_broker::aws::sdk_config().await;
-    let mut other = nhi_broker::wiring::sweep_service(&h.config, &nhi_broker::aws::Clients::new(&sdk));
+    let mut other = nhi_broker::wiring::sweep_service(&h.config, nhi_broker::aws::Clients::new(&sdk));
     other.clock = f.clock.clone();
     let (a, b) = tokio::join!(f.sweeper.run(), other.run());
     let (a, b) = (a.unwrap(), b.unwrap());

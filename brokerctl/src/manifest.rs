@@ -521,7 +521,7 @@ pub fn check_issuer_spec(issuer: &IssuerSpec) -> Vec<Problem> {
 fn check_issuer(p: &mut Problems, at: &str, issuer: &IssuerSpec) {
     if issuer.issuer.len() > MAX_TARGET_ID_LEN
         || issuer.issuer.contains('#')
-        || !nhi_broker::exchange::jwks::is_allowed_url(&issuer.issuer)
+        || !nhi_broker::domain::is_allowed_url(&issuer.issuer)
     {
         p.push(
             format!("{at}.issuer"),
@@ -535,7 +535,7 @@ fn check_issuer(p: &mut Problems, at: &str, issuer: &IssuerSpec) {
     }
     match &issuer.jwks {
         JwksSpec::Url { url } => {
-            if !nhi_broker::exchange::jwks::is_allowed_url(url) {
+            if !nhi_broker::domain::is_allowed_url(url) {
                 p.push(
                     format!("{at}.jwks.url"),
                     "the JWKS URL must be https (http only for loopback)",
@@ -612,7 +612,7 @@ fn is_role_arn(arn: &str) -> bool {
 
 fn check_grant(p: &mut Problems, at: &str, grant: &GrantSpec, now: i64) {
     p.id(format!("{at}.id"), &grant.id);
-    if !nhi_broker::exchange::jwks::is_allowed_url(&grant.issuer) {
+    if !nhi_broker::domain::is_allowed_url(&grant.issuer) {
         p.push(format!("{at}.issuer"), "an issuer is an https URL");
     }
     p.text(format!("{at}.subject"), &grant.subject, MAX_SUBJECT_LEN);
@@ -696,7 +696,7 @@ fn check_destination(p: &mut Problems, at: &str, destination: &DestinationSpec) 
     p.id(format!("{at}.id"), &destination.id);
     match &destination.kind {
         DestinationKindSpec::Webhook { url } => {
-            if url.len() > MAX_TARGET_ID_LEN || !nhi_broker::exchange::jwks::is_allowed_url(url) {
+            if url.len() > MAX_TARGET_ID_LEN || !nhi_broker::domain::is_allowed_url(url) {
                 p.push(
                     format!("{at}.kind.url"),
                     "a webhook is an https URL (http only for loopback)",

@@ -108,24 +108,10 @@ impl HttpIssuerKeys {
 
 /// HTTPS only, except plain HTTP to loopback for local runs and tests.
 pub fn check_jwks_url(url: &str) -> Result<()> {
-    if is_allowed_url(url) {
+    if crate::domain::is_allowed_url(url) {
         Ok(())
     } else {
         Err(BrokerError::JwksUnavailable("jwks url must be https"))
-    }
-}
-
-/// Whether the broker may call `url` (JWKS, rotation hooks, webhooks): HTTPS, or plain HTTP to
-/// loopback for local runs and tests.
-pub fn is_allowed_url(url: &str) -> bool {
-    let Ok(parsed) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-    match parsed.scheme() {
-        "https" => parsed.host_str().is_some(),
-        "http" => loopback,
-        _ => false,
     }
 }
 

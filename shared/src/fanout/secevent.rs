@@ -122,7 +122,7 @@ impl WebhookPusher {
     }
 
     pub async fn push(&self, url: &str, event: &ChangeEvent, jti: &str) -> std::result::Result<String, NotifyFailure> {
-        if !crate::exchange::jwks::is_allowed_url(url) {
+        if !crate::domain::is_allowed_url(url) {
             return Err(NotifyFailure("url_not_allowed".into()));
         }
         let set = self.sign(url, event, jti).await.map_err(|e| {

@@ -14,64 +14,31 @@
 //! per version id) instead of orphaning it.
 
 use crate::domain::{
-    Alphabet, AuditAction, AuditEvent, AuditOutcome, KeyRing, Revocation, RevocationTarget, RotationNotice,
-    RotationPolicy, RotationStep, SecretGenerator, SecretRotationState, SigningKey, SigningKeyState, UnixTime,
-    VersionStage, secret_encryption_context,
+    Alphabet, AuditAction, AuditEvent, AuditOutcome, Revocation, RevocationTarget, RotationNotice, RotationPolicy,
+    RotationStep, SecretGenerator, SecretRotationState, UnixTime, VersionStage, secret_encryption_context,
 };
 use crate::error::{BrokerError, Result};
-use crate::exchange::broker_token;
 use crate::ports::{
     Clock, HookAction, KeyRingStore, Promotion, RotationHook, RotationStore, SecretEncryptor, SigningKeyAdmin,
-    TokenSigner,
 };
 use crate::redact::SecretString;
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
 use zeroize::Zeroizing;
+
+mod hook;
+mod keys;
+
+pub use hook::HttpRotationHook;
+pub use keys::{KeyRotationSettings, KeyStep, plan_key_step};
 
 /// A secret that failed to rotate waits this long before it is tried again, so a broken hook
 /// cannot hold the head of the due index and starve every other secret.
 pub const RETRY_BACKOFF_SECONDS: i64 = 300;
 /// Re-reads per secret and call before giving up (each step is one; contention adds a few).
 const MAX_ROUNDS: usize = 12;
-
-#[derive(Debug, Clone)]
-pub struct KeyRotationSettings {
-    /// The deployed key, active until the ring is first written.
-    pub bootstrap_key_id: String,
-    /// Age at which the active key is replaced; 0 never replaces it.
-    pub max_age_seconds: i64,
-    /// How long a next key is published before it signs: at least the longest token TTL, plus
-    /// how long relying parties may cache the JWKS and functions the ring.
-    pub overlap_seconds: i64,
-    /// How long a retired key stays published: until every token it signed has expired.
-    pub publish_after_retire_seconds: i64,
-    pub deletion_window_days: i32,
-}
-
-impl KeyRotationSettings {
-    /// Overlap and publication windows that follow from the longest token TTL and the caches in
-    /// front of the ring: the JWKS response (`max-age=300`) and each function's ring cache.
-    pub fn derived(
-        bootstrap_key_id: &str,
-        max_age_seconds: i64,
-        max_token_ttl_seconds: i64,
-        ring_cache_seconds: i64,
-        clock_leeway_seconds: i64,
-        deletion_window_days: i32,
-    ) -> Self {
-        Self {
-            bootstrap_key_id: bootstrap_key_id.to_string(),
-            max_age_seconds,
-            overlap_seconds: max_token_ttl_seconds + crate::http::JWKS_MAX_AGE_SECONDS + ring_cache_seconds,
-            publish_after_retire_seconds: max_token_ttl_seconds + ring_cache_seconds + clock_leeway_seconds,
-            deletion_window_days,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct RotationSettings {
@@ -132,45 +99,6 @@ pub struct RunReport {
     /// Secrets still due after this run (left for the next one).
     pub remaining: u64,
     pub signing_key_changes: Vec<String>,
-}
-
-/// One signing-key ring transition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyStep {
-    /// Retired keys already removed from the ring, whose KMS deletion is not yet scheduled.
-    ScheduleDeletion(String),
-    /// A retired key past its publication window leaves the JWKS.
-    Unpublish(String),
-    Activate(String),
-    CreateNext,
-    /// Persist the bootstrap ring, so the deployed key's age starts counting.
-    Initialize,
-}
-
-/// The next ring transition at `now`, if any. Pure, so the schedule is unit-tested.
-pub fn plan_key_step(ring: &KeyRing, stored: bool, now: UnixTime, settings: &KeyRotationSettings) -> Option<KeyStep> {
-    if !stored {
-        return Some(KeyStep::Initialize);
-    }
-    if let Some(kid) = ring.pending_deletion.first() {
-        return Some(KeyStep::ScheduleDeletion(kid.clone()));
-    }
-    if let Some(k) = ring
-        .keys
-        .iter()
-        .find(|k| k.state == SigningKeyState::Retired && k.publish_until.is_some_and(|t| t <= now))
-    {
-        return Some(KeyStep::Unpublish(k.key_id.clone()));
-    }
-    if let Some(next) = ring.with_state(SigningKeyState::Next) {
-        return next
-            .activate_at
-            .is_some_and(|t| t <= now)
-            .then(|| KeyStep::Activate(next.key_id.clone()));
-    }
-    let active = ring.active()?;
-    let since = active.activated_at.unwrap_or(active.created_at);
-    (settings.max_age_seconds > 0 && since + settings.max_age_seconds <= now).then_some(KeyStep::CreateNext)
 }
 
 /// The id of the version that replaces `current` (see the module docs for why it is derived).
@@ -512,207 +440,12 @@ impl RotationService {
             Advance::Lost
         })
     }
-
-    /// Advance the signing-key ring as far as `now` allows; returns what changed.
-    pub async fn rotate_signing_keys(&self) -> Result<Vec<String>> {
-        let settings = &self.settings.keys;
-        let mut changes = Vec::new();
-        for _ in 0..MAX_ROUNDS {
-            let now = self.clock.now();
-            let stored = self.key_ring.load().await?;
-            let expected = stored.as_ref().map(|r| r.version);
-            let mut ring = stored.unwrap_or_else(|| KeyRing::bootstrap(&settings.bootstrap_key_id, now));
-            let Some(step) = plan_key_step(&ring, expected.is_some(), now, settings) else {
-                break;
-            };
-            let replaced = match step {
-                KeyStep::Activate(_) => ring.active().map(|k| k.key_id.clone()),
-                _ => None,
-            };
-            let (reason, key_id) = match &step {
-                KeyStep::Initialize => ("signing_key_ring_initialized", ring.active().map(|k| k.key_id.clone())),
-                KeyStep::ScheduleDeletion(kid) => {
-                    match self
-                        .key_admin
-                        .schedule_key_deletion(kid, settings.deletion_window_days)
-                        .await
-                    {
-                        Ok(()) => {}
-                        // Already pending deletion (a run died after scheduling it): done.
-                        Err(e) if e.aws_code() == Some("KMSInvalidStateException") => {}
-                        Err(e) => return Err(e),
-                    }
-                    ring.pending_deletion.retain(|k| k != kid);
-                    ("signing_key_deletion_scheduled", Some(kid.clone()))
-                }
-                KeyStep::Unpublish(kid) => {
-                    ring.keys.retain(|k| &k.key_id != kid);
-                    ring.pending_deletion.push(kid.clone());
-                    ("signing_key_unpublished", Some(kid.clone()))
-                }
-                KeyStep::Activate(kid) => {
-                    for key in &mut ring.keys {
-                        if key.state == SigningKeyState::Active {
-                            key.state = SigningKeyState::Retired;
-                            key.publish_until = Some(now + settings.publish_after_retire_seconds);
-                        } else if &key.key_id == kid {
-                            key.state = SigningKeyState::Active;
-                            key.activated_at = Some(now);
-                        }
-                    }
-                    ("signing_key_activated", Some(kid.clone()))
-                }
-                KeyStep::CreateNext => {
-                    let kid = self
-                        .key_admin
-                        .create_signing_key("nhi-broker token signing key (ES256)")
-                        .await?;
-                    ring.keys.push(SigningKey {
-                        key_id: kid.clone(),
-                        state: SigningKeyState::Next,
-                        created_at: now,
-                        activate_at: Some(now + settings.overlap_seconds),
-                        activated_at: None,
-                        publish_until: None,
-                    });
-                    ("signing_key_created", Some(kid))
-                }
-            };
-            ring.version = expected.unwrap_or(0) + 1;
-            let event = AuditEvent {
-                actor_subject: Some("rotate".into()),
-                target: Some(format!("signing-key:{}", key_id.as_deref().unwrap_or_default())),
-                reason: Some(reason.into()),
-                old_version: replaced,
-                new_version: key_id.clone(),
-                ..AuditEvent::new(AuditAction::Rotate, AuditOutcome::Rotated, now)
-            };
-            if self.key_ring.save(&ring, expected, &event).await? {
-                tracing::info!(
-                    reason,
-                    key_id = key_id.as_deref().unwrap_or_default(),
-                    "signing-key ring changed"
-                );
-                changes.push(format!("{reason}:{}", key_id.unwrap_or_default()));
-            } else if let (KeyStep::CreateNext, Some(kid)) = (&step, key_id) {
-                // Another run added its own next key first; this one was never published.
-                self.key_admin
-                    .schedule_key_deletion(&kid, settings.deletion_window_days)
-                    .await?;
-            }
-        }
-        Ok(changes)
-    }
-}
-
-/// Calls a secret's rotation hook over HTTPS (plain HTTP only to loopback), authenticated by a
-/// short-lived broker-signed JWT (`typ: nhi-rotation+jwt`, `aud` = the hook URL) the owning system
-/// verifies against the broker's JWKS. Responses are capped and never logged.
-pub struct HttpRotationHook {
-    client: reqwest::Client,
-    signer: Arc<dyn TokenSigner>,
-    clock: Arc<dyn Clock>,
-    broker_issuer: String,
-}
-
-/// Rotation hook responses above this are refused.
-const MAX_HOOK_RESPONSE_BYTES: usize = 64 * 1024;
-
-#[derive(Serialize)]
-struct HookClaims<'a> {
-    iss: &'a str,
-    aud: &'a str,
-    sub: &'a str,
-    iat: UnixTime,
-    exp: UnixTime,
-    jti: String,
-    nhi_action: &'static str,
-    nhi_version: &'a str,
-}
-
-#[derive(serde::Deserialize)]
-struct HookCreated {
-    value: String,
-}
-
-impl HttpRotationHook {
-    pub fn new(signer: Arc<dyn TokenSigner>, clock: Arc<dyn Clock>, broker_issuer: &str) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| BrokerError::Config(format!("http client: {e}")))?;
-        Ok(Self {
-            client,
-            signer,
-            clock,
-            broker_issuer: broker_issuer.to_string(),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl RotationHook for HttpRotationHook {
-    async fn call(
-        &self,
-        url: &str,
-        action: HookAction,
-        secret_id: &str,
-        version: &str,
-    ) -> Result<Option<SecretString>> {
-        if !crate::exchange::jwks::is_allowed_url(url) {
-            return Err(BrokerError::Config("rotation hook url must be https".into()));
-        }
-        let now = self.clock.now();
-        let claims = HookClaims {
-            iss: &self.broker_issuer,
-            aud: url,
-            sub: secret_id,
-            iat: now,
-            exp: now + 60,
-            jti: uuid::Uuid::new_v4().to_string(),
-            nhi_action: action.as_str(),
-            nhi_version: version,
-        };
-        let auth = broker_token::sign_jwt(self.signer.as_ref(), "nhi-rotation+jwt", &claims).await?;
-        let unavailable = |_| BrokerError::RotationHookFailed("Unreachable".into());
-        let mut response = self
-            .client
-            .post(url)
-            .bearer_auth(auth.token.expose())
-            .json(&serde_json::json!({ "action": action.as_str(), "secret_id": secret_id, "version": version }))
-            .send()
-            .await
-            .map_err(unavailable)?;
-        if !response.status().is_success() {
-            return Err(BrokerError::RotationHookFailed(format!(
-                "HTTP{}",
-                response.status().as_u16()
-            )));
-        }
-        if action != HookAction::Create {
-            return Ok(None);
-        }
-        let mut body = Zeroizing::new(Vec::new());
-        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
-            if body.len() + chunk.len() > MAX_HOOK_RESPONSE_BYTES {
-                return Err(BrokerError::Internal("rotation hook response too large".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let created: HookCreated = serde_json::from_slice(&body)
-            .map_err(|_| BrokerError::Internal("rotation hook response is not {\"value\": ...}".into()))?;
-        let value = SecretString::new(created.value);
-        if value.is_empty() {
-            return Err(BrokerError::Internal("rotation hook returned an empty value".into()));
-        }
-        Ok(Some(value))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{KeyRing, SigningKey, SigningKeyState};
 
     fn settings() -> KeyRotationSettings {
         KeyRotationSettings::derived("k0", 1000, 600, 60, 30, 7)

@@ -1,7 +1,12 @@
 //! In-memory fakes of the ports and a demo OIDC issuer, for fast unit tests and the local runner.
-//! Compiled only with the `test-util` feature (never into a function's release build).
+//! Compiled only with the `test-util` feature (never into a function's release build). Each fake
+//! keeps the conditions its DynamoDB adapter enforces.
 
 pub mod demo_issuer;
-mod fakes;
+mod exchange;
+mod fanout;
+mod rotation;
 
-pub use fakes::*;
+pub use exchange::*;
+pub use fanout::*;
+pub use rotation::*;

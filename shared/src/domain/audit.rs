@@ -1,0 +1,95 @@
+//! Audit events.
+
+use super::*;
+use serde::{Deserialize, Serialize};
+
+/// What happened, for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    TokenExchange,
+    Introspect,
+    Revoke,
+    /// A secret version promoted or retired, or a signing key created, activated, retired or deleted.
+    Rotate,
+    /// A lease or grant reached its end and was swept.
+    Expire,
+    /// A change event could not be confirmed by a destination.
+    Deliver,
+    /// An operator lifted a subject revocation (the block on new exchanges).
+    Unrevoke,
+    /// An operator changed the registry (apply, secret put, issuer or target put, destination
+    /// resolve or redeliver).
+    Register,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Released,
+    Denied,
+    Revoked,
+    Rotated,
+    Expired,
+    Unconfirmed,
+    /// A block was lifted.
+    Lifted,
+    /// An operator's registry change was written.
+    Applied,
+    /// An operator resolved a destination's exposure (it confirmed what it had missed).
+    Resolved,
+}
+
+/// The reserved target a grant must list to let its subject call the introspection endpoint.
+pub const INTROSPECTION_TARGET: &str = "urn:nhi-broker:introspection";
+
+/// One audit event, as the domain sees it. The ledger adds the chain position and hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub event_id: String,
+    pub at: UnixTime,
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
+    /// `iss` of the actor, if the subject token got far enough to name one.
+    pub actor_issuer: Option<String>,
+    pub actor_subject: Option<String>,
+    pub target: Option<String>,
+    pub grant_id: Option<String>,
+    pub lease_id: Option<String>,
+    /// Stable reason code for denials (`token_expired`, `policy_no_grant`...).
+    pub reason: Option<String>,
+    /// SHA-256 fingerprint of the presented subject token.
+    pub token_fingerprint: Option<String>,
+    /// Rotations: the version (or signing key) replaced and the one that replaced it. Never values.
+    /// Absent from events without them, so older events hash as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<String>,
+    /// The API request that caused the event (its id is in the response the caller saw and in the
+    /// log line), so an operator can go from what a caller reports to the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl AuditEvent {
+    /// A new event (time-ordered id) with no actor, target or reason yet: set those with struct update.
+    pub fn new(action: AuditAction, outcome: AuditOutcome, at: UnixTime) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            at,
+            action,
+            outcome,
+            actor_issuer: None,
+            actor_subject: None,
+            target: None,
+            grant_id: None,
+            lease_id: None,
+            reason: None,
+            token_fingerprint: None,
+            old_version: None,
+            new_version: None,
+            request_id: None,
+        }
+    }
+}
