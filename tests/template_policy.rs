@@ -280,30 +280,41 @@ fn tables_declare_streams_ttl_and_point_in_time_recovery() {
     assert_eq!(r["SigningKey"]["Properties"]["KeyUsage"].as_str(), Some("SIGN_VERIFY"));
 }
 
-/// The adapter sources each function's wiring (`nhi_broker::aws::*_service` / `broker_api`) runs.
+/// The adapter sources each function's wiring (`nhi_broker::wiring`) runs.
 fn function_sources() -> BTreeMap<&'static str, Vec<&'static str>> {
-    let src = |files: &[&'static str]| files.to_vec();
+    // The DynamoDB helpers, registry, ledger and audit chains every function shares.
+    const DYNAMO: [&str; 4] = [
+        "aws/dynamo/mod.rs",
+        "aws/dynamo/registry.rs",
+        "aws/dynamo/ledger.rs",
+        "aws/dynamo/audit.rs",
+    ];
+    const FANOUT: [&str; 3] = [
+        "aws/dynamo/fanout.rs",
+        "aws/dynamo/deliveries.rs",
+        "aws/dynamo/expiry.rs",
+    ];
+    let src = |groups: &[&[&'static str]]| groups.concat();
     BTreeMap::from([
         (
             "ExchangeRole",
-            src(&["aws/dynamo.rs", "aws/dynamo_rotation.rs", "aws/kms.rs", "aws/sts.rs"]),
+            src(&[&DYNAMO, &["aws/dynamo/rotation.rs", "aws/kms.rs", "aws/sts.rs"]]),
         ),
-        (
-            "RotateRole",
-            src(&["aws/dynamo.rs", "aws/dynamo_rotation.rs", "aws/kms.rs"]),
-        ),
+        ("RotateRole", src(&[&DYNAMO, &["aws/dynamo/rotation.rs", "aws/kms.rs"]])),
         (
             "RevokeFanoutRole",
             src(&[
-                "aws/dynamo.rs",
-                "aws/dynamo_fanout.rs",
-                "aws/dynamo_rotation.rs",
-                "aws/kms.rs",
-                "aws/iam.rs",
-                "aws/eventbridge.rs",
+                &DYNAMO,
+                &FANOUT,
+                &[
+                    "aws/dynamo/rotation.rs",
+                    "aws/kms.rs",
+                    "aws/iam.rs",
+                    "aws/eventbridge.rs",
+                ],
             ]),
         ),
-        ("ExpireSweeperRole", src(&["aws/dynamo.rs", "aws/dynamo_fanout.rs"])),
+        ("ExpireSweeperRole", src(&[&DYNAMO, &FANOUT])),
     ])
 }
 

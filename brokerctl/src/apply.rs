@@ -18,7 +18,7 @@
 use crate::manifest::{GrantSpec, Known, Manifest, Problem, refuse};
 use crate::{CliError, CliResult, Ctl, Report, to_json};
 use nhi_broker::aws::dynamo::registry_writes::{Expect, MAX_CHANGE_ITEMS, RegistryWrite, WriteRefused};
-use nhi_broker::aws::dynamo::{Item, from_item, keys};
+use nhi_broker::aws::dynamo::{Item, from_item};
 use nhi_broker::domain::{
     AuditAction, AuditEvent, AuditOutcome, Destination, Grant, GrantStatus, Issuer, Revocation, RevocationTarget,
     Secret, Target, TargetKind,
@@ -278,10 +278,7 @@ impl Ctl {
         let mut ops = Vec::new();
         for spec in &manifest.issuers {
             let issuer = Issuer::from(spec);
-            let item = self
-                .registry
-                .get(&keys::issuer_pk(&issuer.issuer), keys::ISSUER_SK)
-                .await?;
+            let item = self.reads.issuer(&issuer.issuer).await?;
             let old = item.clone().map(|i| from_item::<Issuer>(i, "issuer")).transpose()?;
             let change = diff("issuer", &issuer.issuer, old.as_ref().map(to_json), &to_json(&issuer));
             if change.action != "unchanged" {
@@ -291,7 +288,7 @@ impl Ctl {
         }
         for spec in &manifest.targets {
             let target = Target::from(spec);
-            let item = self.registry.get(&keys::target_pk(&target.id), keys::TARGET_SK).await?;
+            let item = self.reads.target(&target.id).await?;
             let old = item.clone().map(|i| from_item::<Target>(i, "target")).transpose()?;
             let change = diff("target", &target.id, old.as_ref().map(to_json), &to_json(&target));
             if change.action != "unchanged" {
@@ -301,10 +298,7 @@ impl Ctl {
         }
         for spec in &manifest.destinations {
             let destination = Destination::from(spec);
-            let item = self
-                .registry
-                .get(&keys::destination_pk(&destination.id), keys::DESTINATION_SK)
-                .await?;
+            let item = self.reads.destination(&destination.id).await?;
             let old = item
                 .clone()
                 .map(|i| from_item::<Destination>(i, "destination"))
@@ -349,10 +343,7 @@ impl Ctl {
     }
 
     async fn plan_grant(&self, spec: &GrantSpec) -> CliResult<(Change, Option<Op>)> {
-        let item = self
-            .registry
-            .get(&keys::issuer_pk(&spec.issuer), &keys::grant_sk(&spec.id))
-            .await?;
+        let item = self.reads.grant(&spec.issuer, &spec.id).await?;
         let old = item.clone().map(|i| from_item::<Grant>(i, "grant")).transpose()?;
         if old.as_ref().is_some_and(|g| g.status == GrantStatus::Revoked) {
             return Err(CliError::usage(format!(
@@ -388,10 +379,7 @@ impl Ctl {
         grants.sort_by(|a, b| a.id.cmp(&b.id));
         for grant in grants {
             if prune {
-                let item = self
-                    .registry
-                    .get(&keys::issuer_pk(&grant.issuer), &keys::grant_sk(&grant.id))
-                    .await?;
+                let item = self.reads.grant(&grant.issuer, &grant.id).await?;
                 let Some(item) = item else { continue };
                 let current: Grant = from_item(item.clone(), "grant")?;
                 if current.status != GrantStatus::Active {
@@ -414,10 +402,7 @@ impl Ctl {
         destinations.sort_by(|a, b| a.id.cmp(&b.id));
         for destination in destinations {
             if prune {
-                let item = self
-                    .registry
-                    .get(&keys::destination_pk(&destination.id), keys::DESTINATION_SK)
-                    .await?;
+                let item = self.reads.destination(&destination.id).await?;
                 let Some(item) = item else { continue };
                 let mut current: Destination = from_item(item.clone(), "destination")?;
                 if !current.enabled {

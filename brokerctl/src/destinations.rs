@@ -10,9 +10,8 @@
 //! Deliveries about grants, leases or subjects settle only by being confirmed.
 
 use crate::{CliError, CliResult, Ctl, Report, attr};
-use aws_sdk_dynamodb::types::AttributeValue;
 use nhi_broker::aws::dynamo::registry_writes::{MAX_CHANGE_ITEMS, RegistryWrite, WriteRefused};
-use nhi_broker::aws::dynamo::{Item, from_item, keys};
+use nhi_broker::aws::dynamo::{Item, from_item};
 use nhi_broker::domain::{
     AuditAction, AuditEvent, AuditOutcome, ChangeEvent, Delivery, DeliveryStatus, RevocationTarget,
 };
@@ -46,25 +45,19 @@ struct Record {
 
 impl Ctl {
     async fn destination_records(&self, id: &str) -> CliResult<(Item, Vec<Record>)> {
-        let items = self.registry.collection(&keys::destination_pk(id)).await?;
-        let mut destination = None;
-        let mut records = Vec::new();
-        for item in items {
-            let sk = attr(&item, "sk").to_string();
-            if sk == keys::DESTINATION_SK {
-                destination = Some(item);
-            } else if sk.starts_with("DELIVERY#") {
-                let resolved = item.contains_key("resolved_at");
-                records.push(Record {
-                    delivery: from_item(item, "delivery")?,
-                    resolved,
-                });
-            }
-        }
-        let destination = destination.ok_or_else(|| CliError {
+        let found = self.reads.destination_records(id).await?;
+        let destination = found.destination.ok_or_else(|| CliError {
             message: format!("no destination with id {id:?}"),
             code: 1,
         })?;
+        let mut records = Vec::new();
+        for item in found.deliveries {
+            let resolved = item.contains_key("resolved_at");
+            records.push(Record {
+                delivery: from_item(item, "delivery")?,
+                resolved,
+            });
+        }
         records.sort_by_key(|r| r.delivery.created_at);
         Ok((destination, records))
     }
@@ -80,18 +73,16 @@ impl Ctl {
                 delivery.destination_id
             )));
         };
-        let secret = self.registry.get(&keys::secret_pk(secret_id), keys::SECRET_SK).await?;
+        let secret = self.reads.secret(secret_id).await?;
         let current = secret.as_ref().map(|i| attr(i, "current_version").to_string());
         let current_since = match &current {
-            Some(version) if !version.is_empty() => self
-                .registry
-                .get(&keys::secret_pk(secret_id), &keys::version_sk(version))
-                .await?
-                .and_then(|v| {
+            Some(version) if !version.is_empty() => {
+                self.reads.secret_version(secret_id, version).await?.and_then(|v| {
                     v.get("created_at")
                         .and_then(|n| n.as_n().ok())
                         .and_then(|n| n.parse::<i64>().ok())
-                }),
+                })
+            }
             _ => None,
         };
         let confirmed_current = records.iter().any(|r| {
@@ -162,21 +153,7 @@ impl Ctl {
         let last_event = destination.get("last_unconfirmed_event").and_then(|v| v.as_s().ok());
         write.resolve_destination(id, last_event.map(String::as_str))?;
         for record in &open {
-            write.update(
-                format!("delivery {}", record.delivery.event.event_id()),
-                (
-                    keys::destination_pk(id),
-                    keys::delivery_sk(record.delivery.event.event_id()),
-                ),
-                "SET resolved_at = :now, resolved_by = :actor",
-                "#status = :unconfirmed AND attribute_not_exists(resolved_at)",
-                &[("#status", "status")],
-                vec![
-                    (":now", AttributeValue::N(self.now.to_string())),
-                    (":actor", AttributeValue::S(self.actor())),
-                    (":unconfirmed", AttributeValue::S("unconfirmed".into())),
-                ],
-            )?;
+            write.resolve_delivery(id, record.delivery.event.event_id(), &self.actor(), self.now)?;
         }
         let event = AuditEvent {
             actor_subject: Some(self.actor()),
@@ -229,29 +206,13 @@ impl Ctl {
         }
         let mut write = RegistryWrite::new(&self.tables.registry);
         for record in &open {
-            write.update(
-                format!("delivery {}", record.delivery.event.event_id()),
-                (
-                    keys::destination_pk(id),
-                    keys::delivery_sk(record.delivery.event.event_id()),
-                ),
-                "SET #status = :pending, attempts = :zero, next_attempt_at = :now, confirm_by = :by, \
-                 delivery_shard = :shard, redelivered_at = :now, redelivered_by = :actor",
-                "#status = :unconfirmed AND attempts = :attempts",
-                &[("#status", "status")],
-                vec![
-                    (":pending", AttributeValue::S("pending".into())),
-                    (":unconfirmed", AttributeValue::S("unconfirmed".into())),
-                    (":zero", AttributeValue::N("0".into())),
-                    (":attempts", AttributeValue::N(record.delivery.attempts.to_string())),
-                    (":now", AttributeValue::N(self.now.to_string())),
-                    (
-                        ":by",
-                        AttributeValue::N((self.now + REDELIVERY_CONFIRM_WINDOW_SECONDS).to_string()),
-                    ),
-                    (":shard", AttributeValue::S(keys::DELIVERY_SHARD.into())),
-                    (":actor", AttributeValue::S(self.actor())),
-                ],
+            write.requeue_delivery(
+                id,
+                record.delivery.event.event_id(),
+                record.delivery.attempts,
+                self.now + REDELIVERY_CONFIRM_WINDOW_SECONDS,
+                &self.actor(),
+                self.now,
             )?;
         }
         let event = AuditEvent {

@@ -13,7 +13,7 @@ use crate::manifest::{Problem, id_problem, refuse};
 use crate::{CliError, CliResult, Ctl, Report, attr, to_json};
 use nhi_broker::BrokerError;
 use nhi_broker::aws::dynamo::registry_writes::{Expect, RegistryWrite, RotationChange, WriteRefused};
-use nhi_broker::aws::dynamo::{Item, from_item, keys};
+use nhi_broker::aws::dynamo::{Item, from_item};
 use nhi_broker::domain::{
     Alphabet, AuditAction, AuditEvent, AuditOutcome, RotationPolicy, Secret, SecretGenerator, secret_encryption_context,
 };
@@ -208,7 +208,7 @@ impl Ctl {
     /// Create a secret with its first value, or update an existing one's metadata. See the module doc.
     pub async fn put_secret(&self, put: SecretPut) -> CliResult<Report> {
         let value = put.check().map_err(|p| refuse("secret put", &p))?;
-        let item = self.registry.get(&keys::secret_pk(&put.id), keys::SECRET_SK).await?;
+        let item = self.reads.secret(&put.id).await?;
         match item {
             None => self.create_secret(put, value).await,
             Some(item) => self.update_secret(put, value, item).await,
@@ -416,14 +416,10 @@ impl Ctl {
     /// `wait`, report the outcome: the new version (exit 0), the failure rotate noted (exit 1),
     /// or nothing within `timeout` (exit 6).
     pub async fn rotate(&self, secret_id: &str, wait: Option<Duration>) -> CliResult<Report> {
-        let item = self
-            .registry
-            .get(&keys::secret_pk(secret_id), keys::SECRET_SK)
-            .await?
-            .ok_or_else(|| CliError {
-                message: format!("no secret with id {secret_id:?}"),
-                code: 1,
-            })?;
+        let item = self.reads.secret(secret_id).await?.ok_or_else(|| CliError {
+            message: format!("no secret with id {secret_id:?}"),
+            code: 1,
+        })?;
         let before = attr(&item, "current_version").to_string();
         let secret: Secret = from_item(item, "secret")?;
         let cannot = |why: String| CliError {
@@ -475,14 +471,10 @@ impl Ctl {
         };
         let started = Instant::now();
         loop {
-            let item = self
-                .registry
-                .get(&keys::secret_pk(secret_id), keys::SECRET_SK)
-                .await?
-                .ok_or_else(|| CliError {
-                    message: format!("secret {secret_id} disappeared while rotating"),
-                    code: 1,
-                })?;
+            let item = self.reads.secret(secret_id).await?.ok_or_else(|| CliError {
+                message: format!("secret {secret_id} disappeared while rotating"),
+                code: 1,
+            })?;
             let current = attr(&item, "current_version");
             if current != before && attr(&item, "pending_version").is_empty() {
                 return Ok(Report::new(

@@ -13,6 +13,7 @@ mod deliveries;
 mod expiry;
 pub mod fanout;
 mod ledger;
+pub mod operator;
 mod registry;
 pub mod registry_writes;
 pub mod rotation;
@@ -76,6 +77,7 @@ pub mod keys {
     }
     pub const DENY_SK: &str = "DENY";
     /// A delivery record in its destination's item collection.
+    pub const DELIVERY_PREFIX: &str = "DELIVERY#";
     pub fn delivery_sk(event_id: &str) -> String {
         format!("DELIVERY#{event_id}")
     }

@@ -14,6 +14,11 @@ pub struct DynamoRegistry {
 }
 
 impl DynamoRegistry {
+    /// The registry table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
             client,

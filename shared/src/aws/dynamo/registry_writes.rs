@@ -250,9 +250,9 @@ impl RegistryWrite {
         Ok(())
     }
 
-    /// Any other conditional update of one registry item (e.g. a delivery record an operator
-    /// re-queues or resolves): `update_expression` and `condition` over `names` and `values`.
-    pub fn update(
+    /// A conditional update of one registry item (a delivery record an operator re-queues or
+    /// resolves): `update_expression` and `condition` over `names` and `values`.
+    fn update(
         &mut self,
         label: String,
         (pk, sk): (String, String),
@@ -278,6 +278,53 @@ impl RegistryWrite {
             .build();
         self.push(label, vec![item]);
         Ok(())
+    }
+
+    /// Mark an unconfirmed delivery resolved by `actor` (it stays unconfirmed, as history).
+    pub fn resolve_delivery(&mut self, destination_id: &str, event_id: &str, actor: &str, now: i64) -> Result<()> {
+        self.update(
+            format!("delivery {event_id}"),
+            (keys::destination_pk(destination_id), keys::delivery_sk(event_id)),
+            "SET resolved_at = :now, resolved_by = :actor",
+            "#status = :unconfirmed AND attribute_not_exists(resolved_at)",
+            &[("#status", "status")],
+            vec![
+                (":now", n(now)),
+                (":actor", s(actor)),
+                (":unconfirmed", s("unconfirmed")),
+            ],
+        )
+    }
+
+    /// Queue an unconfirmed delivery again (still as read: `attempts`): pending, due `now`, a
+    /// fresh attempt budget and confirmation window (`confirm_by`), back on the due index.
+    pub fn requeue_delivery(
+        &mut self,
+        destination_id: &str,
+        event_id: &str,
+        attempts: u32,
+        confirm_by: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.update(
+            format!("delivery {event_id}"),
+            (keys::destination_pk(destination_id), keys::delivery_sk(event_id)),
+            "SET #status = :pending, attempts = :zero, next_attempt_at = :now, confirm_by = :by, \
+             delivery_shard = :shard, redelivered_at = :now, redelivered_by = :actor",
+            "#status = :unconfirmed AND attempts = :attempts",
+            &[("#status", "status")],
+            vec![
+                (":pending", s("pending")),
+                (":unconfirmed", s("unconfirmed")),
+                (":zero", n(0)),
+                (":attempts", n(i64::from(attempts))),
+                (":now", n(now)),
+                (":by", n(confirm_by)),
+                (":shard", s(keys::DELIVERY_SHARD)),
+                (":actor", s(actor)),
+            ],
+        )
     }
 
     /// Write every change and `event` in one transaction.
