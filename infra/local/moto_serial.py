@@ -26,6 +26,10 @@ One more makes moto behave as DynamoDB where the broker depends on it and moto d
   the same token with other parameters is IdempotentParameterMismatchException. Without this, a
   retry after a lost response (which tests provoke) would fail its own conditions.
 
+The patches reach into moto's internals (backend classes, private attributes), so this file runs
+only against the moto version they were written for (PATCHED_MOTO_VERSION, pinned in
+requirements.txt); another version refuses to start rather than emulate DynamoDB wrongly.
+
 Usage: moto_serial.py -H 127.0.0.1 -p PORT
 """
 
@@ -39,6 +43,15 @@ import time
 import signal
 import sys
 import threading
+
+import moto
+
+PATCHED_MOTO_VERSION = "5.2.5"
+if moto.__version__ != PATCHED_MOTO_VERSION:
+    sys.exit(
+        f"moto_serial.py patches moto {PATCHED_MOTO_VERSION} internals; found moto {moto.__version__}: "
+        "pin it in infra/local/requirements.txt or review every patch for the new version"
+    )
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,

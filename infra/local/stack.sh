@@ -46,18 +46,25 @@ start_moto() {
   exit 1
 }
 
+# moto on a free loopback port, provisioned from template.yaml; its environment sourced (exported).
+#   start_stack PREFIX ENV_NAME BROKER_ISSUER_URL   (environment in .local/ENV_NAME.env)
+start_stack() {
+  local prefix=$1 env_file="$state/$2.env" issuer_url=$3 moto_port
+  moto_port=${NHI_MOTO_PORT:-$(free_port)}
+  start_moto "$moto_port"
+  echo "moto (emulated AWS) on http://127.0.0.1:$moto_port"
+  "$venv/bin/python" infra/local/provision.py --endpoint "http://127.0.0.1:$moto_port" \
+    --prefix "$prefix" --env-file "$env_file" --param "BrokerIssuerUrl=$issuer_url"
+  # shellcheck disable=SC1090
+  source "$env_file"
+}
+
 case "$mode" in
   local)
     port=${NHI_LOCAL_PORT:-8787}
-    moto_port=${NHI_MOTO_PORT:-$(free_port)}
     echo "building nhi-local..."
     cargo build -p nhi-local
-    start_moto "$moto_port"
-    echo "moto (emulated AWS) on http://127.0.0.1:$moto_port"
-    "$venv/bin/python" infra/local/provision.py --endpoint "http://127.0.0.1:$moto_port" \
-      --prefix nhi-local --env-file "$state/local.env" --param "BrokerIssuerUrl=http://127.0.0.1:$port"
-    # shellcheck disable=SC1091
-    source "$state/local.env"
+    start_stack nhi-local local "http://127.0.0.1:$port"
     export NHI_LOCAL_PORT=$port
     "$root/target/debug/nhi-local" &
     app_pid=$!
@@ -65,22 +72,12 @@ case "$mode" in
     wait "$app_pid"
     ;;
   test)
-    moto_port=$(free_port)
-    start_moto "$moto_port"
-    "$venv/bin/python" infra/local/provision.py --endpoint "http://127.0.0.1:$moto_port" \
-      --prefix nhi-test --env-file "$state/test.env" --param "BrokerIssuerUrl=http://127.0.0.1:8787"
-    # shellcheck disable=SC1091
-    source "$state/test.env"
+    start_stack nhi-test test http://127.0.0.1:8787
     cargo test --workspace --lib --bins --tests "${@:2}"
     ;;
   bench)
     # Cold start, warm latency and peak memory of the sam-built functions (make deploy-build first).
-    moto_port=$(free_port)
-    start_moto "$moto_port"
-    "$venv/bin/python" infra/local/provision.py --endpoint "http://127.0.0.1:$moto_port" \
-      --prefix nhi-bench --env-file "$state/bench.env" --param "BrokerIssuerUrl=http://127.0.0.1:8787"
-    # shellcheck disable=SC1091
-    source "$state/bench.env"
+    start_stack nhi-bench bench http://127.0.0.1:8787
     for pair in ExchangeFunction:exchange-jwks-request RotateFunction:rotate-scheduled \
       RevokeFanoutFunction:revoke-fanout-retry-scheduled ExpireSweeperFunction:expire-sweeper-scheduled; do
       "$venv/bin/python" infra/bench/coldstart.py ".aws-sam/build/${pair%%:*}/bootstrap" "events/${pair#*:}.json" "${2:-20}"
