@@ -1,4 +1,7 @@
-//! Event parsing and handlers of the scheduled and stream-driven functions.
+//! Event parsing and handlers of the scheduled and stream-driven functions. The functions' mains
+//! receive typed events (`aws_lambda_events`) and call `handle_rotate`, `handle_fanout` and
+//! `handle_sweep`; the `*_event` variants take raw JSON (the local runner, tests) and refuse what
+//! does not parse with the same clear error.
 
 use crate::fanout::{FanoutReport, FanoutService, FanoutWork};
 use crate::sweeper::SweepService;
@@ -17,15 +20,22 @@ pub struct ScheduledRun {
 
 /// Accept an EventBridge Scheduler / scheduled-rule event; refuse anything else clearly.
 pub fn parse_scheduled_event(payload: Value) -> Result<ScheduledRun, String> {
-    let event: EventBridgeEvent<Value> =
-        serde_json::from_value(payload).map_err(|e| format!("not an EventBridge event: {e}"))?;
+    scheduled_run(&eventbridge_event(payload)?)
+}
+
+fn eventbridge_event(payload: Value) -> Result<EventBridgeEvent<Value>, String> {
+    serde_json::from_value(payload).map_err(|e| format!("not an EventBridge event: {e}"))
+}
+
+/// The run an EventBridge event stands for (it must name its `detail-type`).
+pub fn scheduled_run(event: &EventBridgeEvent<Value>) -> Result<ScheduledRun, String> {
     if event.detail_type.is_empty() {
         return Err("EventBridge event has no detail-type".into());
     }
     Ok(ScheduledRun {
-        id: event.id.unwrap_or_default(),
+        id: event.id.clone().unwrap_or_default(),
         time: event.time.map(|t| t.to_rfc3339()).unwrap_or_default(),
-        detail_type: event.detail_type,
+        detail_type: event.detail_type.clone(),
     })
 }
 
@@ -42,12 +52,17 @@ pub enum RotateRequest {
 
 /// A scheduled run, or an on-demand rotation of one secret; anything else is refused clearly.
 pub fn parse_rotate_event(payload: Value) -> Result<RotateRequest, String> {
-    let detail = payload.get("detail").cloned().unwrap_or(Value::Null);
-    let run = parse_scheduled_event(payload)?;
+    rotate_request(&eventbridge_event(payload)?)
+}
+
+/// What a typed rotate event asks for.
+pub fn rotate_request(event: &EventBridgeEvent<Value>) -> Result<RotateRequest, String> {
+    let run = scheduled_run(event)?;
     match run.detail_type.as_str() {
         "Scheduled Event" => Ok(RotateRequest::Scheduled(run)),
         ROTATE_SECRET_DETAIL_TYPE => {
-            let secret_id = detail
+            let secret_id = event
+                .detail
                 .get("secret_id")
                 .and_then(Value::as_str)
                 .filter(|id| !id.is_empty() && id.len() <= 512)
@@ -68,7 +83,20 @@ pub async fn handle_rotate_event(
     service: &crate::rotation::RotationService,
     payload: Value,
 ) -> Result<Value, crate::BrokerError> {
-    let request = parse_rotate_event(payload).map_err(|e| {
+    handle_rotate(service, eventbridge_event(payload).map_err(refuse_rotate)?).await
+}
+
+fn refuse_rotate(problem: String) -> crate::BrokerError {
+    tracing::warn!(problem = %problem, "rotate event refused");
+    crate::BrokerError::InvalidRequest("not a scheduled or Rotate Secret event")
+}
+
+/// rotate's typed entry point.
+pub async fn handle_rotate(
+    service: &crate::rotation::RotationService,
+    event: EventBridgeEvent<Value>,
+) -> Result<Value, crate::BrokerError> {
+    let request = rotate_request(&event).map_err(|e| {
         tracing::warn!(problem = %e, "rotate event refused");
         crate::BrokerError::InvalidRequest("not a scheduled or Rotate Secret event")
     })?;
@@ -199,24 +227,50 @@ pub async fn handle_stream_batch(
     response
 }
 
-/// revoke-fanout is invoked by the stream and by its retry schedule.
+/// What revoke-fanout is invoked with: a batch of stream records, or its retry schedule.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum FanoutInvocation {
+    Stream(StreamEvent),
+    Scheduled(Box<EventBridgeEvent<Value>>),
+}
+
+/// revoke-fanout from raw JSON (the local runner's stream poller, tests).
 pub async fn handle_fanout_event(
     service: &FanoutService,
     payload: Value,
     deadline: Option<std::time::Instant>,
 ) -> Result<Value, crate::BrokerError> {
-    if payload.get("Records").is_some() {
-        let event: StreamEvent = serde_json::from_value(payload).map_err(|e| {
+    let invocation = if payload.get("Records").is_some() {
+        FanoutInvocation::Stream(serde_json::from_value(payload).map_err(|e| {
             tracing::warn!(problem = %e, "revoke-fanout event refused");
             crate::BrokerError::InvalidRequest("not a DynamoDB stream event")
-        })?;
-        let response = handle_stream_batch(service, &event, deadline).await;
-        return serde_json::to_value(&response).map_err(|e| crate::BrokerError::Internal(e.to_string()));
-    }
-    let run = parse_scheduled_event(payload).map_err(|e| {
-        tracing::warn!(problem = %e, "revoke-fanout event refused");
-        crate::BrokerError::InvalidRequest("not a DynamoDB stream event or a scheduled event")
-    })?;
+        })?)
+    } else {
+        FanoutInvocation::Scheduled(Box::new(eventbridge_event(payload).map_err(refuse_fanout)?))
+    };
+    handle_fanout(service, invocation, deadline).await
+}
+
+fn refuse_fanout(problem: String) -> crate::BrokerError {
+    tracing::warn!(problem = %problem, "revoke-fanout event refused");
+    crate::BrokerError::InvalidRequest("not a DynamoDB stream event or a scheduled event")
+}
+
+/// revoke-fanout's typed entry point: the stream, or the retry schedule.
+pub async fn handle_fanout(
+    service: &FanoutService,
+    invocation: FanoutInvocation,
+    deadline: Option<std::time::Instant>,
+) -> Result<Value, crate::BrokerError> {
+    let event = match invocation {
+        FanoutInvocation::Stream(event) => {
+            let response = handle_stream_batch(service, &event, deadline).await;
+            return serde_json::to_value(&response).map_err(|e| crate::BrokerError::Internal(e.to_string()));
+        }
+        FanoutInvocation::Scheduled(event) => *event,
+    };
+    let run = scheduled_run(&event).map_err(refuse_fanout)?;
     let report = service.retry_due().await?;
     tracing::info!(
         run_id = %run.id,
@@ -236,12 +290,19 @@ pub async fn handle_fanout_event(
     serde_json::to_value(&report).map_err(|e| crate::BrokerError::Internal(e.to_string()))
 }
 
-/// expire-sweeper: one run per scheduled event; counts go to the log and to EMF metrics.
+/// expire-sweeper from raw JSON.
 pub async fn handle_sweep_event(service: &SweepService, payload: Value) -> Result<Value, crate::BrokerError> {
-    let run = parse_scheduled_event(payload).map_err(|e| {
-        tracing::warn!(problem = %e, "expire-sweeper event refused");
-        crate::BrokerError::InvalidRequest("not a scheduled event")
-    })?;
+    handle_sweep(service, eventbridge_event(payload).map_err(refuse_sweep)?).await
+}
+
+fn refuse_sweep(problem: String) -> crate::BrokerError {
+    tracing::warn!(problem = %problem, "expire-sweeper event refused");
+    crate::BrokerError::InvalidRequest("not a scheduled event")
+}
+
+/// expire-sweeper: one run per scheduled event; counts go to the log and to EMF metrics.
+pub async fn handle_sweep(service: &SweepService, event: EventBridgeEvent<Value>) -> Result<Value, crate::BrokerError> {
+    let run = scheduled_run(&event).map_err(refuse_sweep)?;
     let report = service.run().await?;
     tracing::info!(
         run_id = %run.id,

@@ -235,3 +235,27 @@ fn stream_sample_records_parse_into_fanout_work_and_unknown_records_are_refused(
         FanoutWork::Nothing(_)
     ));
 }
+
+/// What each function's main deserializes its invocation into (`LambdaEvent<T>`): every sample
+/// event parses as its function's type, and the fanout samples pick the right variant.
+#[test]
+fn sample_events_deserialize_as_the_functions_typed_events() {
+    use aws_lambda_events::eventbridge::EventBridgeEvent;
+    use nhi_broker::jobs::{FanoutInvocation, RotateRequest, rotate_request, scheduled_run};
+    let scheduled = |text: &str| serde_json::from_str::<EventBridgeEvent<serde_json::Value>>(text).unwrap();
+    assert!(scheduled_run(&scheduled(SWEEP_EVENT)).is_ok());
+    assert!(matches!(
+        rotate_request(&scheduled(ROTATE_EVENT)),
+        Ok(RotateRequest::Scheduled(_))
+    ));
+    assert!(matches!(
+        rotate_request(&scheduled(ROTATE_ON_DEMAND_EVENT)),
+        Ok(RotateRequest::Secret { .. })
+    ));
+    let fanout = |text: &str| serde_json::from_str::<FanoutInvocation>(text).unwrap();
+    assert!(matches!(fanout(STREAM_EVENT), FanoutInvocation::Stream(e) if !e.records.is_empty()));
+    assert!(matches!(
+        fanout(include_str!("../../events/revoke-fanout-retry-scheduled.json")),
+        FanoutInvocation::Scheduled(_)
+    ));
+}

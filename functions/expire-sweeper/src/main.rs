@@ -1,5 +1,6 @@
 //! expire-sweeper: run by an EventBridge schedule. Logic: `nhi_broker::sweeper`.
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 
@@ -10,8 +11,8 @@ async fn main() -> Result<(), Error> {
     let clients = nhi_broker::wiring::SweepClients::new(&nhi_broker::aws::sdk_config_with(&config.aws, None).await);
     let service = nhi_broker::wiring::sweep_service(&config, clients);
     let service = &service;
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        Ok::<_, Error>(nhi_broker::jobs::handle_sweep_event(service, event.payload).await?)
+    lambda_runtime::run(service_fn(|event: LambdaEvent<EventBridgeEvent<Value>>| async move {
+        Ok::<_, Error>(nhi_broker::jobs::handle_sweep(service, event.payload).await?)
     }))
     .await
 }

@@ -1,6 +1,7 @@
 //! rotate: run by an EventBridge schedule (every due secret and the signing-key ring) or on demand
 //! for one secret (`detail-type: Rotate Secret`).
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use nhi_broker::config::Config;
 use serde_json::Value;
@@ -13,8 +14,10 @@ async fn main() -> Result<(), Error> {
     let clients = nhi_broker::wiring::RotationClients::new(&sdk);
     let service = nhi_broker::wiring::rotation_service(&config, clients)?;
     let service = &service;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        Ok::<_, Error>(nhi_broker::jobs::handle_rotate_event(service, event.payload).await?)
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<EventBridgeEvent<Value>>| async move {
+            Ok::<_, Error>(nhi_broker::jobs::handle_rotate(service, event.payload).await?)
+        },
+    ))
     .await
 }
