@@ -57,6 +57,28 @@ pub struct SweepService {
     pub settings: SweepSettings,
 }
 
+/// How many items one run may still handle, shared by the three index sweeps' page loops.
+struct Budget(usize);
+
+impl Budget {
+    /// The part of a fetched page to handle now and whether the page was full (more may follow).
+    /// `None` when the page is empty, or when the budget is spent (the page then counts as left
+    /// for the next run).
+    fn take<T>(&mut self, page: Vec<T>, page_size: usize, report: &mut SweepReport) -> Option<(Vec<T>, bool)> {
+        if page.is_empty() {
+            return None;
+        }
+        if self.0 == 0 {
+            report.remaining += page.len() as u64;
+            return None;
+        }
+        let full = page.len() == page_size;
+        let take = page.len().min(self.0);
+        self.0 -= take;
+        Some((page.into_iter().take(take).collect(), full))
+    }
+}
+
 impl SweepService {
     pub async fn run(&self) -> Result<SweepReport> {
         let now = self.clock.now();
@@ -68,23 +90,15 @@ impl SweepService {
     }
 
     async fn expire_leases(&self, now: UnixTime, report: &mut SweepReport) -> Result<()> {
-        let mut budget = self.settings.max_per_run;
+        let mut budget = Budget(self.settings.max_per_run);
         for shard in 0..self.settings.shards {
             loop {
                 let page = self.store.expired_leases(shard, now, self.settings.page_size).await?;
-                if page.is_empty() {
+                let Some((page, full)) = budget.take(page, self.settings.page_size, report) else {
                     break;
-                }
-                if budget == 0 {
-                    report.remaining += page.len() as u64;
-                    break;
-                }
-                let take = page.len().min(budget);
-                budget -= take;
-                let full = page.len() == self.settings.page_size;
+                };
                 let expiries: Vec<futures::future::BoxFuture<'_, Result<(bool, bool)>>> = page
                     .into_iter()
-                    .take(take)
                     .map(|lease| {
                         Box::pin(async move {
                             let revocation = lease.destination.as_ref().map(|_| expiry_revocation(&lease, now));
@@ -123,19 +137,13 @@ impl SweepService {
     }
 
     async fn revoke_lapsed_grants(&self, now: UnixTime, report: &mut SweepReport) -> Result<()> {
-        let mut budget = self.settings.max_per_run;
+        let mut budget = Budget(self.settings.max_per_run);
         loop {
             let page = self.store.lapsed_grants(now, self.settings.page_size).await?;
-            if page.is_empty() {
+            let Some((page, full)) = budget.take(page, self.settings.page_size, report) else {
                 break;
-            }
-            if budget == 0 {
-                report.remaining += page.len() as u64;
-                break;
-            }
-            let full = page.len() == self.settings.page_size;
-            for grant in page.into_iter().take(budget) {
-                budget -= 1;
+            };
+            for grant in page {
                 let revocation = lapsed_grant_revocation(&grant, now);
                 let event = AuditEvent {
                     actor_subject: Some(SWEEPER_ACTOR.into()),
@@ -158,19 +166,13 @@ impl SweepService {
     }
 
     async fn flag_drift(&self, now: UnixTime, report: &mut SweepReport) -> Result<()> {
-        let mut budget = self.settings.max_per_run;
+        let mut budget = Budget(self.settings.max_per_run);
         loop {
             let page = self.deliveries.overdue(now, self.settings.page_size).await?;
-            if page.is_empty() {
+            let Some((page, full)) = budget.take(page, self.settings.page_size, report) else {
                 break;
-            }
-            if budget == 0 {
-                report.remaining += page.len() as u64;
-                break;
-            }
-            let full = page.len() == self.settings.page_size;
-            for delivery in page.into_iter().take(budget) {
-                budget -= 1;
+            };
+            for delivery in page {
                 let after = crate::domain::Delivery {
                     status: DeliveryStatus::Unconfirmed,
                     next_attempt_at: None,

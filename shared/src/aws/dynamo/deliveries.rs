@@ -1,7 +1,9 @@
 //! Delivery records of change events owed to destinations (registry table, `DEST#` collections).
 
 use super::fanout::{DELIVERY_DUE_INDEX, DELIVERY_OVERDUE_INDEX};
-use super::{AuditWriter, Item, build_err, from_item, is_conditional_check_failed, keys, landed, n, s, to_item};
+use super::{
+    AuditWriter, DueIndex, Item, build_err, from_item, is_conditional_check_failed, keys, landed, n, s, to_item,
+};
 use crate::domain::{AuditEvent, Delivery, DeliveryStatus, UnixTime};
 use crate::error::{BrokerError, Result};
 use crate::ports::DeliveryLedger;
@@ -36,22 +38,16 @@ impl DynamoDeliveryLedger {
     }
 
     async fn query_index(&self, index: &str, sort_key: &str, now: UnixTime, limit: usize) -> Result<Vec<Delivery>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(index)
-            .key_condition_expression("delivery_shard = :shard AND #due <= :now")
-            .expression_attribute_names("#due", sort_key)
-            .expression_attribute_values(":shard", s(keys::DELIVERY_SHARD))
-            .expression_attribute_values(":now", n(now))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-        output
-            .items
-            .unwrap_or_default()
+        let index = DueIndex {
+            table: &self.table,
+            index,
+            shard_attr: "delivery_shard",
+            shard: keys::DELIVERY_SHARD.into(),
+            due_attr: sort_key,
+        };
+        index
+            .due(&self.client, now, limit)
+            .await?
             .into_iter()
             .map(|i| from_item(i, "delivery"))
             .collect()

@@ -1,7 +1,7 @@
 //! The sweeper's store: expired leases and lapsed approvals from their sparse indexes.
 
 use super::fanout::{ACTIVE_BY_EXPIRY_INDEX, APPROVAL_DUE_INDEX, AuditPool, attr_num, attr_str};
-use super::{build_err, keys, landed, n, put_new, revocation_item, s};
+use super::{DueIndex, build_err, keys, landed, n, put_new, revocation_item, s};
 use crate::domain::{AuditEvent, LeaseStatus, Revocation, UnixTime};
 use crate::error::{BrokerError, Result};
 use crate::ports::{ExpiredLease, ExpiryStore, LapsedGrant};
@@ -38,25 +38,20 @@ impl DynamoExpiryStore {
 #[async_trait]
 impl ExpiryStore for DynamoExpiryStore {
     async fn expired_leases(&self, shard: u32, now: UnixTime, limit: usize) -> Result<Vec<ExpiredLease>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.leases_table)
-            .index_name(ACTIVE_BY_EXPIRY_INDEX)
-            .key_condition_expression("active_shard = :shard AND expires_at <= :now")
-            .expression_attribute_values(":shard", s(format!("ACTIVE#{shard}")))
-            .expression_attribute_values(":now", n(now))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-        output
-            .items
-            .unwrap_or_default()
+        let index = DueIndex {
+            table: &self.leases_table,
+            index: ACTIVE_BY_EXPIRY_INDEX,
+            shard_attr: "active_shard",
+            shard: format!("ACTIVE#{shard}"),
+            due_attr: "expires_at",
+        };
+        index
+            .due(&self.client, now, limit)
+            .await?
             .into_iter()
             .map(|item| {
                 let lease_id = attr_str(&item, "pk")
-                    .and_then(|pk| pk.strip_prefix("LEASE#").map(str::to_string))
+                    .and_then(|pk| keys::lease_id_of(&pk).map(str::to_string))
                     .ok_or_else(|| BrokerError::CorruptRecord("expiry index entry without a lease key".into()))?;
                 Ok(ExpiredLease {
                     lease_id,
@@ -95,25 +90,20 @@ impl ExpiryStore for DynamoExpiryStore {
     }
 
     async fn lapsed_grants(&self, now: UnixTime, limit: usize) -> Result<Vec<LapsedGrant>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.registry_table)
-            .index_name(APPROVAL_DUE_INDEX)
-            .key_condition_expression("approval_shard = :shard AND approval_expires_at <= :now")
-            .expression_attribute_values(":shard", s(keys::APPROVAL_SHARD))
-            .expression_attribute_values(":now", n(now))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-        output
-            .items
-            .unwrap_or_default()
+        let index = DueIndex {
+            table: &self.registry_table,
+            index: APPROVAL_DUE_INDEX,
+            shard_attr: "approval_shard",
+            shard: keys::APPROVAL_SHARD.into(),
+            due_attr: "approval_expires_at",
+        };
+        index
+            .due(&self.client, now, limit)
+            .await?
             .into_iter()
             .map(|item| {
-                let issuer = attr_str(&item, "pk").and_then(|pk| pk.strip_prefix("ISSUER#").map(str::to_string));
-                let grant_id = attr_str(&item, "sk").and_then(|sk| sk.strip_prefix("GRANT#").map(str::to_string));
+                let issuer = attr_str(&item, "pk").and_then(|pk| keys::issuer_of(&pk).map(str::to_string));
+                let grant_id = attr_str(&item, "sk").and_then(|sk| keys::grant_id_of(&sk).map(str::to_string));
                 match (issuer, grant_id) {
                     (Some(issuer), Some(grant_id)) => Ok(LapsedGrant {
                         issuer,

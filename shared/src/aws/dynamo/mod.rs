@@ -38,13 +38,70 @@ use std::collections::HashMap;
 
 pub type Item = HashMap<String, AttributeValue>;
 
+/// A sparse "due" index: every item waiting on a deadline carries `shard_attr` = `shard` (items
+/// with nothing due carry none, so the index holds only them) and its deadline in `due_attr`.
+/// What is due at `now` is one Query, earliest first.
+pub(crate) struct DueIndex<'a> {
+    pub table: &'a str,
+    pub index: &'a str,
+    pub shard_attr: &'a str,
+    pub shard: String,
+    pub due_attr: &'a str,
+}
+
+impl DueIndex<'_> {
+    pub(crate) fn query(
+        &self,
+        client: &aws_sdk_dynamodb::Client,
+        now: i64,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        client
+            .query()
+            .table_name(self.table)
+            .index_name(self.index)
+            .key_condition_expression("#shard = :shard AND #due <= :now")
+            .expression_attribute_names("#shard", self.shard_attr)
+            .expression_attribute_names("#due", self.due_attr)
+            .expression_attribute_values(":shard", s(&self.shard))
+            .expression_attribute_values(":now", n(now))
+    }
+
+    /// Up to `limit` (1..=1000) due items: one page.
+    pub(crate) async fn due(&self, client: &aws_sdk_dynamodb::Client, now: i64, limit: usize) -> Result<Vec<Item>> {
+        Ok(self
+            .query(client, now)
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?
+            .items
+            .unwrap_or_default())
+    }
+}
+
 /// Lease records outlive their expiry for inventory and investigations, then DynamoDB TTL drops them.
 pub const LEASE_RETENTION_SECONDS: i64 = 90 * 24 * 3600;
 /// Active leases are spread over this many partitions of the sparse expiry index.
 pub const ACTIVE_SHARDS: u32 = 8;
 
-/// Key builders: the only place key formats are spelled out.
+/// Key builders and parsers: the only place key formats are spelled out.
 pub mod keys {
+    /// The id in `key` after `prefix` (`LEASE#<id>` -> `<id>`).
+    fn id_after<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+        key.strip_prefix(prefix).filter(|id| !id.is_empty())
+    }
+    pub fn issuer_of(pk: &str) -> Option<&str> {
+        id_after(pk, "ISSUER#")
+    }
+    pub fn grant_id_of(sk: &str) -> Option<&str> {
+        id_after(sk, "GRANT#")
+    }
+    pub fn secret_id_of(pk: &str) -> Option<&str> {
+        id_after(pk, "SECRET#")
+    }
+    pub fn lease_id_of(pk: &str) -> Option<&str> {
+        id_after(pk, "LEASE#")
+    }
     pub fn issuer_pk(iss: &str) -> String {
         format!("ISSUER#{iss}")
     }

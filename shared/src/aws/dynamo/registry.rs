@@ -350,7 +350,7 @@ impl PolicyStore for DynamoRegistry {
             let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
             match item.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) {
                 Some(keys::ISSUER_SK) => found_issuer = Some(from_item::<Issuer>(item, "issuer")?),
-                Some(sk) if sk.starts_with("GRANT#") => grants.push(from_item::<Grant>(item, "grant")?),
+                Some(sk) if keys::grant_id_of(sk).is_some() => grants.push(from_item::<Grant>(item, "grant")?),
                 _ => {}
             }
         }

@@ -8,8 +8,8 @@
 //!   key ring      KEYRING#<ring>     #KEYRING         keys, version
 
 use super::{
-    AuditWriter, Item, build_err, condition_failed_at, from_item, is_conditional_check_failed, keys, landed, n,
-    put_new, revocation_item, s, to_item,
+    AuditWriter, DueIndex, Item, build_err, condition_failed_at, from_item, is_conditional_check_failed, keys, landed,
+    n, put_new, revocation_item, s, to_item,
 };
 use crate::domain::{
     AuditEvent, KeyRing, Revocation, RotationNotice, RotationStep, Secret, SecretRotationState, UnixTime, VersionStage,
@@ -143,13 +143,14 @@ impl DynamoRotationStore {
     }
 
     fn due_query(&self, now: UnixTime) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
-        self.client
-            .query()
-            .table_name(&self.table)
-            .index_name(ROTATION_DUE_INDEX)
-            .key_condition_expression("rotation_shard = :shard AND rotation_due_at <= :now")
-            .expression_attribute_values(":shard", s(keys::ROTATION_SHARD))
-            .expression_attribute_values(":now", n(now))
+        DueIndex {
+            table: &self.table,
+            index: ROTATION_DUE_INDEX,
+            shard_attr: "rotation_shard",
+            shard: keys::ROTATION_SHARD.into(),
+            due_attr: "rotation_due_at",
+        }
+        .query(&self.client, now)
     }
 }
 
@@ -185,7 +186,7 @@ impl RotationStore for DynamoRotationStore {
                 if let Some(id) = item
                     .get("pk")
                     .and_then(|v| v.as_s().ok())
-                    .and_then(|pk| pk.strip_prefix("SECRET#"))
+                    .and_then(|pk| keys::secret_id_of(pk))
                 {
                     ids.push(id.to_string());
                 }
