@@ -178,18 +178,7 @@ impl FanoutLedger for DynamoFanoutLedger {
     }
 
     async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.leases_table)
-            .key("pk", s(keys::lease_pk(lease_id)))
-            .key("sk", s(keys::LEASE_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
-            .item;
-        item.map(|i| from_item::<Lease>(i, "lease")).transpose()
+        super::ledger::read_lease(&self.client, &self.leases_table, lease_id).await
     }
 
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {

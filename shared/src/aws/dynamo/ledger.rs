@@ -321,16 +321,7 @@ impl LeaseLedger for DynamoLedger {
     }
 
     async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.leases_table)
-            .key("pk", s(keys::lease_pk(lease_id)))
-            .key("sk", s(keys::LEASE_SK))
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?;
-        output.item.map(|item| from_item(item, "lease")).transpose()
+        read_lease(&self.client, &self.leases_table, lease_id).await
     }
 
     async fn is_denied(&self, jti: &str) -> Result<bool> {
@@ -421,4 +412,25 @@ pub(crate) fn lease_revocation_items(
         items.push(TransactWriteItem::builder().put(put).build());
     }
     Ok(items)
+}
+
+/// One lease by id, whatever its status (consistent read): the one lease read both the exchange's
+/// ledger and fanout's use.
+pub(crate) async fn read_lease(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    lease_id: &str,
+) -> Result<Option<Lease>> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(keys::lease_pk(lease_id)))
+        .key("sk", s(keys::LEASE_SK))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| BrokerError::aws("dynamodb", "GetItem", &e))?
+        .item
+        .map(|item| from_item(item, "lease"))
+        .transpose()
 }
