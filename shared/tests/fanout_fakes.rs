@@ -285,3 +285,25 @@ async fn an_unacknowledged_delivery_backs_off_then_is_given_up_as_unconfirmed() 
     assert_eq!(jtis.len(), 3);
     assert!(jtis.iter().all(|j| j == &jtis[0]), "one SET jti across attempts");
 }
+
+/// The exchange's and fanout's fakes share one lease store: a lease released through the
+/// exchange's ledger is revoked by fanout, and the exchange's ledger then sees its jti denied.
+#[tokio::test]
+async fn the_exchange_and_fanout_fakes_share_one_lease_store() {
+    use nhi_broker::ports::LeaseLedger;
+    let store = Arc::new(nhi_broker::testing::InMemoryLedger::default());
+    let released = lease("l1", TargetKind::Jwt, "https://api", None);
+    let event = nhi_broker::domain::AuditEvent::new(
+        nhi_broker::domain::AuditAction::TokenExchange,
+        nhi_broker::domain::AuditOutcome::Released,
+        NOW,
+    );
+    store.record_release(&released, &event, None).await.unwrap();
+    let mut w = world(Vec::new(), Vec::new());
+    w.ledger = Arc::new(InMemoryFanoutLedger::sharing(store.clone()));
+    w.service.leases = w.ledger.clone();
+    let report = w.service.process(revocation(RevocationTarget::Grant, "g1"), None).await.unwrap();
+    assert_eq!(report.leases_revoked, 1);
+    assert_eq!(store.lease("l1").await.unwrap().unwrap().status, LeaseStatus::Revoked);
+    assert!(store.is_denied("l1").await.unwrap());
+}

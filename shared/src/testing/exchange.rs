@@ -72,6 +72,11 @@ pub struct InMemoryLedger {
 }
 
 impl InMemoryLedger {
+    /// One lease by id, whatever its status (the one lease read both ledgers' fakes use).
+    pub fn find_lease(&self, lease_id: &str) -> Option<Lease> {
+        self.leases.lock().unwrap().iter().find(|l| l.lease_id == lease_id).cloned()
+    }
+
     /// The subject's fence, else its issuer's, if raised.
     fn standing_fence(&self, issuer: &str, subject: &str) -> Option<Fence> {
         let fences = self.fences.lock().unwrap();
@@ -125,13 +130,7 @@ impl LeaseLedger for InMemoryLedger {
     }
 
     async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        Ok(self
-            .leases
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.lease_id == lease_id)
-            .cloned())
+        Ok(self.find_lease(lease_id))
     }
 
     async fn is_denied(&self, jti: &str) -> Result<bool> {

@@ -14,15 +14,34 @@ use crate::ports::{
     DeliveryLedger, FanoutLedger, FanoutRegistry, LeasePage, LeaseScope, Notifier, NotifyFailure, SessionDenier,
 };
 
-/// Leases, the jti deny list and saved sweep progress, with the adapter's conditions.
+/// Fanout's view of the one in-memory lease store (`InMemoryLedger`: leases, the jti deny list,
+/// audit events) plus saved sweep progress, with the adapter's conditions. Its fields read
+/// through to the store (`ledger.leases`), so a test can share one store between the exchange's
+/// and fanout's fakes (`sharing`).
 #[derive(Default)]
 pub struct InMemoryFanoutLedger {
-    pub leases: Mutex<Vec<Lease>>,
-    pub denied: Mutex<std::collections::HashSet<String>>,
-    pub events: Mutex<Vec<AuditEvent>>,
+    pub store: std::sync::Arc<super::InMemoryLedger>,
     pub progress: Mutex<Vec<(String, String)>>,
     /// The next this many `revoke_derived` calls fail (a crash part-way through a page).
     pub fail_next_revocations: std::sync::atomic::AtomicU32,
+}
+
+impl InMemoryFanoutLedger {
+    /// Fanout over the lease store the exchange's fake writes to.
+    pub fn sharing(store: std::sync::Arc<super::InMemoryLedger>) -> Self {
+        Self {
+            store,
+            ..Self::default()
+        }
+    }
+}
+
+impl std::ops::Deref for InMemoryFanoutLedger {
+    type Target = super::InMemoryLedger;
+
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
 }
 
 fn in_scope(lease: &Lease, scope: &LeaseScope) -> bool {
@@ -66,13 +85,7 @@ impl FanoutLedger for InMemoryFanoutLedger {
     }
 
     async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        Ok(self
-            .leases
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.lease_id == lease_id)
-            .cloned())
+        Ok(self.store.find_lease(lease_id))
     }
 
     async fn revoke_derived(&self, lease: &Lease, _revocation: &Revocation, event: &AuditEvent) -> Result<bool> {
