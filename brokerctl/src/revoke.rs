@@ -91,7 +91,7 @@ impl Ctl {
                     .ok_or_else(|| unknown("destination"))?;
             }
             RevocationTarget::Lease => {
-                nhi_broker::ports::LeaseLedger::lease(&self.ledger, id)
+                nhi_broker::ports::LeaseReader::lease(&self.ledger, id)
                     .await?
                     .ok_or_else(|| unknown("lease"))?;
             }

@@ -27,6 +27,13 @@ pub struct ReplayGuard {
     pub expires_at: UnixTime,
 }
 
+/// One lease by id, whatever its status: what both the exchange's ledger (holder-bound
+/// revocation) and fanout (a lease's copy holder) read.
+#[async_trait]
+pub trait LeaseReader: Send + Sync {
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>>;
+}
+
 /// Where releases and denials are recorded. A release is the lease, its audit event and (for
 /// one-time tokens) its replay guard written atomically: all or nothing, and idempotent (a retry
 /// of the same release after a lost response succeeds without writing twice). It also re-checks,
@@ -35,10 +42,9 @@ pub struct ReplayGuard {
 /// `IssuerDisabled`, a grant no longer active with `PolicyDenial::GrantRevoked`, a disabled secret
 /// with `InvalidTarget`. Contention (conflicts, throttling) is a retryable error, never a denial.
 #[async_trait]
-pub trait LeaseLedger: Send + Sync {
+pub trait LeaseLedger: LeaseReader {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()>;
     async fn record_denial(&self, event: &AuditEvent) -> Result<()>;
-    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>>;
     /// Mark an active lease revoked, with its revocation record and audit event, atomically.
     /// `Ok(false)` when the lease was no longer active (revocation is idempotent).
     async fn revoke_lease(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;
@@ -249,7 +255,7 @@ pub struct LeasePage {
 
 /// The leases side of revocation fanout.
 #[async_trait]
-pub trait FanoutLedger: Send + Sync {
+pub trait FanoutLedger: LeaseReader {
     /// Active, unexpired leases in `scope`, one page at a time from `cursor`.
     async fn active_leases(
         &self,
@@ -258,8 +264,6 @@ pub trait FanoutLedger: Send + Sync {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<LeasePage>;
-    /// One lease, whatever its status.
-    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>>;
     /// Mark one lease revoked (if still active), deny its JWT `jti` until the token expires, and
     /// record its audit event, atomically. `Ok(false)`: it was no longer active.
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool>;

@@ -290,7 +290,7 @@ async fn an_unacknowledged_delivery_backs_off_then_is_given_up_as_unconfirmed() 
 /// exchange's ledger is revoked by fanout, and the exchange's ledger then sees its jti denied.
 #[tokio::test]
 async fn the_exchange_and_fanout_fakes_share_one_lease_store() {
-    use nhi_broker::ports::LeaseLedger;
+    use nhi_broker::ports::{LeaseLedger, LeaseReader};
     let store = Arc::new(nhi_broker::testing::InMemoryLedger::default());
     let released = lease("l1", TargetKind::Jwt, "https://api", None);
     let event = nhi_broker::domain::AuditEvent::new(
@@ -302,7 +302,11 @@ async fn the_exchange_and_fanout_fakes_share_one_lease_store() {
     let mut w = world(Vec::new(), Vec::new());
     w.ledger = Arc::new(InMemoryFanoutLedger::sharing(store.clone()));
     w.service.leases = w.ledger.clone();
-    let report = w.service.process(revocation(RevocationTarget::Grant, "g1"), None).await.unwrap();
+    let report = w
+        .service
+        .process(revocation(RevocationTarget::Grant, "g1"), None)
+        .await
+        .unwrap();
     assert_eq!(report.leases_revoked, 1);
     assert_eq!(store.lease("l1").await.unwrap().unwrap().status, LeaseStatus::Revoked);
     assert!(store.is_denied("l1").await.unwrap());

@@ -74,7 +74,12 @@ pub struct InMemoryLedger {
 impl InMemoryLedger {
     /// One lease by id, whatever its status (the one lease read both ledgers' fakes use).
     pub fn find_lease(&self, lease_id: &str) -> Option<Lease> {
-        self.leases.lock().unwrap().iter().find(|l| l.lease_id == lease_id).cloned()
+        self.leases
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.lease_id == lease_id)
+            .cloned()
     }
 
     /// The subject's fence, else its issuer's, if raised.
@@ -105,6 +110,13 @@ impl InMemoryLedger {
 }
 
 #[async_trait]
+impl crate::ports::LeaseReader for InMemoryLedger {
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
+        Ok(self.find_lease(lease_id))
+    }
+}
+
+#[async_trait]
 impl LeaseLedger for InMemoryLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         self.check()?;
@@ -127,10 +139,6 @@ impl LeaseLedger for InMemoryLedger {
         self.check()?;
         self.events.lock().unwrap().push(event.clone());
         Ok(())
-    }
-
-    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        Ok(self.find_lease(lease_id))
     }
 
     async fn is_denied(&self, jti: &str) -> Result<bool> {

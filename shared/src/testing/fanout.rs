@@ -60,6 +60,13 @@ fn in_scope(lease: &Lease, scope: &LeaseScope) -> bool {
 }
 
 #[async_trait]
+impl crate::ports::LeaseReader for InMemoryFanoutLedger {
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
+        Ok(self.store.find_lease(lease_id))
+    }
+}
+
+#[async_trait]
 impl FanoutLedger for InMemoryFanoutLedger {
     async fn active_leases(
         &self,
@@ -82,10 +89,6 @@ impl FanoutLedger for InMemoryFanoutLedger {
         }
         let next = (position < leases.len()).then(|| position.to_string());
         Ok(LeasePage { leases: page, next })
-    }
-
-    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        Ok(self.store.find_lease(lease_id))
     }
 
     async fn revoke_derived(&self, lease: &Lease, _revocation: &Revocation, event: &AuditEvent) -> Result<bool> {

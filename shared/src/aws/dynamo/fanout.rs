@@ -4,6 +4,7 @@
 use super::{AuditWriter, Item, from_item, is_conditional_check_failed, keys, landed, n, s};
 use crate::domain::{AuditEvent, Destination, Lease, LeaseStatus, Revocation, RevocationTarget, TargetKind, UnixTime};
 use crate::error::{BrokerError, Result};
+use crate::ports::LeaseReader;
 use crate::ports::{FanoutLedger, FanoutRegistry, LeasePage, LeaseScope};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -98,6 +99,13 @@ impl DynamoFanoutLedger {
 }
 
 #[async_trait]
+impl crate::ports::LeaseReader for DynamoFanoutLedger {
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
+        super::ledger::read_lease(&self.client, &self.leases_table, lease_id).await
+    }
+}
+
+#[async_trait]
 impl FanoutLedger for DynamoFanoutLedger {
     async fn active_leases(
         &self,
@@ -175,10 +183,6 @@ impl FanoutLedger for DynamoFanoutLedger {
             .collect::<Result<Vec<_>>>()?;
         let next = output.last_evaluated_key.as_ref().map(encode_cursor).transpose()?;
         Ok(LeasePage { leases, next })
-    }
-
-    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        super::ledger::read_lease(&self.client, &self.leases_table, lease_id).await
     }
 
     async fn revoke_derived(&self, lease: &Lease, revocation: &Revocation, event: &AuditEvent) -> Result<bool> {

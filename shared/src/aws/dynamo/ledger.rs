@@ -258,6 +258,13 @@ pub(super) fn fence_check(registry: &str, fence: &Fence, shard: u32) -> Result<T
 }
 
 #[async_trait]
+impl crate::ports::LeaseReader for DynamoLedger {
+    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
+        read_lease(&self.client, &self.leases_table, lease_id).await
+    }
+}
+
+#[async_trait]
 impl LeaseLedger for DynamoLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
         let mut items = vec![put_new(&self.leases_table, Self::lease_item(lease)?, "pk")?];
@@ -318,10 +325,6 @@ impl LeaseLedger for DynamoLedger {
 
     async fn record_denial(&self, event: &AuditEvent) -> Result<()> {
         self.audit.put(event).await
-    }
-
-    async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
-        read_lease(&self.client, &self.leases_table, lease_id).await
     }
 
     async fn is_denied(&self, jti: &str) -> Result<bool> {
