@@ -417,6 +417,7 @@ async fn a_one_time_subject_token_is_exchanged_once_and_a_replay_issues_nothing(
     h.registry
         .put_issuer(&nhi_broker::domain::Issuer {
             one_time_jti: true,
+            pattern_prefix_segments: 1,
             ..h.issuer_record()
         })
         .await

@@ -845,18 +845,19 @@ async fn a_revoked_broker_jwt_is_refused_as_a_subject_token() {
             algorithms: vec!["ES256".into()],
             enabled: true,
             one_time_jti: false,
+            pattern_prefix_segments: 1,
         })
         .await
         .unwrap();
     let mut chained = h.grant(&format!("chained-{}", h.id), &h.subject, now() + 3600);
-    chained.issuer = h.config.broker_issuer.clone();
+    chained.issuers = vec![h.config.broker_issuer.clone()];
     chained.targets = vec![h.staging_target.clone()];
     chained.environment = "staging".into();
     h.registry.put_grant(&chained).await.unwrap();
 
     // The same broker token may also call introspection (a gateway holding a broker JWT).
     let mut introspects = h.grant(&format!("chained-introspect-{}", h.id), &h.subject, now() + 3600);
-    introspects.issuer = h.config.broker_issuer.clone();
+    introspects.issuers = vec![h.config.broker_issuer.clone()];
     introspects.targets = vec![nhi_broker::domain::INTROSPECTION_TARGET.into()];
     h.registry.put_grant(&introspects).await.unwrap();
 

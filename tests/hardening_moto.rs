@@ -303,9 +303,10 @@ async fn a_claim_denial_names_the_claim_but_not_its_values() {
     let h = Harness::new().await;
     let subject = format!("repo:org/claims-{}:ref:refs/heads/main", h.id);
     let mut grant = h.grant(&format!("claims-{}", h.id), &subject, now() + 3600);
-    grant
-        .claims
-        .insert("environment_name".into(), vec!["production-secret-env".into()]);
+    grant.claims.insert(
+        "environment_name".into(),
+        nhi_broker::domain::ClaimCondition::OneOf(vec!["production-secret-env".into()]),
+    );
     h.registry.put_grant(&grant).await.unwrap();
     let mut claims = h.claims();
     claims["sub"] = subject.into();

@@ -55,7 +55,8 @@ enum Op {
     Issuer(Issuer, Expect),
     Target(Target, Expect),
     Destination(Destination, Vec<String>, Expect),
-    Grant(Grant, Expect),
+    /// The grant, as it was read (if it exists), and what the write expects.
+    Grant(Grant, Option<Box<Grant>>, Expect),
     RevokeGrant(Grant, Expect),
     DisableDestination(Destination, Vec<String>, Expect),
 }
@@ -77,7 +78,7 @@ impl Op {
             Op::Destination(d, old, expect) | Op::DisableDestination(d, old, expect) => {
                 write.destination(d, old, expect.clone())
             }
-            Op::Grant(grant, expect) => write.grant(grant, expect.clone()),
+            Op::Grant(grant, previous, expect) => write.grant(grant, previous.as_deref(), expect.clone()),
             Op::RevokeGrant(grant, expect) => write.revoke_grant(grant, expect.clone()),
         }
     }
@@ -231,7 +232,11 @@ impl Ctl {
 
     fn reference_problems(&self, manifest: &Manifest, listing: &Listing) -> Vec<Problem> {
         let mut known = Known {
-            issuers: listing.issuers.iter().map(|i| i.issuer.clone()).collect(),
+            issuers: listing
+                .issuers
+                .iter()
+                .map(|i| (i.issuer.clone(), i.pattern_prefix_segments))
+                .collect(),
             secrets: listing.secrets.iter().map(|s| s.id.clone()).collect(),
             destinations: listing.destinations.iter().map(|d| d.id.clone()).collect(),
             revoked_grants: listing
@@ -258,13 +263,14 @@ impl Ctl {
             if let Some(other) = listing
                 .grants
                 .iter()
-                .find(|g| g.id == spec.id && g.issuer != spec.issuer)
+                .find(|g| g.id == spec.id && g.primary_issuer() != spec.primary_issuer())
             {
                 problems.push(Problem {
                     path: format!("grants[{i}].issuer"),
                     message: format!(
-                        "grant {} exists for issuer {}: a grant's issuer never changes (revoke it, use a new id)",
-                        spec.id, other.issuer
+                        "grant {} exists for issuer {}: a grant's (first) issuer never changes (revoke it, use a new id)",
+                        spec.id,
+                        other.primary_issuer()
                     ),
                 });
             }
@@ -343,7 +349,7 @@ impl Ctl {
     }
 
     async fn plan_grant(&self, spec: &GrantSpec) -> CliResult<(Change, Option<Op>)> {
-        let item = self.reads.grant(&spec.issuer, &spec.id).await?;
+        let item = self.reads.grant(&spec.primary_issuer(), &spec.id).await?;
         let old = item.clone().map(|i| from_item::<Grant>(i, "grant")).transpose()?;
         if old.as_ref().is_some_and(|g| g.status == GrantStatus::Revoked) {
             return Err(CliError::usage(format!(
@@ -355,7 +361,8 @@ impl Ctl {
             .to_grant(old.as_ref().map_or(self.now, |g| g.created_at))
             .map_err(CliError::usage)?;
         let change = diff("grant", &spec.id, old.as_ref().map(comparable), &comparable(&grant));
-        let op = (change.action != "unchanged").then(|| Op::Grant(grant, Expect::from_read(item.as_ref())));
+        let op = (change.action != "unchanged")
+            .then(|| Op::Grant(grant, old.map(Box::new), Expect::from_read(item.as_ref())));
         Ok((change, op))
     }
 
@@ -379,7 +386,7 @@ impl Ctl {
         grants.sort_by(|a, b| a.id.cmp(&b.id));
         for grant in grants {
             if prune {
-                let item = self.reads.grant(&grant.issuer, &grant.id).await?;
+                let item = self.reads.grant(grant.primary_issuer(), &grant.id).await?;
                 let Some(item) = item else { continue };
                 let current: Grant = from_item(item.clone(), "grant")?;
                 if current.status != GrantStatus::Active {

@@ -2,7 +2,7 @@
 
 use crate::{CliError, CliResult, Ctl, Report, about_secret, attr, indent, table, time};
 use nhi_broker::aws::dynamo::{Item, from_item};
-use nhi_broker::domain::{ChangeEvent, Delivery, DeliveryStatus, Grant, GrantStatus, Secret};
+use nhi_broker::domain::{ChangeEvent, Delivery, DeliveryStatus, Grant, GrantStatus, Secret, SubjectMatch};
 use serde_json::{Value, json};
 
 impl Ctl {
@@ -64,7 +64,18 @@ impl Ctl {
         let allowing: Vec<Value> = grants
             .iter()
             .filter(|g| g.status == GrantStatus::Active && g.targets.contains(&secret.id))
-            .map(|g| json!({"id": g.id, "issuer": g.issuer, "subject": g.subject, "approval_expires_at": g.approval_expires_at}))
+            .map(|g| {
+                let (form, subject) = match &g.subject {
+                    SubjectMatch::Exact(s) => ("subject", s),
+                    SubjectMatch::Pattern(p) => ("subject_pattern", p),
+                };
+                json!({
+                    "id": g.id, "issuers": g.issuers, form: subject,
+                    "claim_conditions": g.claims.keys().collect::<Vec<_>>(),
+                    "condition": g.condition,
+                    "approval_expires_at": g.approval_expires_at,
+                })
+            })
             .collect();
         Ok(json!({
             "id": secret.id, "enabled": secret.enabled, "current_version": current,

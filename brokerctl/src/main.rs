@@ -188,6 +188,10 @@ enum IssuerAction {
         /// Each token (by jti) may be exchanged once.
         #[arg(long)]
         one_time_jti: bool,
+        /// Whole segments (ended by `:` or `/`) a grant's subject_pattern must fix before its
+        /// first wildcard: 2 for GitHub (`repo:<owner>/`), so no pattern reaches other owners.
+        #[arg(long, default_value_t = nhi_broker::domain::DEFAULT_PATTERN_PREFIX_SEGMENTS)]
+        pattern_prefix_segments: u32,
         #[arg(long)]
         disabled: bool,
     },
@@ -328,6 +332,7 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
         Command::Issuer {
             action:
                 IssuerAction::Put {
+                    pattern_prefix_segments,
                     issuer,
                     name,
                     audiences,
@@ -354,6 +359,7 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
                 algorithms,
                 enabled: !disabled,
                 one_time_jti,
+                pattern_prefix_segments,
             })
             .await
         }

@@ -106,7 +106,10 @@ impl Ctl {
                     (
                         vec![
                             g.id.clone(),
-                            g.subject.clone(),
+                            match &g.subject {
+                                nhi_broker::domain::SubjectMatch::Exact(s) => s.clone(),
+                                nhi_broker::domain::SubjectMatch::Pattern(p) => format!("{p} (pattern)"),
+                            },
                             g.targets.join(","),
                             time(g.approval_expires_at),
                             format!("{:?}", g.status).to_lowercase(),

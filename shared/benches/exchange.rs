@@ -21,9 +21,10 @@ fn main() {
         "https://idp.bench",
         Grant {
             id: "g".into(),
-            issuer: "https://idp.bench".into(),
-            subject: "repo:org/app:ref:refs/heads/main".into(),
+            issuers: vec!["https://idp.bench".into()],
+            subject: nhi_broker::domain::SubjectMatch::Exact("repo:org/app:ref:refs/heads/main".into()),
             claims: Default::default(),
+            condition: None,
             environment: "prod".into(),
             targets: vec!["https://api".into()],
             scopes: vec!["deploy".into()],

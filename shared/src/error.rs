@@ -192,6 +192,8 @@ pub enum PolicyDenial {
     ApprovalExpired,
     GrantRevoked,
     ScopeNotGranted,
+    /// The grant's CEL condition is not true for this token and request.
+    ConditionNotSatisfied,
 }
 
 impl PolicyDenial {
@@ -202,6 +204,9 @@ impl PolicyDenial {
             Self::ApprovalExpired => "the matching grant's approval has expired",
             Self::GrantRevoked => "the matching grant has been revoked",
             Self::ScopeNotGranted => "the requested scope is not allowed by any matching grant",
+            Self::ConditionNotSatisfied => {
+                "no grant allows this subject: its token or request does not satisfy the grant's condition expression"
+            }
         }
     }
 
@@ -212,6 +217,7 @@ impl PolicyDenial {
             Self::ApprovalExpired => "policy_approval_expired",
             Self::GrantRevoked => "policy_grant_revoked",
             Self::ScopeNotGranted => "policy_scope_not_granted",
+            Self::ConditionNotSatisfied => "policy_condition_not_satisfied",
         }
     }
 }

@@ -13,8 +13,14 @@ use jsonwebtoken::jwk::JwkSet;
 /// Read side of the registry that exchange needs: an issuer with every grant for its subjects, and targets.
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
-    /// The issuer and all of its grants, in one read.
-    async fn issuer_with_grants(&self, issuer: &str) -> Result<Option<(Issuer, Vec<Grant>)>>;
+    /// The issuer and its policy generation, in one read. The generation is an opaque value that
+    /// changes with every operator write of the issuer's grants (what a compiled policy is keyed
+    /// by); issuers whose grants were never written have `""`.
+    async fn issuer_head(&self, issuer: &str) -> Result<Option<(Issuer, String)>>;
+    /// The issuer's grants whose subject is exactly `subject` (found by key, whatever their number).
+    async fn exact_grants(&self, issuer: &str, subject: &str) -> Result<Vec<Grant>>;
+    /// The issuer's grants with a `subject_pattern` (read when its generation changes).
+    async fn pattern_grants(&self, issuer: &str) -> Result<Vec<Grant>>;
     async fn target(&self, id: &str) -> Result<Option<Target>>;
 }
 

@@ -7,8 +7,8 @@ use crate::aws::{self, Clients, call_counter::CallCounter};
 use crate::config::Config;
 use crate::counted_client;
 use crate::error::Result;
-use crate::exchange::cache::CachedPolicyStore;
 use crate::exchange::jwks::HttpIssuerKeys;
+use crate::exchange::policy::catalog::PolicyCatalog;
 use crate::exchange::{ExchangeService, ExchangeSettings};
 use crate::http::BrokerApi;
 use crate::ports::SystemClock;
@@ -211,7 +211,7 @@ pub fn broker_api_with(config: &Config, clients: impl Into<ExchangeClients>) -> 
     } = clients.into();
     Ok(BrokerApi::with_call_counter(
         ExchangeService {
-            policy: Arc::new(CachedPolicyStore::new(
+            policy: Arc::new(PolicyCatalog::new(
                 Arc::new(aws::dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
                 config.policy_cache,
             )),

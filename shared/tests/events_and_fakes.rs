@@ -26,9 +26,10 @@ fn world() -> FakeBroker {
         ISSUER,
         Grant {
             id: "demo-app-deploys".into(),
-            issuer: ISSUER.into(),
-            subject: SUBJECT.into(),
+            issuers: vec![ISSUER.into()],
+            subject: nhi_broker::domain::SubjectMatch::Exact(SUBJECT.into()),
             claims: Default::default(),
+            condition: None,
             environment: "dev".into(),
             targets: vec![TARGET.into()],
             scopes: vec!["deploy".into()],

@@ -22,9 +22,10 @@ fn world() -> FakeBroker {
         ISSUER,
         Grant {
             id: "fuzz".into(),
-            issuer: ISSUER.into(),
-            subject: SUBJECT.into(),
+            issuers: vec![ISSUER.into()],
+            subject: nhi_broker::domain::SubjectMatch::Exact(SUBJECT.into()),
             claims: Default::default(),
+            condition: None,
             environment: "dev".into(),
             targets: vec![TARGET.into()],
             scopes: vec!["deploy".into()],

@@ -157,15 +157,17 @@ impl Harness {
             algorithms: vec!["ES256".into(), "RS256".into()],
             enabled: true,
             one_time_jti: false,
+            pattern_prefix_segments: 1,
         }
     }
 
     pub fn grant(&self, id: &str, subject: &str, approval_expires_at: i64) -> Grant {
         Grant {
             id: id.into(),
-            issuer: self.issuer.issuer.clone(),
-            subject: subject.into(),
+            issuers: vec![self.issuer.issuer.clone()],
+            subject: nhi_broker::domain::SubjectMatch::Exact(subject.into()),
             claims: Default::default(),
+            condition: None,
             environment: "prod".into(),
             targets: vec![self.target.clone(), self.staging_target.clone()],
             scopes: vec!["read".into(), "deploy".into()],

@@ -175,24 +175,28 @@ pub(super) fn is_role_arn(arn: &str) -> bool {
 
 pub(super) fn check_grant(p: &mut Problems, at: &str, grant: &GrantSpec, now: i64) {
     p.id(format!("{at}.id"), &grant.id);
-    if !nhi_broker::domain::is_allowed_url(&grant.issuer) {
-        p.push(format!("{at}.issuer"), "an issuer is an https URL");
+    check_grant_issuers(p, at, grant);
+    match (&grant.subject, &grant.subject_pattern) {
+        (Some(subject), None) => p.text(format!("{at}.subject"), subject, MAX_SUBJECT_LEN),
+        (None, Some(pattern)) => {
+            p.text(format!("{at}.subject_pattern"), pattern, MAX_SUBJECT_LEN);
+            if let Some(problem) = pattern_shape_problem(pattern) {
+                p.push(format!("{at}.subject_pattern"), problem);
+            }
+        }
+        (Some(_), Some(_)) => p.push(format!("{at}.subject"), "give subject or subject_pattern, not both"),
+        (None, None) => p.push(format!("{at}.subject"), "is required (or subject_pattern)"),
     }
-    p.text(format!("{at}.subject"), &grant.subject, MAX_SUBJECT_LEN);
     if grant.claims.len() > 32 {
         p.push(format!("{at}.claims"), "at most 32 claim conditions");
     }
-    for (name, values) in &grant.claims {
-        p.text(format!("{at}.claims.{name}"), name, 256);
-        p.list(format!("{at}.claims.{name}"), values.len(), 1, MAX_LIST);
-        for (j, value) in values.iter().enumerate() {
-            if value.len() > MAX_SUBJECT_LEN {
-                p.push(
-                    format!("{at}.claims.{name}[{j}]"),
-                    format!("at most {MAX_SUBJECT_LEN} bytes"),
-                );
-            }
-        }
+    for (name, condition) in &grant.claims {
+        check_claim_condition(p, &format!("{at}.claims.{name}"), name, condition);
+    }
+    if let Some(condition) = &grant.condition
+        && let Err(problem) = nhi_broker::exchange::policy::expression::Condition::compile(condition)
+    {
+        p.push(format!("{at}.condition"), format!("the expression {problem}"));
     }
     p.environment(format!("{at}.environment"), &grant.environment);
     p.list(format!("{at}.targets"), grant.targets.len(), 1, 32);
@@ -293,4 +297,110 @@ pub(super) fn check_destination(p: &mut Problems, at: &str, destination: &Destin
         }
     }
     p.text(format!("{at}.owner"), &destination.owner, 256);
+}
+
+/// Most issuers a grant may name.
+const MAX_GRANT_ISSUERS: usize = 8;
+
+fn check_grant_issuers(p: &mut Problems, at: &str, grant: &GrantSpec) {
+    let field = match (&grant.issuer, grant.issuers.is_empty()) {
+        (Some(_), false) => {
+            p.push(format!("{at}.issuers"), "give issuer or issuers, not both");
+            return;
+        }
+        (None, true) => {
+            p.push(format!("{at}.issuer"), "is required (or issuers)");
+            return;
+        }
+        (Some(_), true) => "issuer",
+        (None, false) => "issuers",
+    };
+    let issuers = grant.issuer_list();
+    if issuers.len() > MAX_GRANT_ISSUERS {
+        p.push(format!("{at}.issuers"), format!("at most {MAX_GRANT_ISSUERS} issuers"));
+    }
+    let mut seen = BTreeSet::new();
+    for (j, issuer) in issuers.iter().enumerate() {
+        let path = if field == "issuer" {
+            format!("{at}.issuer")
+        } else {
+            format!("{at}.issuers[{j}]")
+        };
+        if !nhi_broker::domain::is_allowed_url(issuer) {
+            p.push(path, "an issuer is an https URL");
+        } else if !seen.insert(issuer) {
+            p.push(path, format!("{issuer} is listed twice"));
+        }
+    }
+}
+
+/// What a pattern can never be, whatever its issuer: without a wildcard (use `subject`), a bare
+/// wildcard, or a wildcard first (no literal prefix).
+pub(crate) fn pattern_shape_problem(pattern: &str) -> Option<String> {
+    use nhi_broker::exchange::policy::glob::Glob;
+    let glob = Glob::new(pattern);
+    if !glob.has_wildcard() {
+        return Some("has no wildcard: use subject for an exact match".into());
+    }
+    if glob.literal_prefix().is_empty() {
+        return Some(format!(
+            "{pattern:?} starts with a wildcard: it would match subjects of every tenant of the issuer"
+        ));
+    }
+    None
+}
+
+/// Whether `pattern` fixes enough of the subject for `issuer` (its `pattern_prefix_segments`):
+/// a pattern whose literal prefix ends inside a tenant's segment reaches other tenants
+/// (`repo:example-org*` also matches `repo:example-org-evil/...`).
+pub(crate) fn pattern_reach_problem(pattern: &str, issuer: &str, required: u32) -> Option<String> {
+    use nhi_broker::exchange::policy::glob::Glob;
+    let glob = Glob::new(pattern);
+    let fixed = glob.literal_segments();
+    let required = required.max(1) as usize;
+    (glob.has_wildcard() && fixed < required).then(|| {
+        format!(
+            "{pattern:?} fixes {fixed} whole segment(s) before its first wildcard ({:?}); issuer {issuer} requires \
+             {required}, so that no pattern reaches across its tenants",
+            glob.literal_prefix()
+        )
+    })
+}
+
+fn check_claim_condition(p: &mut Problems, path: &str, name: &str, condition: &ClaimCondition) {
+    p.text(path.to_string(), name, 256);
+    let value_problem = |value: &str| {
+        (value.is_empty() || value.len() > MAX_SUBJECT_LEN).then(|| format!("a value is 1 to {MAX_SUBJECT_LEN} bytes"))
+    };
+    match condition {
+        ClaimCondition::OneOf(values) => {
+            p.list(path.to_string(), values.len(), 1, MAX_LIST);
+            for (j, value) in values.iter().enumerate() {
+                if let Some(problem) = value_problem(value) {
+                    p.push(format!("{path}[{j}]"), problem);
+                }
+            }
+        }
+        ClaimCondition::Glob(pattern) => {
+            if let Some(problem) = value_problem(pattern) {
+                p.push(format!("{path}.glob"), problem);
+            } else if !nhi_broker::exchange::policy::glob::Glob::new(pattern).has_wildcard() {
+                p.push(
+                    format!("{path}.glob"),
+                    "has no wildcard: use [value] for an exact match",
+                );
+            }
+        }
+        ClaimCondition::Contains(value) => {
+            if let Some(problem) = value_problem(value) {
+                p.push(format!("{path}.contains"), problem);
+            }
+        }
+        ClaimCondition::Is(_) => {}
+        ClaimCondition::Range { min, max } => match (min, max) {
+            (None, None) => p.push(format!("{path}.range"), "give min, max or both"),
+            (Some(lo), Some(hi)) if lo > hi => p.push(format!("{path}.range"), "min is above max"),
+            _ => {}
+        },
+    }
 }

@@ -14,8 +14,8 @@ use crate::CliError;
 pub use checks::id_problem;
 use checks::{Problems, check_destination, check_grant, check_issuer, check_target, duplicates};
 use nhi_broker::domain::{
-    Destination, DestinationKind, Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource,
-    STS_MAX_SESSION_SECONDS, STS_MIN_SESSION_SECONDS, Target, TargetKind,
+    ClaimCondition, Destination, DestinationKind, Grant, GrantStatus, INTROSPECTION_TARGET, Issuer, JwksSource,
+    STS_MAX_SESSION_SECONDS, STS_MIN_SESSION_SECONDS, SubjectMatch, Target, TargetKind,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,13 @@ pub struct IssuerSpec {
     pub enabled: bool,
     #[serde(default)]
     pub one_time_jti: bool,
+    /// Whole segments a grant's `subject_pattern` must fix before its first wildcard.
+    #[serde(default = "default_pattern_prefix_segments")]
+    pub pattern_prefix_segments: u32,
+}
+
+fn default_pattern_prefix_segments() -> u32 {
+    nhi_broker::domain::DEFAULT_PATTERN_PREFIX_SEGMENTS
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -92,10 +99,21 @@ pub struct TargetSpec {
 #[serde(deny_unknown_fields)]
 pub struct GrantSpec {
     pub id: String,
-    pub issuer: String,
-    pub subject: String,
+    /// One issuer (`issuer`) or several (`issuers`), not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
+    /// An exact `sub` (`subject`) or an anchored glob (`subject_pattern`), not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_pattern: Option<String>,
     #[serde(default)]
-    pub claims: BTreeMap<String, Vec<String>>,
+    pub claims: BTreeMap<String, ClaimCondition>,
+    /// A CEL expression over `claims`, `target` and `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
     pub environment: String,
     pub targets: Vec<String>,
     #[serde(default)]
@@ -141,6 +159,7 @@ impl From<&IssuerSpec> for Issuer {
             algorithms: spec.algorithms.clone(),
             enabled: spec.enabled,
             one_time_jti: spec.one_time_jti,
+            pattern_prefix_segments: spec.pattern_prefix_segments,
         }
     }
 }
@@ -158,6 +177,7 @@ impl From<&Issuer> for IssuerSpec {
             algorithms: issuer.algorithms.clone(),
             enabled: issuer.enabled,
             one_time_jti: issuer.one_time_jti,
+            pattern_prefix_segments: 1,
         }
     }
 }
@@ -192,13 +212,34 @@ impl From<&DestinationSpec> for Destination {
 }
 
 impl GrantSpec {
+    /// Its issuers, the first (primary) first.
+    pub fn issuer_list(&self) -> Vec<String> {
+        self.issuer.iter().chain(&self.issuers).cloned().collect()
+    }
+
+    /// The issuer its record lives under (the first).
+    pub fn primary_issuer(&self) -> String {
+        self.issuer_list().into_iter().next().unwrap_or_default()
+    }
+
+    pub fn subject_match(&self) -> Option<SubjectMatch> {
+        match (&self.subject, &self.subject_pattern) {
+            (Some(exact), None) => Some(SubjectMatch::Exact(exact.clone())),
+            (None, Some(pattern)) => Some(SubjectMatch::Pattern(pattern.clone())),
+            _ => None,
+        }
+    }
+
     /// The grant this spec describes (active; `created_at` kept from the stored one).
     pub fn to_grant(&self, created_at: i64) -> Result<Grant, String> {
         Ok(Grant {
             id: self.id.clone(),
-            issuer: self.issuer.clone(),
-            subject: self.subject.clone(),
+            issuers: self.issuer_list(),
+            subject: self
+                .subject_match()
+                .ok_or_else(|| format!("grant {}: give subject or subject_pattern", self.id))?,
             claims: self.claims.clone(),
+            condition: self.condition.clone(),
             environment: self.environment.clone(),
             targets: self.targets.clone(),
             scopes: self.scopes.clone(),
@@ -321,7 +362,11 @@ impl Manifest {
     /// Phase 2: what the manifest names must exist (in the manifest or the registry) and agree.
     pub fn reference_problems(&self, registry: &Known) -> Vec<Problem> {
         let mut p = Problems::default();
-        let issuers: BTreeSet<&str> = self.issuers.iter().map(|i| i.issuer.as_str()).collect();
+        let issuers: BTreeMap<&str, u32> = self
+            .issuers
+            .iter()
+            .map(|i| (i.issuer.as_str(), i.pattern_prefix_segments))
+            .collect();
         let targets: BTreeMap<&str, (&str, TargetKind)> = self
             .targets
             .iter()
@@ -339,11 +384,24 @@ impl Manifest {
                     ),
                 );
             }
-            if !issuers.contains(grant.issuer.as_str()) && !registry.issuers.contains(&grant.issuer) {
-                p.push(
-                    format!("{at}.issuer"),
-                    format!("no issuer {:?} (register it first)", grant.issuer),
-                );
+            let field = if grant.issuer.is_some() { "issuer" } else { "issuers" };
+            for issuer in grant.issuer_list() {
+                let prefix_segments = issuers
+                    .get(issuer.as_str())
+                    .copied()
+                    .or_else(|| registry.issuers.get(&issuer).copied());
+                match (prefix_segments, &grant.subject_pattern) {
+                    (None, _) => p.push(
+                        format!("{at}.{field}"),
+                        format!("no issuer {issuer:?} (register it first)"),
+                    ),
+                    (Some(required), Some(pattern)) => {
+                        if let Some(problem) = checks::pattern_reach_problem(pattern, &issuer, required) {
+                            p.push(format!("{at}.subject_pattern"), problem);
+                        }
+                    }
+                    (Some(_), None) => {}
+                }
             }
             for (j, target) in grant.targets.iter().enumerate() {
                 if target == INTROSPECTION_TARGET {
@@ -402,7 +460,8 @@ impl Manifest {
 /// What the registry holds, as far as references need to know.
 #[derive(Debug, Default)]
 pub struct Known {
-    pub issuers: BTreeSet<String>,
+    /// Registered issuers with their `pattern_prefix_segments`.
+    pub issuers: BTreeMap<String, u32>,
     /// Target and secret ids with their environment and kind.
     pub targets: BTreeMap<String, (String, TargetKind)>,
     pub secrets: BTreeSet<String>,

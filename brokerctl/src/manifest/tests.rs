@@ -40,8 +40,11 @@ extra: []
 fn limits_duplicates_and_past_approvals_are_all_reported() {
     let grant = |id: &str| GrantSpec {
         id: id.into(),
-        issuer: "https://issuer".into(),
-        subject: "s".into(),
+        issuer: Some("https://issuer".into()),
+        issuers: vec![],
+        subject: Some("s".into()),
+        subject_pattern: None,
+        condition: None,
         claims: Default::default(),
         environment: "prod".into(),
         targets: vec!["t".into()],
@@ -57,7 +60,7 @@ fn limits_duplicates_and_past_approvals_are_all_reported() {
         grants: vec![grant("g"), grant("g"), grant(""), grant("h")],
         ..Default::default()
     };
-    manifest.grants[3].subject = "x".repeat(10 * 1024 * 1024);
+    manifest.grants[3].subject = Some("x".repeat(10 * 1024 * 1024));
     manifest.grants[3].max_ttl_seconds = 1_000_000_000_000;
     manifest.grants[3].approval_expires_at = Value::from(NOW - 1);
     manifest.grants[3].targets = vec!["t".into(), "t".into()];

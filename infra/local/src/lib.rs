@@ -211,6 +211,7 @@ pub async fn bootstrap_demo(
         algorithms: vec!["ES256".into()],
         enabled: true,
         one_time_jti: false,
+        pattern_prefix_segments: 1,
     };
     if absent(
         registry
@@ -274,9 +275,10 @@ pub async fn bootstrap_demo(
     }
     let grant = |id: &str, subject: &str, targets: Vec<String>, scopes: Vec<String>| Grant {
         id: id.into(),
-        issuer: issuer.issuer.clone(),
-        subject: subject.into(),
+        issuers: vec![issuer.issuer.clone()],
+        subject: nhi_broker::domain::SubjectMatch::Exact(subject.into()),
         claims: Default::default(),
+        condition: None,
         environment: "dev".into(),
         targets,
         scopes,
@@ -306,10 +308,10 @@ pub async fn bootstrap_demo(
     for grant in &grants {
         if absent(
             registry
-                .get(&keys::issuer_pk(&grant.issuer), &keys::grant_sk(&grant.id))
+                .get(&keys::issuer_pk(grant.primary_issuer()), &keys::grant_sk(&grant.id))
                 .await?,
         ) {
-            write.grant(grant, Expect::Absent)?;
+            write.grant(grant, None, Expect::Absent)?;
         }
     }
     let created: Vec<String> = write.labels().into_iter().map(String::from).collect();

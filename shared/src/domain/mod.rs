@@ -2,6 +2,7 @@
 
 mod audit;
 mod events;
+mod grant;
 mod keys;
 mod lease;
 mod registry;
@@ -9,6 +10,7 @@ mod urls;
 
 pub use audit::*;
 pub use events::*;
+pub use grant::*;
 pub use keys::*;
 pub use lease::*;
 pub use registry::*;

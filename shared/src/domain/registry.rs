@@ -3,7 +3,6 @@
 
 use super::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// How the broker obtains an issuer's public keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +30,19 @@ pub struct Issuer {
     /// Each subject token (by `jti`) may be exchanged once; tokens without `jti` are refused.
     #[serde(default)]
     pub one_time_jti: bool,
+    /// How much of a grant's `subject_pattern` must be literal for this issuer: at least this many
+    /// whole segments (text ended by `:` or `/`) before the first wildcard, so that no pattern
+    /// can reach across the issuer's tenants (2 for GitHub: `repo:<owner>/`).
+    #[serde(default = "default_pattern_prefix_segments")]
+    pub pattern_prefix_segments: u32,
 }
+
+fn default_pattern_prefix_segments() -> u32 {
+    DEFAULT_PATTERN_PREFIX_SEGMENTS
+}
+
+/// Without an issuer setting, a pattern's first segment must be literal.
+pub const DEFAULT_PATTERN_PREFIX_SEGMENTS: u32 = 1;
 
 /// What kind of credential a target is released as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -271,46 +282,4 @@ pub struct Target {
     pub environment: String,
     pub owner: String,
     pub enabled: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GrantStatus {
-    Active,
-    Revoked,
-}
-
-/// Who may obtain what. A grant matches a subject token when the issuer and `sub` match exactly and
-/// every listed claim has one of its allowed values. Nothing matches by default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    pub id: String,
-    /// The issuer (`iss`) whose subjects this grant is for.
-    pub issuer: String,
-    /// Exact `sub` of the workload.
-    pub subject: String,
-    /// Extra claim conditions: each claim must be a string equal to one of the values.
-    #[serde(default)]
-    pub claims: BTreeMap<String, Vec<String>>,
-    pub environment: String,
-    /// Target ids this grant allows.
-    pub targets: Vec<String>,
-    /// Scopes this grant allows; requested scopes must be a subset. Empty: no scope may be requested.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    pub max_ttl_seconds: i64,
-    /// For AWS role targets: an IAM policy (JSON) attached to every session, which can only narrow
-    /// what the role allows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_policy: Option<String>,
-    /// The approval for this access ends here; nothing is issued past it, and TTLs are cut to it.
-    pub approval_expires_at: UnixTime,
-    pub owner: String,
-    pub justification: String,
-    pub status: GrantStatus,
-    pub created_at: UnixTime,
-    /// The subject copies what it obtains into this destination (a sync job): its leases' copies
-    /// live there, so the destination is told when they are revoked or expire.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivers_to: Option<String>,
 }

@@ -249,6 +249,7 @@ mod tests {
             algorithms: vec!["ES256".into()],
             enabled: true,
             one_time_jti: false,
+            pattern_prefix_segments: 1,
         }
     }
 

@@ -1,7 +1,6 @@
 //! The token exchange use case (RFC 8693), independent of HTTP and AWS.
 
 pub mod broker_token;
-pub mod cache;
 pub mod jwks;
 pub mod policy;
 pub mod subject_token;
@@ -15,12 +14,14 @@ use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::exchange::subject_token::{SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
 use crate::ports::{
-    AssumeRoleRequest, Clock, IssuerKeys, LeaseLedger, PolicyStore, ReplayGuard, RoleAssumer, SecretDecryptor,
-    SecretStore, TokenSigner,
+    AssumeRoleRequest, Clock, IssuerKeys, LeaseLedger, ReplayGuard, RoleAssumer, SecretDecryptor, SecretStore,
+    TokenSigner,
 };
 use crate::redact::SecretString;
 use broker_token::{ActorClaim, BrokerClaims};
 use policy::PolicyRequest;
+use policy::catalog::{IssuerPolicy, PolicyCatalog};
+use policy::compiled::CompiledGrant;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -42,6 +43,17 @@ pub enum RequestedCredential {
     Jwt,
     Secret,
     AwsCredentials,
+}
+
+impl RequestedCredential {
+    /// The `requested_token_type` URI this stands for.
+    pub fn token_type(self) -> &'static str {
+        match self {
+            Self::Jwt => TOKEN_TYPE_JWT,
+            Self::Secret => TOKEN_TYPE_SECRET,
+            Self::AwsCredentials => TOKEN_TYPE_AWS_CREDENTIALS,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -69,7 +81,7 @@ pub struct ExchangeSettings {
 /// Everything exchange depends on, behind ports.
 #[derive(Clone)]
 pub struct ExchangeService {
-    pub policy: Arc<dyn PolicyStore>,
+    pub policy: Arc<PolicyCatalog>,
     pub ledger: Arc<dyn LeaseLedger>,
     pub signer: Arc<dyn TokenSigner>,
     pub roles: Arc<dyn RoleAssumer>,
@@ -106,20 +118,27 @@ impl ExchangeService {
         token: &SecretString,
         now: i64,
         context: &mut UnverifiedContext,
-    ) -> Result<(VerifiedSubject, Vec<crate::domain::Grant>)> {
+    ) -> Result<(VerifiedSubject, Vec<Arc<CompiledGrant>>)> {
         let verifier = SubjectTokenVerifier {
             policy: self.policy.as_ref(),
             keys: self.issuer_keys.as_ref(),
             leeway_seconds: self.settings.clock_leeway_seconds,
         };
-        let (subject, grants) = verifier.verify(token, now, context).await?;
+        let (subject, issuer_policy) = verifier.verify(token, now, context).await?;
         if subject.issuer.issuer == self.settings.broker_issuer
             && let Some(jti) = subject.claims.get("jti").and_then(serde_json::Value::as_str)
             && self.ledger.is_denied(jti).await?
         {
             return Err(BrokerError::TokenRejected(TokenRejection::Revoked));
         }
-        Ok((subject, grants))
+        let candidates = self.candidates(&issuer_policy, &subject).await?;
+        Ok((subject, candidates))
+    }
+
+    /// The grants that can apply to this subject: found by its `sub` (exact grants by key,
+    /// pattern grants through the issuer's pattern index), never by reading all of them.
+    async fn candidates(&self, policy: &IssuerPolicy, subject: &VerifiedSubject) -> Result<Vec<Arc<CompiledGrant>>> {
+        self.policy.candidates(policy, &subject.subject).await
     }
 
     /// The audit record of a request refused before (or instead of) the main flow: malformed
@@ -200,18 +219,11 @@ impl ExchangeService {
             &PolicyRequest {
                 scope: &request.scope,
                 requested_ttl_seconds: request.requested_ttl_seconds,
+                requested_token_type: request.requested.token_type(),
             },
             now,
             self.settings.max_token_ttl_seconds,
-        )
-        .map_err(|denial| match denial {
-            // Say which claim condition failed, so the caller can act on it (never its values).
-            crate::error::PolicyDenial::NoGrant => match policy::unmet_claim(&grants, &subject, &target.id) {
-                Some(claim) => BrokerError::ClaimNotSatisfied(claim),
-                None => BrokerError::PolicyDenied(denial),
-            },
-            other => BrokerError::PolicyDenied(other),
-        })?;
+        )?;
 
         let lease_id = uuid::Uuid::new_v4().to_string();
         let expires_at = now + decision.ttl_seconds;

@@ -6,9 +6,10 @@
 //! within year 0..=9999 (anything else is refused, never wrapped or saturated), and time checks use
 //! the injected clock with a small leeway in checked arithmetic.
 
-use crate::domain::{Grant, Issuer, UnixTime};
+use crate::domain::{Issuer, UnixTime};
 use crate::error::{BrokerError, Result, TokenRejection};
-use crate::ports::{IssuerKeys, PolicyStore};
+use crate::exchange::policy::catalog::{IssuerPolicy, PolicyCatalog};
+use crate::ports::IssuerKeys;
 use crate::redact::SecretString;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Subject tokens above this size are refused before any decoding work.
 pub const MAX_SUBJECT_TOKEN_BYTES: usize = 8 * 1024;
@@ -26,7 +28,7 @@ pub const ALLOWED_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
-/// A subject token that passed every check, with the issuer's grants loaded in the same read.
+/// A subject token that passed every check.
 #[derive(Debug, Clone)]
 pub struct VerifiedSubject {
     pub issuer: Issuer,
@@ -56,13 +58,13 @@ struct RawHeader {
 pub const MAX_TIME_CLAIM: i64 = 253_402_300_799;
 
 pub struct SubjectTokenVerifier<'a> {
-    pub policy: &'a dyn PolicyStore,
+    pub policy: &'a PolicyCatalog,
     pub keys: &'a dyn IssuerKeys,
     pub leeway_seconds: i64,
 }
 
 impl SubjectTokenVerifier<'_> {
-    /// Verify the token and return the subject with its issuer's grants.
+    /// Verify the token and return the subject with its issuer's compiled policy.
     ///
     /// `context` is filled with whatever could be read before a failure (for the denial audit).
     pub async fn verify(
@@ -70,7 +72,7 @@ impl SubjectTokenVerifier<'_> {
         token: &SecretString,
         now: UnixTime,
         context: &mut UnverifiedContext,
-    ) -> Result<(VerifiedSubject, Vec<Grant>)> {
+    ) -> Result<(VerifiedSubject, Arc<IssuerPolicy>)> {
         let reject = |r: TokenRejection| BrokerError::TokenRejected(r);
         if token.len() > MAX_SUBJECT_TOKEN_BYTES {
             return Err(reject(TokenRejection::TooLarge));
@@ -101,10 +103,11 @@ impl SubjectTokenVerifier<'_> {
             .ok_or(reject(TokenRejection::MissingClaim))?;
         context.issuer = Some(iss.to_string());
 
-        let (issuer, grants) = match self.policy.issuer_with_grants(iss).await? {
-            Some((issuer, grants)) if issuer.enabled => (issuer, grants),
+        let policy = match self.policy.issuer(iss).await? {
+            Some(policy) if policy.issuer.enabled => policy,
             _ => return Err(reject(TokenRejection::UntrustedIssuer)),
         };
+        let issuer = policy.issuer.clone();
         if !issuer.algorithms.iter().any(|a| a == &alg_name) {
             return Err(reject(TokenRejection::UnsupportedAlgorithm));
         }
@@ -152,7 +155,7 @@ impl SubjectTokenVerifier<'_> {
                 claims,
                 fingerprint: token.fingerprint(),
             },
-            grants,
+            policy,
         ))
     }
 }
@@ -269,14 +272,14 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     /// The demo issuer registered (static JWKS), and the production key cache in front of it.
-    fn world() -> (DemoIssuer, InMemoryPolicy, HttpIssuerKeys) {
+    fn world() -> (DemoIssuer, PolicyCatalog, HttpIssuerKeys) {
         let demo = DemoIssuer::generate("https://idp.test").unwrap();
         let policy = registered(&demo);
         (demo, policy, HttpIssuerKeys::new(JwksSettings::default()).unwrap())
     }
 
-    fn registered(demo: &DemoIssuer) -> InMemoryPolicy {
-        InMemoryPolicy::with(
+    fn registered(demo: &DemoIssuer) -> PolicyCatalog {
+        let store = InMemoryPolicy::with(
             vec![Issuer {
                 issuer: demo.issuer.clone(),
                 name: "idp".into(),
@@ -287,13 +290,15 @@ mod tests {
                 algorithms: vec!["ES256".into()],
                 enabled: true,
                 one_time_jti: false,
+                pattern_prefix_segments: 1,
             }],
             vec![],
             vec![],
-        )
+        );
+        PolicyCatalog::new(Arc::new(store), std::time::Duration::ZERO)
     }
 
-    fn rejection(result: Result<(VerifiedSubject, Vec<Grant>)>) -> TokenRejection {
+    fn rejection(result: Result<(VerifiedSubject, Arc<IssuerPolicy>)>) -> TokenRejection {
         match result {
             Err(BrokerError::TokenRejected(r)) => r,
             other => panic!("expected a token rejection, got {:?}", other.map(|(s, _)| s.subject)),
@@ -368,7 +373,7 @@ mod tests {
         assert_eq!(subject.expires_at, MAX_TIME_CLAIM);
     }
 
-    async fn verify_with(demo: &DemoIssuer, token: &SecretString) -> Result<(VerifiedSubject, Vec<Grant>)> {
+    async fn verify_with(demo: &DemoIssuer, token: &SecretString) -> Result<(VerifiedSubject, Arc<IssuerPolicy>)> {
         let policy = registered(demo);
         let keys = HttpIssuerKeys::new(JwksSettings::default()).unwrap();
         let verifier = SubjectTokenVerifier {

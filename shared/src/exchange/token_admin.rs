@@ -106,7 +106,10 @@ impl ExchangeService {
         &self,
         token: &SecretString,
         now: UnixTime,
-    ) -> Result<(VerifiedSubject, Vec<crate::domain::Grant>)> {
+    ) -> Result<(
+        VerifiedSubject,
+        Vec<std::sync::Arc<crate::exchange::policy::compiled::CompiledGrant>>,
+    )> {
         self.verify_workload_token(token, now, &mut UnverifiedContext::default())
             .await
             .map_err(|e| match e {

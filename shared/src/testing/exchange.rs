@@ -1,7 +1,7 @@
 //! Fakes of the exchange flow's ports: policy, ledger, signer, clock, secrets, KMS, STS, and the
 //! broker wired to them.
 
-use crate::domain::{AuditEvent, Fence, Grant, Issuer, Lease, LeaseStatus, Revocation, Target, UnixTime};
+use crate::domain::{AuditEvent, Fence, Grant, Issuer, Lease, LeaseStatus, Revocation, SubjectMatch, Target, UnixTime};
 use crate::error::{BrokerError, Result, TokenRejection};
 use crate::ports::{
     AssumeRoleRequest, AwsSessionCredentials, Clock, CurrentSecret, LeaseLedger, PolicyStore, ReplayGuard, RoleAssumer,
@@ -35,21 +35,33 @@ impl InMemoryPolicy {
     }
 }
 
+impl InMemoryPolicy {
+    fn grants_where(&self, issuer: &str, keep: impl Fn(&SubjectMatch) -> bool) -> Vec<Grant> {
+        let grants = self.grants.lock().unwrap();
+        grants
+            .iter()
+            .filter(|g| g.issuers.iter().any(|i| i == issuer) && keep(&g.subject))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Like the registry: every change of the grants is a new generation (here, their count and a
+/// digest of their ids and statuses).
 #[async_trait]
 impl PolicyStore for InMemoryPolicy {
-    async fn issuer_with_grants(&self, issuer: &str) -> Result<Option<(Issuer, Vec<Grant>)>> {
-        let issuers = self.issuers.lock().unwrap();
-        Ok(issuers.get(issuer).map(|i| {
-            let grants = self
-                .grants
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|g| g.issuer == issuer)
-                .cloned()
-                .collect();
-            (i.clone(), grants)
-        }))
+    async fn issuer_head(&self, issuer: &str) -> Result<Option<(Issuer, String)>> {
+        let found = self.issuers.lock().unwrap().get(issuer).cloned();
+        let generation = format!("{:?}", self.grants.lock().unwrap());
+        Ok(found.map(|i| (i, generation)))
+    }
+
+    async fn exact_grants(&self, issuer: &str, subject: &str) -> Result<Vec<Grant>> {
+        Ok(self.grants_where(issuer, |s| matches!(s, SubjectMatch::Exact(e) if e == subject)))
+    }
+
+    async fn pattern_grants(&self, issuer: &str) -> Result<Vec<Grant>> {
+        Ok(self.grants_where(issuer, |s| matches!(s, SubjectMatch::Pattern(_))))
     }
 
     async fn target(&self, id: &str) -> Result<Option<Target>> {
@@ -317,13 +329,17 @@ impl FakeBroker {
                 algorithms: vec!["ES256".into()],
                 enabled: true,
                 one_time_jti: false,
+                pattern_prefix_segments: 1,
             }],
             vec![grant],
             vec![target],
         );
         let ledger = Arc::new(InMemoryLedger::default());
         let service = crate::exchange::ExchangeService {
-            policy: Arc::new(policy),
+            policy: Arc::new(crate::exchange::policy::catalog::PolicyCatalog::new(
+                Arc::new(policy),
+                std::time::Duration::ZERO,
+            )),
             ledger: ledger.clone(),
             signer: Arc::new(LocalSigner::generate("test-key")),
             issuer_keys: Arc::new(

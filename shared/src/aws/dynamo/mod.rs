@@ -109,6 +109,24 @@ pub mod keys {
     pub fn grant_sk(id: &str) -> String {
         format!("GRANT#{id}")
     }
+    /// The issuer's policy generation (see `exchange::policy::catalog`). Sorts right after
+    /// `ISSUER_SK`, so one query reads both.
+    pub const POLICY_SK: &str = "#POLICY";
+    /// A grant copy's key on the `by-policy-key` index: its issuer and exact subject (hashed: a
+    /// subject may be 1 KiB), or its issuer's pattern set.
+    pub fn policy_key(iss: &str, subject: &crate::domain::SubjectMatch) -> String {
+        match subject {
+            crate::domain::SubjectMatch::Exact(sub) => exact_policy_key(iss, sub),
+            crate::domain::SubjectMatch::Pattern(_) => pattern_policy_key(iss),
+        }
+    }
+    pub fn exact_policy_key(iss: &str, sub: &str) -> String {
+        use sha2::Digest;
+        format!("SUB#{}", hex::encode(sha2::Sha256::digest(format!("{iss}\n{sub}"))))
+    }
+    pub fn pattern_policy_key(iss: &str) -> String {
+        format!("PATTERNS#{iss}")
+    }
     pub fn target_pk(id: &str) -> String {
         format!("TARGET#{id}")
     }

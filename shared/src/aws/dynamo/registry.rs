@@ -8,6 +8,9 @@ use crate::ports::{CurrentSecret, PolicyStore, SecretStore};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 
+/// The index of grant copies by issuer and exact subject, or by issuer for pattern grants.
+pub const POLICY_INDEX: &str = "by-policy-key";
+
 pub struct DynamoRegistry {
     client: aws_sdk_dynamodb::Client,
     table: String,
@@ -75,20 +78,51 @@ impl DynamoRegistry {
         Ok(())
     }
 
+    /// Write a grant as is (any status), with its copies under its other issuers and a new policy
+    /// generation for each, in one transaction (tests and the local runner; operators use
+    /// `RegistryWrite`).
     pub async fn put_grant(&self, grant: &Grant) -> Result<()> {
-        let item = to_item(
-            grant,
-            [
-                ("pk", s(keys::issuer_pk(&grant.issuer))),
-                ("sk", s(keys::grant_sk(&grant.id))),
-                ("item_type", s("grant")),
-                ("item_id", s(&grant.id)),
-            ]
-            .into_iter()
-            // Active grants sit on the sparse approval-due index until the sweeper revokes them.
-            .chain((grant.status == GrantStatus::Active).then(|| ("approval_shard", s(keys::APPROVAL_SHARD)))),
-        )?;
-        self.put(item, "PutItem").await
+        let generation = uuid::Uuid::now_v7().to_string();
+        let mut items = Vec::new();
+        for (i, issuer) in grant.issuers.iter().enumerate() {
+            let primary = i == 0;
+            let item = to_item(
+                grant,
+                [
+                    ("pk", s(keys::issuer_pk(issuer))),
+                    ("sk", s(keys::grant_sk(&grant.id))),
+                    ("policy_key", s(keys::policy_key(issuer, &grant.subject))),
+                ]
+                .into_iter()
+                .chain(primary.then(|| ("item_type", s("grant"))))
+                .chain(primary.then(|| ("item_id", s(&grant.id))))
+                // Active grants sit on the sparse approval-due index until the sweeper revokes them.
+                .chain(
+                    (primary && grant.status == GrantStatus::Active)
+                        .then(|| ("approval_shard", s(keys::APPROVAL_SHARD))),
+                ),
+            )?;
+            let generation_item = Item::from([
+                ("pk".to_string(), s(keys::issuer_pk(issuer))),
+                ("sk".to_string(), s(keys::POLICY_SK)),
+                ("generation".to_string(), s(&generation)),
+            ]);
+            for item in [item, generation_item] {
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .build()
+                    .map_err(build_err)?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+        }
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map_err(|e| transact_error(&e))?;
+        Ok(())
     }
 
     pub async fn put_target(&self, target: &Target) -> Result<()> {
@@ -106,6 +140,26 @@ impl DynamoRegistry {
 }
 
 impl DynamoRegistry {
+    /// The grant copies filed under one `policy_key` (eventually consistent: a global index).
+    async fn policy_index(&self, policy_key: String) -> Result<Vec<Grant>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(POLICY_INDEX)
+            .key_condition_expression("policy_key = :k")
+            .expression_attribute_values(":k", s(policy_key))
+            .into_paginator()
+            .items()
+            .send();
+        let mut grants = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+            grants.push(from_item::<Grant>(item, "grant")?);
+        }
+        Ok(grants)
+    }
+
     /// Every item of one type (`issuer`, `grant`, `target`, `secret`, `destination`) through the
     /// `by-type` index, page by page; `progress` is told the running count after each page.
     pub async fn list_type(&self, item_type: &str, mut progress: impl FnMut(usize)) -> Result<Vec<Item>> {
@@ -334,27 +388,44 @@ impl SecretStore for DynamoRegistry {
 
 #[async_trait]
 impl PolicyStore for DynamoRegistry {
-    async fn issuer_with_grants(&self, issuer: &str) -> Result<Option<(Issuer, Vec<Grant>)>> {
-        let mut pages = self
+    /// One query of the issuer's partition from `#ISSUER` to `#POLICY`: the record and its
+    /// generation, nothing else (grant records sort after both).
+    async fn issuer_head(&self, issuer: &str) -> Result<Option<(Issuer, String)>> {
+        let output = self
             .client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
+            .key_condition_expression("pk = :pk AND sk BETWEEN :issuer AND :policy")
             .expression_attribute_values(":pk", s(keys::issuer_pk(issuer)))
-            .into_paginator()
-            .items()
-            .send();
-        let mut found_issuer = None;
-        let mut grants = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+            .expression_attribute_values(":issuer", s(keys::ISSUER_SK))
+            .expression_attribute_values(":policy", s(keys::POLICY_SK))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+        let mut found = None;
+        let mut generation = String::new();
+        for item in output.items.unwrap_or_default() {
             match item.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) {
-                Some(keys::ISSUER_SK) => found_issuer = Some(from_item::<Issuer>(item, "issuer")?),
-                Some(sk) if keys::grant_id_of(sk).is_some() => grants.push(from_item::<Grant>(item, "grant")?),
+                Some(keys::ISSUER_SK) => found = Some(from_item::<Issuer>(item, "issuer")?),
+                Some(keys::POLICY_SK) => {
+                    generation = item
+                        .get("generation")
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default()
+                }
                 _ => {}
             }
         }
-        Ok(found_issuer.map(|i| (i, grants)))
+        Ok(found.map(|i| (i, generation)))
+    }
+
+    async fn exact_grants(&self, issuer: &str, subject: &str) -> Result<Vec<Grant>> {
+        self.policy_index(keys::exact_policy_key(issuer, subject)).await
+    }
+
+    async fn pattern_grants(&self, issuer: &str) -> Result<Vec<Grant>> {
+        self.policy_index(keys::pattern_policy_key(issuer)).await
     }
 
     async fn target(&self, id: &str) -> Result<Option<Target>> {

@@ -74,7 +74,19 @@ pub struct RegistryWrite {
     pub(super) table: String,
     pub(super) write_id: String,
     changes: Vec<Change>,
+    /// Issuers whose policy generation this write already moves.
+    generations: std::collections::BTreeSet<String>,
 }
+
+/// Grant attributes an update removes when the new grant has none.
+const GRANT_OPTIONAL: &[&str] = &[
+    "session_policy",
+    "delivers_to",
+    "issuers",
+    "subject",
+    "subject_pattern",
+    "condition",
+];
 
 impl RegistryWrite {
     pub fn new(registry_table: &str) -> Self {
@@ -82,6 +94,7 @@ impl RegistryWrite {
             table: registry_table.into(),
             write_id: uuid::Uuid::now_v7().to_string(),
             changes: Vec::new(),
+            generations: Default::default(),
         }
     }
 
@@ -128,14 +141,22 @@ impl RegistryWrite {
         Ok(())
     }
 
-    /// Register or update an active grant (an update requires it still active).
-    pub fn grant(&mut self, grant: &Grant, expect: Expect) -> Result<()> {
+    /// Register or update an active grant (an update requires it still active). The grant is
+    /// written once per issuer: the primary record (on the listing and approval indexes, and
+    /// conditional on the plan's read) and a copy under each other issuer, each with its
+    /// `policy_key` for the exchange's lookup by subject; copies under issuers the grant no longer
+    /// names (`previous`) are deleted. Each issuer's policy generation moves with it.
+    pub fn grant(&mut self, grant: &Grant, previous: Option<&Grant>, expect: Expect) -> Result<()> {
         if grant.status != GrantStatus::Active {
             return Err(BrokerError::InvalidRequest(
                 "only active grants are written; revoke with revoke_grant",
             ));
         }
-        let key = (keys::issuer_pk(&grant.issuer), keys::grant_sk(&grant.id));
+        if previous.is_some_and(|p| p.primary_issuer() != grant.primary_issuer()) {
+            return Err(BrokerError::InvalidRequest("a grant's first issuer never changes"));
+        }
+        let primary = grant.primary_issuer();
+        let key = (keys::issuer_pk(primary), keys::grant_sk(&grant.id));
         let item = to_item(
             grant,
             [
@@ -143,28 +164,50 @@ impl RegistryWrite {
                 ("item_id", s(&grant.id)),
                 // Active grants sit on the sparse approval-due index until they end.
                 ("approval_shard", s(keys::APPROVAL_SHARD)),
+                ("policy_key", s(keys::policy_key(primary, &grant.subject))),
             ],
         )?;
-        let items = vec![self.upsert(
-            key,
-            item,
-            &["session_policy", "delivers_to"],
-            expect,
-            Some("#status = :active"),
-        )?];
+        let mut items = vec![self.upsert(key, item, GRANT_OPTIONAL, expect, Some("#status = :active"))?];
+        for issuer in &grant.issuers[1..] {
+            let mut copy = to_item(grant, [("policy_key", s(keys::policy_key(issuer, &grant.subject)))])?;
+            copy.insert("pk".into(), s(keys::issuer_pk(issuer)));
+            copy.insert("sk".into(), s(keys::grant_sk(&grant.id)));
+            copy.insert("write_id".into(), s(&self.write_id));
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(copy))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        let dropped: Vec<&String> = previous
+            .map(|p| p.issuers.iter().filter(|i| !grant.issuers.contains(i)).collect())
+            .unwrap_or_default();
+        for issuer in &dropped {
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(keys::issuer_pk(issuer)))
+                .key("sk", s(keys::grant_sk(&grant.id)))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
+        let touched: Vec<&String> = grant.issuers.iter().chain(dropped).collect();
+        items.extend(self.generation_bumps(touched)?);
         self.push(format!("grant {}", grant.id), items);
         Ok(())
     }
 
-    /// Mark an active grant revoked (never deleted), if unchanged since read. Its leases are swept
-    /// by the revocation record the caller writes after the commit.
+    /// Mark an active grant revoked (never deleted), if unchanged since read, with its copies
+    /// under its other issuers. Its leases are swept by the revocation record the caller writes
+    /// after the commit.
     pub fn revoke_grant(&mut self, grant: &Grant, expect: Expect) -> Result<()> {
         let Expect::Unchanged(write_id) = expect else {
             return Err(BrokerError::InvalidRequest("only an existing grant is revoked"));
         };
         let mut update = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(keys::issuer_pk(&grant.issuer)))
+            .key("pk", s(keys::issuer_pk(grant.primary_issuer())))
             .key("sk", s(keys::grant_sk(&grant.id)))
             .update_expression("SET #status = :revoked, write_id = :write REMOVE approval_shard")
             .expression_attribute_names("#status", "status")
@@ -176,11 +219,51 @@ impl RegistryWrite {
         if let Some(value) = value {
             update = update.expression_attribute_values(":expected_write", value);
         }
-        let item = TransactWriteItem::builder()
-            .update(update.build().map_err(build_err)?)
-            .build();
-        self.push(format!("grant {} (revoke)", grant.id), vec![item]);
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .update(update.build().map_err(build_err)?)
+                .build(),
+        ];
+        for issuer in &grant.issuers[1..] {
+            let copy = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(keys::issuer_pk(issuer)))
+                .key("sk", s(keys::grant_sk(&grant.id)))
+                .update_expression("SET #status = :revoked, write_id = :write")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":revoked", s("revoked"))
+                .expression_attribute_values(":write", s(&self.write_id))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().update(copy).build());
+        }
+        items.extend(self.generation_bumps(grant.issuers.iter())?);
+        self.push(format!("grant {} (revoke)", grant.id), items);
         Ok(())
+    }
+
+    /// A new policy generation for each issuer not yet given one by this write: the exchange's
+    /// compiled policy of that issuer is reloaded when it sees it.
+    fn generation_bumps<'a>(
+        &mut self,
+        issuers: impl IntoIterator<Item = &'a String>,
+    ) -> Result<Vec<TransactWriteItem>> {
+        let mut items = Vec::new();
+        for issuer in issuers {
+            if !self.generations.insert(issuer.clone()) {
+                continue;
+            }
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(keys::issuer_pk(issuer)))
+                .item("sk", s(keys::POLICY_SK))
+                .item("generation", s(&self.write_id))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        Ok(items)
     }
 
     /// Register or update a destination and its links in each secret's collection (links to
@@ -485,9 +568,10 @@ mod tests {
         let mut write = RegistryWrite::new("registry");
         let grant = Grant {
             id: "g".into(),
-            issuer: "https://issuer".into(),
-            subject: "s".into(),
+            issuers: vec!["https://issuer".into()],
+            subject: crate::domain::SubjectMatch::Exact("s".into()),
             claims: Default::default(),
+            condition: None,
             environment: "prod".into(),
             targets: vec!["t".into()],
             scopes: vec![],
@@ -500,8 +584,8 @@ mod tests {
             created_at: 1,
             delivers_to: None,
         };
-        write.grant(&grant, Expect::Unchanged(Some("w1".into()))).unwrap();
-        write.grant(&grant, Expect::Absent).unwrap();
+        write.grant(&grant, None, Expect::Unchanged(Some("w1".into()))).unwrap();
+        write.grant(&grant, None, Expect::Absent).unwrap();
         let update = write.changes[0].items[0].update().unwrap();
         let names = update.expression_attribute_names().unwrap();
         assert!(update.update_expression().contains(" REMOVE "));
@@ -510,7 +594,7 @@ mod tests {
             .filter(|(k, _)| k.starts_with("#r"))
             .map(|(_, v)| v)
             .collect();
-        assert_eq!(removed.len(), 2, "absent optional fields are removed: {removed:?}");
+        assert_eq!(removed.len(), 5, "absent optional fields are removed: {removed:?}");
         assert_eq!(
             update.condition_expression(),
             Some("attribute_exists(pk) AND write_id = :expected_write AND #status = :active")
@@ -518,7 +602,13 @@ mod tests {
         assert!(!names.values().any(|n| n == "exposed" || n == "pk"));
         let put = write.changes[1].items[0].put().unwrap();
         assert_eq!(put.condition_expression(), Some("attribute_not_exists(pk)"));
-        assert_eq!(write.item_count(), 2);
+        // Two grant writes and one new policy generation for their issuer (once per write).
+        assert_eq!(write.item_count(), 3);
+        assert_eq!(
+            write.changes[0].items[1].put().unwrap().item()["sk"],
+            s(keys::POLICY_SK)
+        );
+        assert_eq!(write.changes[1].items.len(), 1);
         assert_eq!(write.labels(), ["grant g", "grant g"]);
     }
 }
