@@ -3,7 +3,9 @@
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
@@ -14,12 +16,18 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Default)]
 pub struct CallCounter {
     total: Arc<AtomicU64>,
+    /// Response body bytes received (what reads cost on the wire).
+    bytes_received: Arc<AtomicU64>,
     by_operation: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl CallCounter {
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::SeqCst)
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::SeqCst)
     }
 
     /// `service.Operation` → attempts.
@@ -29,6 +37,7 @@ impl CallCounter {
 
     pub fn reset(&self) {
         self.total.store(0, Ordering::SeqCst);
+        self.bytes_received.store(0, Ordering::SeqCst);
         if let Ok(mut m) = self.by_operation.lock() {
             m.clear();
         }
@@ -54,6 +63,22 @@ impl Intercept for CallCounter {
         if let Ok(mut m) = self.by_operation.lock() {
             *m.entry(operation).or_default() += 1;
         }
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response();
+        let length = response
+            .body()
+            .bytes()
+            .map(|b| b.len() as u64)
+            .or_else(|| response.headers().get("content-length").and_then(|v| v.parse().ok()));
+        self.bytes_received.fetch_add(length.unwrap_or(0), Ordering::SeqCst);
         Ok(())
     }
 }

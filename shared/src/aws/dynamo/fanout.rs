@@ -261,22 +261,41 @@ impl FanoutRegistry for DynamoFanoutRegistry {
         let id = &revocation.target_id;
         match revocation.target_kind {
             RevocationTarget::Grant => {
-                // Grants live in their issuer's collection; the type index finds the key.
+                // Grants live in their (first) issuer's collection, the type index finds the key;
+                // a copy under each other issuer is what releases through that issuer check, so
+                // every copy is switched off (each on its own: a retry finishes what a crash left).
                 let found = super::find_by_id(&self.client, &self.table, "grant", id).await?;
                 let mut changed = false;
                 for item in found {
-                    let (Some(pk), Some(sk)) = (attr_str(&item, "pk"), attr_str(&item, "sk")) else {
-                        continue;
+                    let Some(pk) = attr_str(&item, "pk") else { continue };
+                    let issuers: Vec<String> = match item.get("issuers").and_then(|v| v.as_l().ok()) {
+                        Some(list) => list.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+                        None => keys::issuer_of(&pk).map(str::to_string).into_iter().collect(),
                     };
-                    changed |= self
-                        .switch_off(
-                            pk,
-                            &sk,
-                            "SET #status = :revoked REMOVE approval_shard",
-                            "#status = :active",
-                            true,
-                        )
-                        .await?;
+                    for issuer in &issuers {
+                        changed |= self
+                            .switch_off(
+                                keys::issuer_pk(issuer),
+                                &keys::grant_sk(id),
+                                "SET #status = :revoked REMOVE approval_shard",
+                                "#status = :active",
+                                true,
+                            )
+                            .await?;
+                    }
+                    if changed {
+                        for issuer in &issuers {
+                            self.client
+                                .put_item()
+                                .table_name(&self.table)
+                                .item("pk", s(keys::issuer_pk(issuer)))
+                                .item("sk", s(keys::POLICY_SK))
+                                .item("generation", s(&revocation.revocation_id))
+                                .send()
+                                .await
+                                .map_err(|e| BrokerError::aws("dynamodb", "PutItem", &e))?;
+                        }
+                    }
                 }
                 Ok(changed)
             }

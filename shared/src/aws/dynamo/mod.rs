@@ -27,7 +27,7 @@ pub use expiry::DynamoExpiryStore;
 pub use fanout::{DynamoFanoutLedger, DynamoFanoutRegistry};
 pub use ledger::DynamoLedger;
 pub(crate) use ledger::{fence_deletes, fence_puts, lease_revocation_items, put_new, revocation_item};
-pub use registry::DynamoRegistry;
+pub use registry::{DynamoRegistry, grant_records};
 pub use rotation::{DynamoKeyRing, DynamoRotationStore};
 
 use crate::error::{BrokerError, Result};

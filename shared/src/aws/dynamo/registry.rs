@@ -84,30 +84,13 @@ impl DynamoRegistry {
     pub async fn put_grant(&self, grant: &Grant) -> Result<()> {
         let generation = uuid::Uuid::now_v7().to_string();
         let mut items = Vec::new();
-        for (i, issuer) in grant.issuers.iter().enumerate() {
-            let primary = i == 0;
-            let item = to_item(
-                grant,
-                [
-                    ("pk", s(keys::issuer_pk(issuer))),
-                    ("sk", s(keys::grant_sk(&grant.id))),
-                    ("policy_key", s(keys::policy_key(issuer, &grant.subject))),
-                ]
-                .into_iter()
-                .chain(primary.then(|| ("item_type", s("grant"))))
-                .chain(primary.then(|| ("item_id", s(&grant.id))))
-                // Active grants sit on the sparse approval-due index until the sweeper revokes them.
-                .chain(
-                    (primary && grant.status == GrantStatus::Active)
-                        .then(|| ("approval_shard", s(keys::APPROVAL_SHARD))),
-                ),
-            )?;
+        for (issuer, record) in grant.issuers.iter().zip(grant_records(grant)?) {
             let generation_item = Item::from([
                 ("pk".to_string(), s(keys::issuer_pk(issuer))),
                 ("sk".to_string(), s(keys::POLICY_SK)),
                 ("generation".to_string(), s(&generation)),
             ]);
-            for item in [item, generation_item] {
+            for item in [record, generation_item] {
                 let put = Put::builder()
                     .table_name(&self.table)
                     .set_item(Some(item))
@@ -355,6 +338,34 @@ impl DynamoRegistry {
             .map_err(|e| transact_error(&e))?;
         Ok(())
     }
+}
+
+/// A grant's records, one per issuer in order: the first is the grant's own (on the listing and,
+/// when active, approval indexes), the others its copies; each carries its `policy_key`.
+pub fn grant_records(grant: &Grant) -> Result<Vec<Item>> {
+    grant
+        .issuers
+        .iter()
+        .enumerate()
+        .map(|(i, issuer)| {
+            let primary = i == 0;
+            to_item(
+                grant,
+                [
+                    ("pk", s(keys::issuer_pk(issuer))),
+                    ("sk", s(keys::grant_sk(&grant.id))),
+                    ("policy_key", s(keys::policy_key(issuer, &grant.subject))),
+                ]
+                .into_iter()
+                .chain(primary.then(|| ("item_type", s("grant"))))
+                .chain(primary.then(|| ("item_id", s(&grant.id))))
+                .chain(
+                    (primary && grant.status == GrantStatus::Active)
+                        .then(|| ("approval_shard", s(keys::APPROVAL_SHARD))),
+                ),
+            )
+        })
+        .collect()
 }
 
 #[async_trait]

@@ -155,23 +155,15 @@ impl RegistryWrite {
         if previous.is_some_and(|p| p.primary_issuer() != grant.primary_issuer()) {
             return Err(BrokerError::InvalidRequest("a grant's first issuer never changes"));
         }
-        let primary = grant.primary_issuer();
-        let key = (keys::issuer_pk(primary), keys::grant_sk(&grant.id));
-        let item = to_item(
-            grant,
-            [
-                ("item_type", s("grant")),
-                ("item_id", s(&grant.id)),
-                // Active grants sit on the sparse approval-due index until they end.
-                ("approval_shard", s(keys::APPROVAL_SHARD)),
-                ("policy_key", s(keys::policy_key(primary, &grant.subject))),
-            ],
-        )?;
-        let mut items = vec![self.upsert(key, item, GRANT_OPTIONAL, expect, Some("#status = :active"))?];
-        for issuer in &grant.issuers[1..] {
-            let mut copy = to_item(grant, [("policy_key", s(keys::policy_key(issuer, &grant.subject)))])?;
-            copy.insert("pk".into(), s(keys::issuer_pk(issuer)));
-            copy.insert("sk".into(), s(keys::grant_sk(&grant.id)));
+        let key = (keys::issuer_pk(grant.primary_issuer()), keys::grant_sk(&grant.id));
+        let mut records = super::grant_records(grant)?.into_iter();
+        let mut own = records
+            .next()
+            .ok_or(BrokerError::InvalidRequest("a grant names at least one issuer"))?;
+        own.remove("pk");
+        own.remove("sk");
+        let mut items = vec![self.upsert(key, own, GRANT_OPTIONAL, expect, Some("#status = :active"))?];
+        for mut copy in records {
             copy.insert("write_id".into(), s(&self.write_id));
             let put = Put::builder()
                 .table_name(&self.table)
