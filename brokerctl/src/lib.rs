@@ -13,6 +13,7 @@ use std::io::Write;
 pub mod apply;
 mod audit;
 pub mod destinations;
+pub mod explain;
 mod inventory;
 pub mod manifest;
 mod register;

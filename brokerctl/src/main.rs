@@ -63,10 +63,10 @@ enum Command {
         #[command(subcommand)]
         action: SecretAction,
     },
-    /// Who may obtain what (write them with `apply`).
+    /// Who may obtain what (write them with `apply`); explain a decision.
     Grant {
         #[command(subcommand)]
-        action: ListAction,
+        action: GrantAction,
     },
     /// Systems holding copies of secrets (write them with `apply`); resolve their exposure.
     Destination {
@@ -165,6 +165,33 @@ enum UnrevokeKind {
 #[derive(Subcommand)]
 enum ListAction {
     List,
+}
+
+#[derive(Subcommand)]
+enum GrantAction {
+    List,
+    /// Evaluate a subject token against the live registry: for every grant of its issuer, the
+    /// stage (and claim) that rules it out, and the grant that would win. Exit 0: a grant
+    /// applies; 3: none does.
+    Explain {
+        /// The subject token, verified against its issuer's registered keys.
+        #[arg(long, conflicts_with = "claims_file", required_unless_present = "claims_file")]
+        token_file: Option<String>,
+        /// A JSON object of claims (with iss and sub), evaluated without any verification.
+        #[arg(long, requires = "unverified")]
+        claims_file: Option<String>,
+        /// Acknowledge that --claims-file is not verified.
+        #[arg(long)]
+        unverified: bool,
+        /// The audience, role ARN or secret id asked for.
+        #[arg(long)]
+        target: String,
+        /// Requested scopes (repeat, or space-separated).
+        #[arg(long)]
+        scope: Vec<String>,
+        #[arg(long, default_value = nhi_broker::domain::TOKEN_TYPE_JWT)]
+        requested_token_type: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -436,8 +463,36 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
             .await
         }
         Command::Grant {
-            action: ListAction::List,
+            action: GrantAction::List,
         } => ctl.list("grant").await,
+        Command::Grant {
+            action:
+                GrantAction::Explain {
+                    token_file,
+                    claims_file,
+                    unverified: _,
+                    target,
+                    scope,
+                    requested_token_type,
+                },
+        } => {
+            let subject = match (token_file, claims_file) {
+                (Some(path), _) => brokerctl::explain::SubjectSource::TokenFile(path),
+                (None, Some(path)) => brokerctl::explain::SubjectSource::UnverifiedClaimsFile(path),
+                (None, None) => return Err(CliError::usage("give --token-file, or --claims-file with --unverified")),
+            };
+            ctl.explain(&brokerctl::explain::ExplainRequest {
+                subject,
+                target,
+                scope: scope
+                    .iter()
+                    .flat_map(|s| s.split_whitespace())
+                    .map(str::to_string)
+                    .collect(),
+                requested_token_type,
+            })
+            .await
+        }
         Command::Destination {
             action: DestinationAction::List,
         } => ctl.list("destination").await,

@@ -11,6 +11,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 /// The index of grant copies by issuer and exact subject, or by issuer for pattern grants.
 pub const POLICY_INDEX: &str = "by-policy-key";
 
+#[derive(Clone)]
 pub struct DynamoRegistry {
     client: aws_sdk_dynamodb::Client,
     table: String,
