@@ -315,6 +315,18 @@ pub struct FakeBroker {
 
 impl FakeBroker {
     pub fn new(issuer: &str, grant: crate::domain::Grant, target: Target, now: UnixTime) -> Self {
+        Self::with_grants(issuer, vec![grant], target, now, std::time::Duration::ZERO)
+    }
+
+    /// As `new`, with any number of grants and the policy catalog kept for `policy_ttl` (as the
+    /// exchange keeps it on AWS; zero reads the fake registry on every request).
+    pub fn with_grants(
+        issuer: &str,
+        grants: Vec<crate::domain::Grant>,
+        target: Target,
+        now: UnixTime,
+        policy_ttl: std::time::Duration,
+    ) -> Self {
         use crate::domain::JwksSource;
         use std::sync::Arc;
         let demo = crate::testing::demo_issuer::DemoIssuer::generate(issuer).expect("key generation");
@@ -331,14 +343,14 @@ impl FakeBroker {
                 one_time_jti: false,
                 pattern_prefix_segments: 1,
             }],
-            vec![grant],
+            grants,
             vec![target],
         );
         let ledger = Arc::new(InMemoryLedger::default());
         let service = crate::exchange::ExchangeService {
             policy: Arc::new(crate::exchange::policy::catalog::PolicyCatalog::new(
                 Arc::new(policy),
-                std::time::Duration::ZERO,
+                policy_ttl,
             )),
             ledger: ledger.clone(),
             signer: Arc::new(LocalSigner::generate("test-key")),

@@ -10,9 +10,10 @@
 //! grants forgotten (read again by subject, on demand).
 //!
 //! Pattern and exact grants are read through a global secondary index, which may lag a write by
-//! a moment: the first refresh after a generation change loads them once more ("settling"), so a
-//! lagging index read is replaced within one `ttl`. Revocation never depends on this cache: the
-//! release re-checks the grant in its own transaction.
+//! a moment: a generation younger than `INDEX_SETTLE` (its value is a UUIDv7, which carries the
+//! time it was written) is loaded once more on the next refresh ("settling"), so a lagging index
+//! read is replaced within one `ttl`. Revocation never depends on this cache: the release
+//! re-checks the grant in its own transaction.
 //!
 //! Lookups are keyed by caller-supplied strings (`iss`, `sub`, target), so every map is capped
 //! and cleared when full rather than allowed to grow.
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 const MAX_ISSUERS: usize = 1024;
 const MAX_TARGETS: usize = 1024;
 const MAX_SUBJECTS_PER_ISSUER: usize = 4096;
+/// Longer than a global secondary index lags its table in practice (typically well under 1 s).
+const INDEX_SETTLE: Duration = Duration::from_secs(10);
 
 /// Compiled exact-subject grants by `sub`, shared by the refreshes of one generation.
 type ExactGrants = Arc<Mutex<HashMap<String, Arc<[Arc<CompiledGrant>]>>>>;
@@ -88,8 +91,10 @@ impl PolicyCatalog {
             self.remember(iss, None, true);
             return Ok(None);
         };
-        // Settled once this generation has been loaded on two refreshes.
-        let settled = previous.as_ref().is_some_and(|(p, _)| p.generation == generation);
+        // Settled once this generation has been loaded on two refreshes, or loaded when old enough
+        // that the index had caught up with it.
+        let settled =
+            previous.as_ref().is_some_and(|(p, _)| p.generation == generation) || settled_at_load(&generation);
         let policy = match previous {
             // Same generation, already settled: keep what was compiled, with the fresh issuer record.
             Some((p, true)) if p.generation == generation => Arc::new(IssuerPolicy {
@@ -174,6 +179,22 @@ impl PolicyCatalog {
     }
 }
 
+/// Whether a generation was written longer than `INDEX_SETTLE` ago (by the UUIDv7 time it
+/// carries; anything else is not known to be settled).
+fn settled_at_load(generation: &str) -> bool {
+    let Some((secs, _)) = uuid::Uuid::parse_str(generation)
+        .ok()
+        .and_then(|u| u.get_timestamp())
+        .map(|t| t.to_unix())
+    else {
+        return false;
+    };
+    let written = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    std::time::SystemTime::now()
+        .duration_since(written)
+        .is_ok_and(|age| age > INDEX_SETTLE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +218,72 @@ mod tests {
         assert!(cache.target("t").await.unwrap().is_none(), "cached negative within TTL");
         let uncached = PolicyCatalog::new(inner, Duration::ZERO);
         assert!(uncached.target("t").await.unwrap().is_some());
+    }
+
+    /// Counts the pattern loads of the store behind it.
+    struct Counting(Arc<InMemoryPolicy>, std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl PolicyStore for Counting {
+        async fn issuer_head(&self, issuer: &str) -> Result<Option<(Issuer, String)>> {
+            self.0.issuer_head(issuer).await
+        }
+        async fn exact_grants(&self, issuer: &str, subject: &str) -> Result<Vec<crate::domain::Grant>> {
+            self.0.exact_grants(issuer, subject).await
+        }
+        async fn pattern_grants(&self, issuer: &str) -> Result<Vec<crate::domain::Grant>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.pattern_grants(issuer).await
+        }
+        async fn target(&self, id: &str) -> Result<Option<Target>> {
+            self.0.target(id).await
+        }
+    }
+
+    #[tokio::test]
+    async fn patterns_are_loaded_again_only_when_the_generation_changes_and_once_to_settle() {
+        let issuer: Issuer = serde_json::from_value(serde_json::json!({
+            "issuer": "https://idp", "name": "idp", "audiences": ["a"], "jwks": {"type": "static", "jwks": "{}"},
+            "algorithms": ["ES256"], "enabled": true
+        }))
+        .unwrap();
+        let inner = Arc::new(InMemoryPolicy::with(vec![issuer], vec![], vec![]));
+        let store = Arc::new(Counting(inner.clone(), Default::default()));
+        let catalog = PolicyCatalog::new(store.clone(), Duration::from_millis(1));
+        let loads = || store.1.load(std::sync::atomic::Ordering::SeqCst);
+        let refresh = || async {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            catalog.issuer("https://idp").await.unwrap().unwrap()
+        };
+        refresh().await;
+        assert_eq!(loads(), 1, "cold load");
+        refresh().await;
+        assert_eq!(loads(), 2, "a young generation is loaded once more, to settle");
+        for _ in 0..3 {
+            refresh().await;
+        }
+        assert_eq!(loads(), 2, "a settled, unchanged generation is never loaded again");
+        let grant: crate::domain::Grant = serde_json::from_value(serde_json::json!({
+            "id": "g", "issuer": "https://idp", "subject_pattern": "repo:o/*", "environment": "p", "targets": [],
+            "max_ttl_seconds": 1, "approval_expires_at": 1, "owner": "o", "justification": "j",
+            "status": "active", "created_at": 1
+        }))
+        .unwrap();
+        inner.grants.lock().unwrap().push(grant.clone());
+        let policy = refresh().await;
+        assert_eq!((loads(), policy.pattern_count()), (3, 1), "a new generation is loaded");
+    }
+
+    #[test]
+    fn only_generations_older_than_the_index_lag_are_settled_at_load() {
+        assert!(!settled_at_load(&uuid::Uuid::now_v7().to_string()));
+        let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, 1_700_000_000, 0));
+        assert!(settled_at_load(&old.to_string()));
+        assert!(
+            !settled_at_load(&uuid::Uuid::new_v4().to_string()),
+            "no time, not known settled"
+        );
+        assert!(!settled_at_load(""));
     }
 
     #[tokio::test]
