@@ -400,3 +400,46 @@ async fn measure_cold_policy_load_at_ten_thousand_grants() {
     seed_grants(&h, 10_000).await;
     measure(&h, 10_000).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn revoking_a_pattern_grant_revokes_every_lease_it_issued() {
+    let _one_at_a_time = nhi_tests::fanout::exclusive().await;
+    let h = Harness::new().await;
+    let mut f = nhi_tests::fanout::Fanout::new(&h).await;
+    let org = format!("org-{}", h.id);
+    let grant = pattern_grant(
+        &h,
+        &format!("pattern-leases-{}", h.id),
+        &format!("repo:{org}/*:ref:refs/heads/main"),
+    );
+    h.registry.put_grant(&grant).await.unwrap();
+    let mut leases = Vec::new();
+    for repo in ["a", "b", "c"] {
+        let (status, body) = exchange_as(
+            &h,
+            &h.issuer,
+            &format!("repo:{org}/{repo}:ref:refs/heads/main"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        leases.push(body["access_token"].as_str().unwrap().to_string());
+    }
+    h.revoke(RevocationTarget::Grant, &grant.id, "offboarding", f.now())
+        .await;
+    f.drain().await;
+    let revoked: Vec<String> = h
+        .leases()
+        .await
+        .iter()
+        .filter(|l| nhi_tests::attr(l, "grant_id") == grant.id)
+        .map(|l| nhi_tests::attr(l, "status").to_string())
+        .collect();
+    assert_eq!(
+        revoked,
+        ["revoked", "revoked", "revoked"],
+        "every subject's lease through the pattern"
+    );
+    let (status, _) = exchange_as(&h, &h.issuer, &format!("repo:{org}/d:ref:refs/heads/main"), json!({})).await;
+    assert_eq!(status, 400, "the revoked pattern grant issues nothing");
+}

@@ -44,6 +44,10 @@ async fn assert_rotated_once(h: &Harness, secret_id: &str) {
     assert_eq!(attr(&notices[0], "new_version"), new);
 }
 
+/// A rotator built before the secrets it rotates sees them due if they were created within this
+/// many seconds (a loaded CI machine takes more than a few seconds to create several secrets).
+const CREATED_WITHIN: i64 = 120;
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_due_secret_rotates_once_notifies_its_destinations_and_a_secret_not_yet_due_is_untouched() {
     let h = Harness::new().await;
@@ -170,8 +174,8 @@ async fn a_run_killed_between_any_two_steps_is_resumed_to_one_correct_rotation()
 #[tokio::test(flavor = "current_thread")]
 async fn two_concurrent_runs_leave_exactly_one_current_and_one_previous() {
     let h = Harness::new().await;
-    let first = Rotator::for_secrets(&h, now() + INTERVAL + 5).await;
-    let second = Rotator::for_secrets(&h, now() + INTERVAL + 5).await;
+    let first = Rotator::for_secrets(&h, now() + INTERVAL + CREATED_WITHIN).await;
+    let second = Rotator::for_secrets(&h, now() + INTERVAL + CREATED_WITHIN).await;
     for i in 0..4 {
         let id = secret_with_value(&h, &format!("race{i}"), random_policy(), "value-before-rotation").await;
         let (a, b) = tokio::join!(
@@ -305,7 +309,7 @@ impl Hook {
 async fn a_hook_secret_is_made_by_its_owner_through_every_step_authenticated_by_the_broker() {
     let logs = LogCapture::global();
     let h = Harness::new().await;
-    let rotate = Rotator::for_secrets(&h, now() + INTERVAL + 5).await;
+    let rotate = Rotator::for_secrets(&h, now() + INTERVAL + CREATED_WITHIN).await;
     let sdk = nhi_broker::aws::sdk_config().await;
     let jwks = nhi_broker::aws::kms::KmsSigner::new(aws_sdk_kms::Client::new(&sdk), &h.config.signing_key_id)
         .public_jwks()

@@ -360,7 +360,15 @@ impl Ctl {
         let grant = spec
             .to_grant(old.as_ref().map_or(self.now, |g| g.created_at))
             .map_err(CliError::usage)?;
-        let change = diff("grant", &spec.id, old.as_ref().map(comparable), &comparable(&grant));
+        let mut change = diff("grant", &spec.id, old.as_ref().map(comparable), &comparable(&grant));
+        // Recorded before the exchange found grants by subject: rewriting it adds its policy key
+        // (until then the exchange does not find it: default deny).
+        if change.action == "unchanged" && item.as_ref().is_some_and(|i| !i.contains_key("policy_key")) {
+            change.action = "update";
+            change
+                .fields
+                .push("policy_key: (none) -> indexed for the exchange's lookup by subject".into());
+        }
         let op = (change.action != "unchanged")
             .then(|| Op::Grant(grant, old.map(Box::new), Expect::from_read(item.as_ref())));
         Ok((change, op))

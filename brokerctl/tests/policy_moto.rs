@@ -308,3 +308,56 @@ async fn grant_explain_names_each_grants_stage_and_the_winner_for_a_verified_tok
         list.stdout
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn grants_recorded_before_the_subject_index_are_found_again_after_apply() {
+    let _one_at_a_time = exclusive().await;
+    let mut h = Harness::new().await;
+    // The exchange re-reads the issuer's policy generation every second here (5 s by default).
+    let mut config = h.config.clone();
+    config.policy_cache = std::time::Duration::from_secs(1);
+    h.use_config(config).await;
+    let sub = format!("repo:org/legacy-{}:ref:refs/heads/main", h.id);
+    let id = format!("legacy-{}", h.id);
+    let manifest_text = format!(
+        "{}grants:\n{}",
+        issuer_yaml(&h, 1),
+        grant_yaml(
+            &id,
+            &format!("issuer: \"{}\"\n    subject: \"{sub}\"", h.issuer.issuer),
+            &h.target,
+            ""
+        )
+    );
+    // The record as the previous version wrote it: no policy_key.
+    let mut grant = h.grant(&id, &sub, 4_070_908_800); // 2099-01-01, as in the manifest
+    grant.targets = vec![h.target.clone()];
+    grant.owner = "platform".into();
+    grant.justification = "deploys".into();
+    let mut record = nhi_broker::aws::dynamo::grant_records(&grant).unwrap().remove(0);
+    record.remove("policy_key");
+    h.dynamo
+        .put_item()
+        .table_name(&h.config.registry_table)
+        .set_item(Some(record))
+        .send()
+        .await
+        .unwrap();
+    let claims = h.issuer.workload_claims(&sub, AUDIENCE, now(), 300);
+    let (status, _) = h.post_token(&h.form(&h.token(&claims), &h.target)).await;
+    assert_eq!(status, 400, "not found by subject until re-applied (default deny)");
+
+    let manifest = write_file(&format!("legacy-{}.yaml", h.id), &manifest_text);
+    let dry = brokerctl(&["apply", "-f", &manifest], None);
+    assert_eq!(dry.code, 4, "{}\n{}", dry.stdout, dry.stderr);
+    assert!(dry.stdout.contains("policy_key"), "{}", dry.stdout);
+    let applied = brokerctl(&["apply", "-f", &manifest, "--yes"], None);
+    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
+    // Within the refresh interval the catalog still holds the old generation; after it, the new
+    // generation makes it look the subject up again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = h.post_token(&h.form(&h.token(&claims), &h.target)).await;
+    assert_eq!(status, 200, "{body}");
+    let again = brokerctl(&["apply", "-f", &manifest], None);
+    assert_eq!(again.code, 0, "in sync: {}", again.stdout);
+}

@@ -141,3 +141,47 @@ fn ids_and_role_arns() {
     assert!(is_role_arn("arn:aws:iam::123456789012:role/deploy"));
     assert!(!is_role_arn("arn:aws:iam::12345:role/deploy") && !is_role_arn("deploy"));
 }
+
+/// The README's policy example is a manifest `apply` accepts, and its issuers' settings refuse
+/// what they should.
+#[test]
+fn the_readme_policy_example_is_a_valid_manifest() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("issuers:\n  - issuer: https://token.actions.githubusercontent.com")
+        .expect("example");
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let manifest = Manifest::parse(text, "README.md").unwrap();
+    assert_eq!(manifest.grants.len(), 3);
+    assert_eq!(manifest.problems(NOW), vec![], "phase 1");
+    let known = Known {
+        targets: [
+            ("https://deploy-api.example.com", "prod", TargetKind::Jwt),
+            (
+                "arn:aws:iam::123456789012:role/payments-deployer",
+                "prod",
+                TargetKind::AwsRole,
+            ),
+            ("crm-api-key", "prod", TargetKind::Secret),
+        ]
+        .into_iter()
+        .map(|(id, env, kind)| (id.to_string(), (env.to_string(), kind)))
+        .collect(),
+        issuers: [
+            ("https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE".to_string(), 1),
+            ("https://example.okta.com/oauth2/default".to_string(), 1),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    assert_eq!(manifest.reference_problems(&known), vec![], "phase 2");
+    let mut reaching = manifest.clone();
+    reaching.grants[0].subject_pattern = Some("repo:example-org*:environment:production".into());
+    let problems = reaching.reference_problems(&known);
+    assert_eq!(
+        paths(&problems),
+        ["grants[0].subject_pattern", "grants[0].subject_pattern"],
+        "{problems:?}"
+    );
+}

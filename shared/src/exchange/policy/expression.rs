@@ -93,8 +93,11 @@ impl Condition {
         };
         let mut nodes = 0;
         check_node(&ast, &mut Vec::new(), 0, &mut nodes)?;
+        if yields_boolean(&ast) == Some(false) {
+            return Err("does not yield a boolean (a condition is true or false)".into());
+        }
         let condition = Self { program };
-        // A trial on an empty token: only a boolean or a missing claim is acceptable.
+        // A trial on an empty token: an error is expected (a missing claim), a value must be boolean.
         let empty = Map::new();
         let trial = ConditionInput {
             claims: &empty,
@@ -105,10 +108,8 @@ impl Condition {
             requested_token_type: crate::domain::TOKEN_TYPE_JWT,
         };
         match condition.run(&trial) {
-            Ok(Value::Bool(_)) => Ok(condition),
+            Ok(Value::Bool(_)) | Err(_) => Ok(condition),
             Ok(other) => Err(format!("yields {} where a boolean is needed", type_name(&other))),
-            Err(cel_interpreter::ExecutionError::NoSuchKey(_)) => Ok(condition),
-            Err(e) => Err(format!("fails on a token without claims: {e}")),
         }
     }
 
@@ -248,6 +249,49 @@ fn check_node(node: &IdedExpr, bound: &mut Vec<String>, depth: usize, nodes: &mu
     }
 }
 
+/// What the expression's result is, as far as its shape tells: `Some(true)` boolean,
+/// `Some(false)` certainly not boolean, `None` known only at run time (a claim, an index).
+fn yields_boolean(node: &IdedExpr) -> Option<bool> {
+    const BOOLEAN: &[&str] = &[
+        "_&&_",
+        "_||_",
+        "!_",
+        "_==_",
+        "_!=_",
+        "_<_",
+        "_<=_",
+        "_>_",
+        "_>=_",
+        "@in",
+        "@not_strictly_false",
+        "startsWith",
+        "endsWith",
+        "contains",
+        "glob",
+    ];
+    match &node.expr {
+        Expr::Literal(cel_parser::reference::Val::Boolean(_)) => Some(true),
+        Expr::Literal(_) | Expr::List(_) | Expr::Map(_) | Expr::Struct(_) => Some(false),
+        Expr::Select(select) if select.test => Some(true),
+        Expr::Call(call) if call.func_name == "_?_:_" => {
+            let branches: Vec<Option<bool>> = call.args.iter().skip(1).map(yields_boolean).collect();
+            if branches.contains(&Some(false)) {
+                Some(false)
+            } else {
+                branches.into_iter().flatten().next()
+            }
+        }
+        Expr::Call(call) if BOOLEAN.contains(&call.func_name.as_str()) => Some(true),
+        Expr::Call(call) if call.func_name != "_[_]" => Some(false),
+        // all/exists accumulate a boolean, exists_one compares a count; map/filter build lists.
+        Expr::Comprehension(c) => match &c.result.expr {
+            Expr::Ident(name) if *name == c.accu_var => yields_boolean(&c.accu_init),
+            _ => yields_boolean(&c.result),
+        },
+        _ => None,
+    }
+}
+
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().chars().take(200).collect()
 }
@@ -311,7 +355,24 @@ mod tests {
         assert!(err("claims.x.matches('a.*')").contains("regular expressions"));
         assert!(err("now() > 1").contains("unknown function now"));
         assert!(err("claims.a.all(x, claims.b.exists(y, x == y))").contains("nests"));
-        assert!(err("1 + 2").contains("a number"));
+        assert!(err("1 + 2").contains("does not yield a boolean"));
+        assert!(err("claims.groups.map(g, g + 'x')").contains("does not yield a boolean"));
+        assert!(err("size(claims.groups)").contains("does not yield a boolean"));
+        assert!(err("claims.a == 'x' ? 'yes' : false").contains("does not yield a boolean"));
+        // Valid conditions whose trial on a token without claims errs are accepted.
+        for ok in [
+            "request.scope[0] == 'read'",
+            "claims.groups.exists_one(g, g == 'x')",
+            "claims.groups.all(g, g.startsWith('team-'))",
+            "claims['kubernetes.io'].namespace == 'payments'",
+            "claims.flag",
+        ] {
+            assert!(
+                Condition::compile(ok).is_ok(),
+                "{ok}: {:?}",
+                Condition::compile(ok).err()
+            );
+        }
         assert!(err(&"claims.a == 'b' && ".repeat(100)).contains("longer than"));
         let wide = (0..130)
             .map(|i| format!("claims.c{i} == 1"))
