@@ -224,6 +224,16 @@ pub(crate) fn build_err(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Internal(format!("request construction: {e}"))
 }
 
+/// An issuer's policy generation record (`keys::POLICY_SK`): `generation` replaced by every write
+/// of the issuer's grants.
+pub(crate) fn policy_generation_item(issuer: &str, generation: &str) -> Item {
+    Item::from([
+        ("pk".to_string(), s(keys::issuer_pk(issuer))),
+        ("sk".to_string(), s(keys::POLICY_SK)),
+        ("generation".to_string(), s(generation)),
+    ])
+}
+
 /// A domain value as an item, plus its key and index attributes.
 pub fn to_item<T: Serialize>(
     value: &T,

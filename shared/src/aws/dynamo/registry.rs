@@ -86,12 +86,7 @@ impl DynamoRegistry {
         let generation = uuid::Uuid::now_v7().to_string();
         let mut items = Vec::new();
         for (issuer, record) in grant.issuers.iter().zip(grant_records(grant)?) {
-            let generation_item = Item::from([
-                ("pk".to_string(), s(keys::issuer_pk(issuer))),
-                ("sk".to_string(), s(keys::POLICY_SK)),
-                ("generation".to_string(), s(&generation)),
-            ]);
-            for item in [record, generation_item] {
+            for item in [record, policy_generation_item(issuer, &generation)] {
                 let put = Put::builder()
                     .table_name(&self.table)
                     .set_item(Some(item))

@@ -248,9 +248,7 @@ impl RegistryWrite {
             }
             let put = Put::builder()
                 .table_name(&self.table)
-                .item("pk", s(keys::issuer_pk(issuer)))
-                .item("sk", s(keys::POLICY_SK))
-                .item("generation", s(&self.write_id))
+                .set_item(Some(super::policy_generation_item(issuer, &self.write_id)))
                 .build()
                 .map_err(build_err)?;
             items.push(TransactWriteItem::builder().put(put).build());

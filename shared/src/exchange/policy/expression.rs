@@ -32,7 +32,8 @@ pub const MAX_LIST_LEN: usize = 64;
 const VARIABLES: &[&str] = &["claims", "target", "request"];
 const TARGET_FIELDS: &[&str] = &["id", "kind", "environment"];
 const REQUEST_FIELDS: &[&str] = &["scope", "requested_token_type"];
-const FUNCTIONS: &[&str] = &[
+/// Functions whose result is a boolean (what a condition's outermost call should be).
+const BOOLEAN_FUNCTIONS: &[&str] = &[
     "_&&_",
     "_||_",
     "!_",
@@ -43,20 +44,14 @@ const FUNCTIONS: &[&str] = &[
     "_>_",
     "_>=_",
     "@in",
-    "_[_]",
-    "_?_:_",
     "@not_strictly_false",
-    "_+_",
-    "_-_",
-    "-_",
-    "size",
-    "contains",
     "startsWith",
     "endsWith",
-    "string",
-    "int",
+    "contains",
     "glob",
 ];
+/// The other functions a condition may call.
+const VALUE_FUNCTIONS: &[&str] = &["_[_]", "_?_:_", "_+_", "_-_", "-_", "size", "string", "int"];
 
 /// A checked, compiled condition.
 #[derive(Debug)]
@@ -207,7 +202,8 @@ fn check_node(node: &IdedExpr, bound: &mut Vec<String>, depth: usize, nodes: &mu
             check_node(&select.operand, bound, depth, nodes)
         }
         Expr::Call(call) => {
-            if !FUNCTIONS.contains(&call.func_name.as_str()) {
+            let name = call.func_name.as_str();
+            if !BOOLEAN_FUNCTIONS.contains(&name) && !VALUE_FUNCTIONS.contains(&name) {
                 return Err(match call.func_name.as_str() {
                     "matches" => {
                         "uses matches(): regular expressions are not available, use glob(text, pattern)".into()
@@ -252,23 +248,6 @@ fn check_node(node: &IdedExpr, bound: &mut Vec<String>, depth: usize, nodes: &mu
 /// What the expression's result is, as far as its shape tells: `Some(true)` boolean,
 /// `Some(false)` certainly not boolean, `None` known only at run time (a claim, an index).
 fn yields_boolean(node: &IdedExpr) -> Option<bool> {
-    const BOOLEAN: &[&str] = &[
-        "_&&_",
-        "_||_",
-        "!_",
-        "_==_",
-        "_!=_",
-        "_<_",
-        "_<=_",
-        "_>_",
-        "_>=_",
-        "@in",
-        "@not_strictly_false",
-        "startsWith",
-        "endsWith",
-        "contains",
-        "glob",
-    ];
     match &node.expr {
         Expr::Literal(cel_parser::reference::Val::Boolean(_)) => Some(true),
         Expr::Literal(_) | Expr::List(_) | Expr::Map(_) | Expr::Struct(_) => Some(false),
@@ -281,7 +260,7 @@ fn yields_boolean(node: &IdedExpr) -> Option<bool> {
                 branches.into_iter().flatten().next()
             }
         }
-        Expr::Call(call) if BOOLEAN.contains(&call.func_name.as_str()) => Some(true),
+        Expr::Call(call) if BOOLEAN_FUNCTIONS.contains(&call.func_name.as_str()) => Some(true),
         Expr::Call(call) if call.func_name != "_[_]" => Some(false),
         // all/exists accumulate a boolean, exists_one compares a count; map/filter build lists.
         Expr::Comprehension(c) => match &c.result.expr {
