@@ -238,3 +238,41 @@ async fn a_warm_secret_exchange_makes_exactly_three_aws_calls() {
         ],
     );
 }
+
+/// Issue 15: the release re-checks the grant and the secret through their sharded fences, not
+/// their items. A revocation recorded by an operator is final at once, however warm the
+/// exchange's policy catalog.
+#[tokio::test(flavor = "current_thread")]
+async fn a_revoked_grant_or_secret_releases_nothing_from_the_moment_it_is_recorded() {
+    use nhi_broker::domain::RevocationTarget;
+    let h = Harness::new().await;
+    let s = Secrets::new(&h).await;
+    let id = s.store("fenced", "prod", true, &secret_value()).await;
+    s.grant("fenced-grant", &[&id], now() + 3600).await;
+    let (status, body) = h.post_token(&s.form(&id)).await;
+    assert_eq!(status, 200, "{body}");
+
+    h.revoke(RevocationTarget::Secret, &id, "vendor breach", now()).await;
+    let (status, body) = h.post_token(&s.form(&id)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{body}"
+    );
+    assert_eq!(body["error_description"], "the secret is revoked", "{body}");
+
+    // The JWT grant, cached as active: its fence refuses at release.
+    let (status, body) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
+    assert_eq!(status, 200, "{body}");
+    h.revoke(RevocationTarget::Grant, &h.grant_id, "offboarding", now())
+        .await;
+    for _ in 0..8 {
+        // Every shard is raised: whichever one a release checks refuses it.
+        let (status, body) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
+        assert_eq!(
+            (status, body["error_description"].as_str()),
+            (400, Some("the matching grant has been revoked")),
+            "{body}"
+        );
+    }
+}

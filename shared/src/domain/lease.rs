@@ -57,8 +57,15 @@ pub struct Lease {
 /// an operator's unrevoke) or by disabling an issuer (lifted by enabling it again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fence {
-    Subject { issuer: String, subject: String },
+    Subject {
+        issuer: String,
+        subject: String,
+    },
     Issuer(String),
+    /// A revoked grant (never revived, so never lifted).
+    Grant(String),
+    /// A revoked secret (never re-enabled, so never lifted).
+    Secret(String),
 }
 
 impl Fence {
@@ -72,11 +79,24 @@ impl Fence {
         })
     }
 
-    /// The fence's identity in storage: `subject#<iss>#<sub>` or `issuer#<iss>`.
+    /// The fence a revocation raises, if it raises one: subjects, grants and secrets.
+    pub fn for_revocation(target_kind: RevocationTarget, target_id: &str) -> Option<Self> {
+        match target_kind {
+            RevocationTarget::Subject => Self::subject_from_id(target_id),
+            RevocationTarget::Grant => Some(Self::Grant(target_id.into())),
+            RevocationTarget::Secret => Some(Self::Secret(target_id.into())),
+            _ => None,
+        }
+    }
+
+    /// The fence's identity in storage: `subject#<iss>#<sub>`, `issuer#<iss>`, `grant#<id>` or
+    /// `secret#<id>`.
     pub fn scope(&self) -> String {
         match self {
             Self::Subject { issuer, subject } => format!("subject#{issuer}#{subject}"),
             Self::Issuer(issuer) => format!("issuer#{issuer}"),
+            Self::Grant(id) => format!("grant#{id}"),
+            Self::Secret(id) => format!("secret#{id}"),
         }
     }
 }

@@ -135,7 +135,17 @@ impl LeaseLedger for InMemoryLedger {
         match self.standing_fence(&lease.issuer, &lease.subject) {
             Some(Fence::Subject { .. }) => return Err(BrokerError::TokenRejected(TokenRejection::SubjectRevoked)),
             Some(Fence::Issuer(_)) => return Err(BrokerError::TokenRejected(TokenRejection::IssuerDisabled)),
-            None => {}
+            Some(Fence::Grant(_) | Fence::Secret(_)) | None => {}
+        }
+        // As the registry's fences: a revoked grant or secret releases nothing, whatever was read.
+        let fences = self.fences.lock().unwrap().clone();
+        if fences.contains(&Fence::Grant(lease.grant_id.clone()).scope()) {
+            return Err(BrokerError::PolicyDenied(crate::error::PolicyDenial::GrantRevoked));
+        }
+        if lease.kind == crate::domain::TargetKind::Secret
+            && fences.contains(&Fence::Secret(lease.target.clone()).scope())
+        {
+            return Err(BrokerError::InvalidTarget("the secret is revoked"));
         }
         if let Some(guard) = replay
             && !self.replay_keys.lock().unwrap().insert(guard.key.clone())

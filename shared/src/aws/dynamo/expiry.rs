@@ -136,10 +136,12 @@ impl ExpiryStore for DynamoExpiryStore {
             .expression_attribute_values(":now", n(event.at))
             .build()
             .map_err(build_err)?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().update(update).build(),
             put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?,
         ];
+        // The grant's fence, with the revocation: no release lands through it from now on.
+        items.extend(super::ledger::revocation_fence_puts(&self.registry_table, revocation)?);
         landed(self.audit.writer().transact(items, event).await?)
     }
 }

@@ -259,6 +259,17 @@ impl DynamoFanoutRegistry {
 impl FanoutRegistry for DynamoFanoutRegistry {
     async fn disable_target(&self, revocation: &Revocation) -> Result<bool> {
         let id = &revocation.target_id;
+        // The fence first (every writer of grant and secret revocations raises it with the record;
+        // raising it again is harmless): the sweep that follows can then miss no release.
+        let fences = super::ledger::revocation_fence_puts(&self.table, revocation)?;
+        if !fences.is_empty() {
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(fences))
+                .send()
+                .await
+                .map_err(|e| super::transact_error(&e))?;
+        }
         match revocation.target_kind {
             RevocationTarget::Grant => {
                 // Grants live in their (first) issuer's collection, the type index finds the key;
@@ -288,9 +299,7 @@ impl FanoutRegistry for DynamoFanoutRegistry {
                             self.client
                                 .put_item()
                                 .table_name(&self.table)
-                                .item("pk", s(keys::issuer_pk(issuer)))
-                                .item("sk", s(keys::POLICY_SK))
-                                .item("generation", s(&revocation.revocation_id))
+                                .set_item(Some(super::policy_generation_item(issuer, &revocation.revocation_id)))
                                 .send()
                                 .await
                                 .map_err(|e| BrokerError::aws("dynamodb", "PutItem", &e))?;

@@ -70,21 +70,11 @@ impl DynamoLedger {
 
     /// An operator's revocation (a secret, grant, subject, lease or destination): the record
     /// revoke-fanout sweeps from and its audit event, atomically.
-    /// A subject revocation also raises the subject's fence in the same transaction, so from the
-    /// moment it is recorded no release for that identity can land, whatever any cache says.
+    /// A subject, grant or secret revocation also raises its fence in the same transaction, so
+    /// from the moment it is recorded no release through it can land, whatever any cache says.
     pub async fn record_revocation(&self, revocation: &Revocation, event: &AuditEvent) -> Result<()> {
         let mut items = vec![put_new(&self.revocations_table, revocation_item(revocation)?, "pk")?];
-        if revocation.target_kind == crate::domain::RevocationTarget::Subject {
-            let fence = Fence::subject_from_id(&revocation.target_id)
-                .ok_or(BrokerError::InvalidRequest("a subject is named <issuer>#<sub>"))?;
-            let origin = [
-                ("revocation_id", s(&revocation.revocation_id)),
-                ("actor", s(&revocation.actor)),
-                ("reason", s(&revocation.reason)),
-                ("at", n(revocation.at)),
-            ];
-            items.extend(fence_puts(self.registry()?, &fence, origin)?);
-        }
+        items.extend(revocation_fence_puts(self.registry()?, revocation)?);
         match self.audit.transact(items, event).await? {
             Ok(()) => Ok(()),
             Err(e) => Err(audited_transact_error(&e)),
@@ -182,10 +172,7 @@ pub(super) fn release_cancellation(err: &TransactError, items: &[ReleaseItem]) -
             ReleaseItem::Grant,
             BrokerError::PolicyDenied(crate::error::PolicyDenial::GrantRevoked),
         ),
-        (
-            ReleaseItem::Secret,
-            BrokerError::InvalidTarget("the secret is disabled"),
-        ),
+        (ReleaseItem::Secret, BrokerError::InvalidTarget("the secret is revoked")),
     ];
     for (item, error) in denial {
         if failed(item) {
@@ -193,6 +180,25 @@ pub(super) fn release_cancellation(err: &TransactError, items: &[ReleaseItem]) -
         }
     }
     Err(audited_transact_error(err))
+}
+
+/// The fence puts a revocation raises (subjects, grants, secrets; none for the others), each
+/// shard naming the revocation.
+pub(crate) fn revocation_fence_puts(registry: &str, revocation: &Revocation) -> Result<Vec<TransactWriteItem>> {
+    let kind = revocation.target_kind;
+    let Some(fence) = Fence::for_revocation(kind, &revocation.target_id) else {
+        if kind == crate::domain::RevocationTarget::Subject {
+            return Err(BrokerError::InvalidRequest("a subject is named <issuer>#<sub>"));
+        }
+        return Ok(Vec::new());
+    };
+    let origin = [
+        ("revocation_id", s(&revocation.revocation_id)),
+        ("actor", s(&revocation.actor)),
+        ("reason", s(&revocation.reason)),
+        ("at", n(revocation.at)),
+    ];
+    fence_puts(registry, &fence, origin)
 }
 
 /// Puts raising `fence` on every shard, each carrying `origin` (who raised it and why); a second
@@ -264,9 +270,14 @@ impl crate::ports::LeaseReader for DynamoLedger {
     }
 }
 
-#[async_trait]
-impl LeaseLedger for DynamoLedger {
-    async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
+impl DynamoLedger {
+    /// A release's transaction items (the audit event is appended by the audit writer) and what
+    /// each is, to read a cancellation by.
+    pub(super) fn release_items(
+        &self,
+        lease: &Lease,
+        replay: Option<&ReplayGuard>,
+    ) -> Result<(Vec<TransactWriteItem>, Vec<ReleaseItem>)> {
         let mut items = vec![put_new(&self.leases_table, Self::lease_item(lease)?, "pk")?];
         let mut roles = vec![ReleaseItem::Lease];
         if let Some(guard) = replay {
@@ -278,35 +289,20 @@ impl LeaseLedger for DynamoLedger {
             items.push(put_new(&self.leases_table, item, "pk")?);
             roles.push(ReleaseItem::Replay);
         }
-        // The grant (and a secret) must still be live, and neither the subject nor its issuer
-        // fenced, when the lease lands, whatever a cached read said: a revocation that disabled
-        // them first can never miss a lease written after its sweep.
+        // Neither the grant nor a secret revoked, nor the subject or its issuer fenced, when the
+        // lease lands, whatever a cached read said: a revocation raises its fence before fanout
+        // sweeps, so it can never miss a lease written after its sweep. Each fence is checked at
+        // one of its shards (by lease id), so no item is checked by every release of a popular
+        // grant, secret or subject (a hot item would cap it near 1,000 releases/s and make
+        // concurrent releases cancel each other).
         if let Some(registry) = &self.registry_table {
-            let grant = ConditionCheck::builder()
-                .table_name(registry)
-                .key("pk", s(keys::issuer_pk(&lease.issuer)))
-                .key("sk", s(keys::grant_sk(&lease.grant_id)))
-                .condition_expression("#status = :active AND approval_expires_at > :now")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":active", s("active"))
-                .expression_attribute_values(":now", n(lease.issued_at))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().condition_check(grant).build());
+            let shard = keys::fence_shard(&lease.lease_id);
+            items.push(fence_check(registry, &Fence::Grant(lease.grant_id.clone()), shard)?);
             roles.push(ReleaseItem::Grant);
             if lease.kind == crate::domain::TargetKind::Secret {
-                let secret = ConditionCheck::builder()
-                    .table_name(registry)
-                    .key("pk", s(keys::secret_pk(&lease.target)))
-                    .key("sk", s(keys::SECRET_SK))
-                    .condition_expression("enabled = :true")
-                    .expression_attribute_values(":true", AttributeValue::Bool(true))
-                    .build()
-                    .map_err(build_err)?;
-                items.push(TransactWriteItem::builder().condition_check(secret).build());
+                items.push(fence_check(registry, &Fence::Secret(lease.target.clone()), shard)?);
                 roles.push(ReleaseItem::Secret);
             }
-            let shard = keys::fence_shard(&lease.lease_id);
             let subject = Fence::Subject {
                 issuer: lease.issuer.clone(),
                 subject: lease.subject.clone(),
@@ -317,6 +313,14 @@ impl LeaseLedger for DynamoLedger {
             roles.push(ReleaseItem::IssuerFence);
         }
         roles.push(ReleaseItem::Audit);
+        Ok((items, roles))
+    }
+}
+
+#[async_trait]
+impl LeaseLedger for DynamoLedger {
+    async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
+        let (items, roles) = self.release_items(lease, replay)?;
         match self.audit.transact(items, event).await? {
             Ok(()) => Ok(()),
             Err(e) => release_cancellation(&e, &roles),

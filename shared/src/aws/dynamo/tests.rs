@@ -174,3 +174,35 @@ fn lease_items_carry_index_attributes_and_no_nulls() {
     let back: Lease = from_item(item, "lease").unwrap();
     assert_eq!(back, lease());
 }
+
+/// No registry item is condition-checked by every release of one grant, secret and subject: over
+/// many releases, each fence key is checked by about an eighth of them (a hot item would cap a
+/// popular grant at DynamoDB's per-item throughput and make its releases cancel each other).
+#[test]
+fn releases_of_one_grant_secret_and_subject_spread_over_fence_shards() {
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, &[]);
+    let ledger = DynamoLedger::new(client, "leases", "audit", "revocations").with_registry_guard("registry");
+    let releases = 400;
+    let mut checked: std::collections::BTreeMap<String, usize> = Default::default();
+    for _ in 0..releases {
+        let mut lease = lease();
+        lease.lease_id = uuid::Uuid::new_v4().to_string();
+        lease.kind = crate::domain::TargetKind::Secret;
+        lease.target = "secret-1".into();
+        let (items, _) = ledger.release_items(&lease, None).unwrap();
+        for item in items {
+            if let Some(check) = item.condition_check() {
+                let pk = check.key()["pk"].as_s().unwrap().clone();
+                *checked.entry(pk).or_default() += 1;
+            }
+        }
+    }
+    // grant, secret, subject and issuer fences, 8 shards each.
+    assert_eq!(checked.len(), 4 * keys::FENCE_SHARDS as usize, "{checked:?}");
+    let busiest = checked.values().max().copied().unwrap_or_default();
+    assert!(
+        busiest < releases / 4,
+        "the busiest item is checked by {busiest} of {releases} releases"
+    );
+    assert!(checked.keys().any(|k| k.contains("#grant#")) && checked.keys().any(|k| k.contains("#secret#")));
+}
