@@ -12,6 +12,7 @@ mod audit;
 mod deliveries;
 mod expiry;
 pub mod fanout;
+mod grant_writes;
 mod ledger;
 pub mod operator;
 mod registry;

@@ -8,7 +8,7 @@
 //! - updates are `UpdateItem`s of the attributes the operator owns, so what the broker keeps on
 //!   the same item (a destination's `exposed` flag, a secret's versions) is never overwritten.
 //!
-//! Secrets are written by `secret_writes`.
+//! Grants are written by `grant_writes`, secrets by `secret_writes`.
 //!
 //! `commit` runs every change plus one audit event in one `TransactWriteItems` (at most 100
 //! items, so 99 for changes), idempotent through the audit writer's `ClientRequestToken`. A
@@ -18,7 +18,7 @@
 use super::{
     DynamoLedger, Item, TransactError, build_err, cancellation_reasons, fence_deletes, fence_puts, keys, n, s, to_item,
 };
-use crate::domain::{AuditEvent, Destination, Fence, Grant, GrantStatus, Issuer, Target};
+use crate::domain::{AuditEvent, Destination, Fence, Issuer, Target};
 use crate::error::{BrokerError, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use std::collections::HashMap;
@@ -75,18 +75,8 @@ pub struct RegistryWrite {
     pub(super) write_id: String,
     changes: Vec<Change>,
     /// Issuers whose policy generation this write already moves.
-    generations: std::collections::BTreeSet<String>,
+    pub(super) generations: std::collections::BTreeSet<String>,
 }
-
-/// Grant attributes an update removes when the new grant has none.
-const GRANT_OPTIONAL: &[&str] = &[
-    "session_policy",
-    "delivers_to",
-    "issuers",
-    "subject",
-    "subject_pattern",
-    "condition",
-];
 
 impl RegistryWrite {
     pub fn new(registry_table: &str) -> Self {
@@ -139,121 +129,6 @@ impl RegistryWrite {
         let items = vec![self.upsert(key, item, &[], expect, None)?];
         self.push(format!("target {}", target.id), items);
         Ok(())
-    }
-
-    /// Register or update an active grant (an update requires it still active). The grant is
-    /// written once per issuer: the primary record (on the listing and approval indexes, and
-    /// conditional on the plan's read) and a copy under each other issuer, each with its
-    /// `policy_key` for the exchange's lookup by subject; copies under issuers the grant no longer
-    /// names (`previous`) are deleted. Each issuer's policy generation moves with it.
-    pub fn grant(&mut self, grant: &Grant, previous: Option<&Grant>, expect: Expect) -> Result<()> {
-        if grant.status != GrantStatus::Active {
-            return Err(BrokerError::InvalidRequest(
-                "only active grants are written; revoke with revoke_grant",
-            ));
-        }
-        if previous.is_some_and(|p| p.primary_issuer() != grant.primary_issuer()) {
-            return Err(BrokerError::InvalidRequest("a grant's first issuer never changes"));
-        }
-        let key = (keys::issuer_pk(grant.primary_issuer()), keys::grant_sk(&grant.id));
-        let mut records = super::grant_records(grant)?.into_iter();
-        let mut own = records
-            .next()
-            .ok_or(BrokerError::InvalidRequest("a grant names at least one issuer"))?;
-        own.remove("pk");
-        own.remove("sk");
-        let mut items = vec![self.upsert(key, own, GRANT_OPTIONAL, expect, Some("#status = :active"))?];
-        for mut copy in records {
-            copy.insert("write_id".into(), s(&self.write_id));
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(copy))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        let dropped: Vec<&String> = previous
-            .map(|p| p.issuers.iter().filter(|i| !grant.issuers.contains(i)).collect())
-            .unwrap_or_default();
-        for issuer in &dropped {
-            let delete = Delete::builder()
-                .table_name(&self.table)
-                .key("pk", s(keys::issuer_pk(issuer)))
-                .key("sk", s(keys::grant_sk(&grant.id)))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().delete(delete).build());
-        }
-        let touched: Vec<&String> = grant.issuers.iter().chain(dropped).collect();
-        items.extend(self.generation_bumps(touched)?);
-        self.push(format!("grant {}", grant.id), items);
-        Ok(())
-    }
-
-    /// Mark an active grant revoked (never deleted), if unchanged since read, with its copies
-    /// under its other issuers. Its leases are swept by the revocation record the caller writes
-    /// after the commit.
-    pub fn revoke_grant(&mut self, grant: &Grant, expect: Expect) -> Result<()> {
-        let Expect::Unchanged(write_id) = expect else {
-            return Err(BrokerError::InvalidRequest("only an existing grant is revoked"));
-        };
-        let mut update = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(keys::issuer_pk(grant.primary_issuer())))
-            .key("sk", s(keys::grant_sk(&grant.id)))
-            .update_expression("SET #status = :revoked, write_id = :write REMOVE approval_shard")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":revoked", s("revoked"))
-            .expression_attribute_values(":active", s("active"))
-            .expression_attribute_values(":write", s(&self.write_id));
-        let (condition, value) = unchanged_condition(write_id.as_deref());
-        update = update.condition_expression(format!("attribute_exists(pk) AND #status = :active AND {condition}"));
-        if let Some(value) = value {
-            update = update.expression_attribute_values(":expected_write", value);
-        }
-        let mut items = vec![
-            TransactWriteItem::builder()
-                .update(update.build().map_err(build_err)?)
-                .build(),
-        ];
-        for issuer in &grant.issuers[1..] {
-            let copy = Update::builder()
-                .table_name(&self.table)
-                .key("pk", s(keys::issuer_pk(issuer)))
-                .key("sk", s(keys::grant_sk(&grant.id)))
-                .update_expression("SET #status = :revoked, write_id = :write")
-                .condition_expression("attribute_exists(pk)")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":revoked", s("revoked"))
-                .expression_attribute_values(":write", s(&self.write_id))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().update(copy).build());
-        }
-        items.extend(self.generation_bumps(grant.issuers.iter())?);
-        self.push(format!("grant {} (revoke)", grant.id), items);
-        Ok(())
-    }
-
-    /// A new policy generation for each issuer not yet given one by this write: the exchange's
-    /// compiled policy of that issuer is reloaded when it sees it.
-    fn generation_bumps<'a>(
-        &mut self,
-        issuers: impl IntoIterator<Item = &'a String>,
-    ) -> Result<Vec<TransactWriteItem>> {
-        let mut items = Vec::new();
-        for issuer in issuers {
-            if !self.generations.insert(issuer.clone()) {
-                continue;
-            }
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(super::policy_generation_item(issuer, &self.write_id)))
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        Ok(items)
     }
 
     /// Register or update a destination and its links in each secret's collection (links to
@@ -451,7 +326,7 @@ impl RegistryWrite {
     }
 
     /// A `PutItem` for a create, an `UpdateItem` of the operator-owned attributes for an update.
-    fn upsert(
+    pub(super) fn upsert(
         &self,
         (pk, sk): (String, String),
         mut item: Item,
@@ -552,6 +427,7 @@ fn refusal(err: &TransactError, owners: &[&str]) -> WriteRefused {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Grant, GrantStatus};
 
     #[test]
     fn updates_set_only_what_operators_own_and_require_the_read_state() {
