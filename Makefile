@@ -37,11 +37,15 @@ $(DEPLOY_VENV)/.installed: infra/deploy/requirements.txt
 deploy-venv: $(DEPLOY_VENV)/.installed
 
 # Four bootstrap binaries in .aws-sam/build/<Function>/ (sam deploy --guided takes it from there).
+# ARCH: arm64 (the template's default) or x86_64; deploy with the same Architecture.
+ARCH ?= arm64
 deploy-build: deploy-venv
 	$(SAM) validate --lint --region us-east-1
-	$(SAM) build --beta-features --build-in-source
+	$(SAM) build --beta-features --build-in-source --parameter-overrides Architecture=$(ARCH)
 
 # Cold start, warm latency and peak memory of the built functions, against moto (measurement only).
+# The binaries run here, so they are built for this machine's architecture.
+bench-coldstart: ARCH = $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 bench-coldstart: venv deploy-build
 	bash infra/local/stack.sh bench
 

@@ -4,7 +4,8 @@
 //! - `rotation/`: secret rotation and the signing-key ring;
 //! - `fanout/`: revocation sweeps and deliveries to destinations;
 //! - `sweeper/`: expiry of leases and approvals, unconfirmed deliveries;
-//! - `http/`: the HTTP surface shared by the Lambda and the local runner;
+//! - `http/`: the HTTP surface shared by the Lambda and the local runner; `https`: the one
+//!   outbound connector (SDK, JWKS, hooks, SETs);
 //! - `domain/`: the model and its rules (no I/O); `ports`: the traits the flows need;
 //! - `aws/`: the adapters behind the ports; `wiring`: each function's composition root;
 //! - `testing/` (feature `test-util`): in-memory fakes and the demo issuer.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod exchange;
 pub mod fanout;
 pub mod http;
+pub mod https;
 pub mod jobs;
 pub mod ports;
 pub mod redact;

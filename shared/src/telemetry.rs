@@ -1,18 +1,30 @@
 //! Structured JSON logs to stdout (CloudWatch on Lambda; level from `RUST_LOG`, default `info`),
 //! and metrics as Embedded Metric Format lines on the same stream.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// `RUST_LOG` as a level (`debug`) or targets with levels (`nhi_broker=debug,warn`); what it does
+/// not set (or cannot be parsed) stays at `info`, so a typo never silences the audit trail's
+/// logs. Targets rather than an env filter: no regex engine in the binary.
+pub fn log_filter(rust_log: Option<&str>) -> Targets {
+    let targets = rust_log.and_then(|spec| spec.parse::<Targets>().ok()).unwrap_or_default();
+    match targets.default_level() {
+        Some(_) => targets,
+        None => targets.with_default(tracing::Level::INFO),
+    }
+}
 
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // try_init: a second call (tests, local runner) is harmless.
-    let _ = tracing_subscriber::fmt()
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let json = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_target(false)
         .with_current_span(false)
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    // try_init: a second call (tests, local runner) is harmless.
+    let _ = tracing_subscriber::registry().with(json).with(filter).try_init();
 }
 
 /// A CloudWatch Embedded Metric Format document: one JSON line that CloudWatch Logs turns into
@@ -49,6 +61,19 @@ pub fn emit_metrics(function: &str, metrics: &[(&str, u64)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_sets_the_level_and_a_bad_value_falls_back_to_info() {
+        use tracing::Level;
+        use tracing_subscriber::filter::LevelFilter;
+        assert_eq!(log_filter(None).default_level(), Some(LevelFilter::INFO));
+        assert_eq!(log_filter(Some("debug")).default_level(), Some(LevelFilter::DEBUG));
+        let targeted = log_filter(Some("nhi_broker=debug,warn"));
+        assert!(targeted.would_enable("nhi_broker::exchange", &Level::DEBUG));
+        assert!(!targeted.would_enable("hyper", &Level::INFO));
+        assert_eq!(log_filter(Some("[bad")).default_level(), Some(LevelFilter::INFO));
+        assert_eq!(log_filter(Some("nhi_broker=debug")).default_level(), Some(LevelFilter::INFO));
+    }
 
     #[test]
     fn emf_names_every_metric_with_its_value() {

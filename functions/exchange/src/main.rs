@@ -4,7 +4,7 @@ use lambda_http::{Error, service_fn};
 use nhi_broker::config::Config;
 use std::convert::Infallible;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = Config::from_env()?;

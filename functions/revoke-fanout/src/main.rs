@@ -5,7 +5,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use nhi_broker::jobs::FanoutInvocation;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     nhi_broker::telemetry::init();
     let config = nhi_broker::config::Config::from_env()?;

@@ -28,6 +28,7 @@ pub async fn sdk_config_with(
         .operation_timeout(settings.operation_timeout)
         .build();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(crate::https::sdk_http_client())
         .timeout_config(timeouts)
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(settings.max_attempts));
     if let Some(url) = endpoint_url {

@@ -45,7 +45,7 @@ struct Entry {
 }
 
 pub struct HttpIssuerKeys {
-    client: reqwest::Client,
+    client: crate::https::HttpsClient,
     settings: JwksSettings,
     /// One lock per URL, held across that URL's fetch: concurrent misses for one issuer cause one
     /// request, and a slow issuer never delays another's.
@@ -54,15 +54,9 @@ pub struct HttpIssuerKeys {
 
 impl HttpIssuerKeys {
     pub fn new(settings: JwksSettings) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            // A JWKS URL is operator-configured; never follow it elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| BrokerError::Config(format!("http client: {e}")))?;
+        // No redirects: a JWKS URL is operator-configured; never follow it elsewhere.
         Ok(Self {
-            client,
+            client: crate::https::HttpsClient::new(settings.timeout),
             settings,
             entries: std::sync::Mutex::new(HashMap::new()),
         })
@@ -75,34 +69,18 @@ impl HttpIssuerKeys {
 
     async fn fetch(&self, url: &str) -> Result<JwkSet> {
         check_jwks_url(url)?;
-        let mut response = self
+        let response = self
             .client
-            .get(url)
-            .header("accept", "application/json")
-            .send()
+            .get(url, &[("accept", "application/json")], self.settings.max_bytes)
             .await
-            .map_err(|_| BrokerError::JwksUnavailable("request failed"))?;
-        if !response.status().is_success() {
+            .map_err(|e| match e {
+                crate::https::HttpsError::TooLarge => BrokerError::JwksUnavailable("response too large"),
+                _ => BrokerError::JwksUnavailable("request failed"),
+            })?;
+        if !response.is_success() {
             return Err(BrokerError::JwksUnavailable("non-success status"));
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n as usize > self.settings.max_bytes)
-        {
-            return Err(BrokerError::JwksUnavailable("response too large"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|_| BrokerError::JwksUnavailable("read failed"))?
-        {
-            if body.len() + chunk.len() > self.settings.max_bytes {
-                return Err(BrokerError::JwksUnavailable("response too large"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice(&body).map_err(|_| BrokerError::JwksUnavailable("not a JWK Set"))
+        serde_json::from_slice(&response.body).map_err(|_| BrokerError::JwksUnavailable("not a JWK Set"))
     }
 }
 

@@ -2,7 +2,7 @@
 //! or events put on an EventBridge bus. Events carry ids and versions, never secret values.
 
 use crate::domain::{ChangeEvent, Destination, DestinationKind, UnixTime};
-use crate::error::{BrokerError, Result};
+use crate::error::Result;
 use crate::exchange::broker_token::sign_jwt;
 use crate::ports::{Clock, Notifier, NotifyFailure, TokenSigner};
 use async_trait::async_trait;
@@ -76,7 +76,7 @@ pub fn event_payload(event: &ChangeEvent) -> (&'static str, Value) {
 /// Pushes SETs: `POST` with `Content-Type: application/secevent+jwt`; any 2xx acknowledges
 /// (RFC 8935 says 202). No redirects, bounded time, the response body is never read.
 pub struct WebhookPusher {
-    http: reqwest::Client,
+    http: crate::https::HttpsClient,
     signer: Arc<dyn TokenSigner>,
     clock: Arc<dyn Clock>,
     issuer: String,
@@ -84,13 +84,9 @@ pub struct WebhookPusher {
 
 impl WebhookPusher {
     pub fn new(signer: Arc<dyn TokenSigner>, clock: Arc<dyn Clock>, issuer: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| BrokerError::Internal(format!("http client: {e}")))?;
         Ok(Self {
-            http,
+            // No redirects (crate::https), 10 s for the whole call.
+            http: crate::https::HttpsClient::new(Duration::from_secs(10)),
             signer,
             clock,
             issuer: issuer.to_string(),
@@ -131,18 +127,20 @@ impl WebhookPusher {
         })?;
         let response = self
             .http
-            .post(url)
-            .header(http::header::CONTENT_TYPE, "application/secevent+jwt")
-            .header(http::header::ACCEPT, "application/json")
-            .body(set.token.expose().to_string())
-            .send()
+            .post(
+                url,
+                &[("content-type", "application/secevent+jwt"), ("accept", "application/json")],
+                set.token.expose().as_bytes().to_vec(),
+                0,
+            )
             .await
-            .map_err(|e| NotifyFailure(if e.is_timeout() { "timeout" } else { "unreachable" }.into()))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(format!("http_{}", status.as_u16()))
+            .map_err(|e| {
+                NotifyFailure(if e == crate::https::HttpsError::Timeout { "timeout" } else { "unreachable" }.into())
+            })?;
+        if response.is_success() {
+            Ok(format!("http_{}", response.status))
         } else {
-            Err(NotifyFailure(format!("http_{}", status.as_u16())))
+            Err(NotifyFailure(format!("http_{}", response.status)))
         }
     }
 }

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 /// short-lived broker-signed JWT (`typ: nhi-rotation+jwt`, `aud` = the hook URL) the owning system
 /// verifies against the broker's JWKS. Responses are capped and never logged.
 pub struct HttpRotationHook {
-    client: reqwest::Client,
+    client: crate::https::HttpsClient,
     signer: Arc<dyn TokenSigner>,
     clock: Arc<dyn Clock>,
     broker_issuer: String,
@@ -42,13 +42,9 @@ struct HookCreated {
 
 impl HttpRotationHook {
     pub fn new(signer: Arc<dyn TokenSigner>, clock: Arc<dyn Clock>, broker_issuer: &str) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| BrokerError::Config(format!("http client: {e}")))?;
         Ok(Self {
-            client,
+            // No redirects (crate::https), 10 s for the whole call.
+            client: crate::https::HttpsClient::new(Duration::from_secs(10)),
             signer,
             clock,
             broker_issuer: broker_issuer.to_string(),
@@ -80,32 +76,29 @@ impl RotationHook for HttpRotationHook {
             nhi_version: version,
         };
         let auth = broker_token::sign_jwt(self.signer.as_ref(), "nhi-rotation+jwt", &claims).await?;
-        let unavailable = |_| BrokerError::RotationHookFailed("Unreachable".into());
-        let mut response = self
+        let authorization = Zeroizing::new(format!("Bearer {}", auth.token.expose()));
+        let request = serde_json::json!({ "action": action.as_str(), "secret_id": secret_id, "version": version });
+        let max_body = if action == HookAction::Create { MAX_HOOK_RESPONSE_BYTES } else { 0 };
+        let response = self
             .client
-            .post(url)
-            .bearer_auth(auth.token.expose())
-            .json(&serde_json::json!({ "action": action.as_str(), "secret_id": secret_id, "version": version }))
-            .send()
+            .post(
+                url,
+                &[("authorization", authorization.as_str()), ("content-type", "application/json")],
+                request.to_string().into_bytes(),
+                max_body,
+            )
             .await
-            .map_err(unavailable)?;
-        if !response.status().is_success() {
-            return Err(BrokerError::RotationHookFailed(format!(
-                "HTTP{}",
-                response.status().as_u16()
-            )));
+            .map_err(|e| match e {
+                crate::https::HttpsError::TooLarge => BrokerError::Internal("rotation hook response too large".into()),
+                _ => BrokerError::RotationHookFailed("Unreachable".into()),
+            })?;
+        if !response.is_success() {
+            return Err(BrokerError::RotationHookFailed(format!("HTTP{}", response.status)));
         }
         if action != HookAction::Create {
             return Ok(None);
         }
-        let mut body = Zeroizing::new(Vec::new());
-        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
-            if body.len() + chunk.len() > MAX_HOOK_RESPONSE_BYTES {
-                return Err(BrokerError::Internal("rotation hook response too large".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let created: HookCreated = serde_json::from_slice(&body)
+        let created: HookCreated = serde_json::from_slice(&response.body)
             .map_err(|_| BrokerError::Internal("rotation hook response is not {\"value\": ...}".into()))?;
         let value = SecretString::new(created.value);
         if value.is_empty() {
