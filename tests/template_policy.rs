@@ -36,6 +36,8 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "dynamodb:UpdateItem",
                 // Writers encrypt; only exchange decrypts.
                 "kms:Encrypt",
+                // Envelope signing keys, made by KMS; rotate never sees a private key.
+                "kms:GenerateDataKeyPairWithoutPlaintext",
                 "kms:Sign",
                 "kms:CreateKey",
             ]),
@@ -76,6 +78,9 @@ const CRYPTO_ACTIONS: &[&str] = &[
     "kms:GenerateDataKey",
     "kms:GenerateDataKey*",
     "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:GenerateDataKeyPair",
+    "kms:GenerateDataKeyPair*",
+    "kms:GenerateDataKeyPairWithoutPlaintext",
     "kms:Sign",
     "kms:*",
     "*",
@@ -227,7 +232,12 @@ fn every_function_environment_satisfies_the_typed_config() {
             let parameter = reference(vars.get(name)?)?;
             match &t["Parameters"][parameter.as_str()]["Default"] {
                 Value::Number(n) => Some(n.to_string()),
-                Value::String(s) if s.parse::<i64>().is_ok() => Some(s.clone()),
+                Value::String(s)
+                    if s.parse::<i64>().is_ok()
+                        || t["Parameters"][parameter.as_str()]["AllowedValues"].is_sequence() =>
+                {
+                    Some(s.clone())
+                }
                 _ => None,
             }
         };
@@ -298,7 +308,10 @@ fn function_sources() -> BTreeMap<&'static str, Vec<&'static str>> {
     BTreeMap::from([
         (
             "ExchangeRole",
-            src(&[&DYNAMO, &["aws/dynamo/rotation.rs", "aws/kms.rs", "aws/sts.rs"]]),
+            src(&[
+                &DYNAMO,
+                &["aws/dynamo/rotation.rs", "aws/kms.rs", "aws/envelope.rs", "aws/sts.rs"],
+            ]),
         ),
         ("RotateRole", src(&[&DYNAMO, &["aws/dynamo/rotation.rs", "aws/kms.rs"]])),
         (
@@ -331,6 +344,7 @@ fn call_sites(action: &str) -> Option<&'static [&'static str]> {
         "kms:Decrypt" => &[".decrypt()"],
         "kms:Encrypt" => &[".encrypt()"],
         "kms:CreateKey" => &[".create_key()"],
+        "kms:GenerateDataKeyPairWithoutPlaintext" => &[".generate_data_key_pair_without_plaintext()"],
         "sts:AssumeRole" => &[".assume_role()"],
         "sts:TagSession" => &[".set_tags(", ".tags("],
         "sts:SetSourceIdentity" => &[".source_identity("],

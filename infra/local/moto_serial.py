@@ -26,6 +26,12 @@ One more makes moto behave as DynamoDB where the broker depends on it and moto d
   the same token with other parameters is IdempotentParameterMismatchException. Without this, a
   retry after a lost response (which tests provoke) would fail its own conditions.
 
+And one KMS operation moto lacks, which the envelope signing mode uses:
+- GenerateDataKeyPairWithoutPlaintext (ECC_NIST_P256 only): a fresh P-256 key pair; the response
+  carries its public key (SubjectPublicKeyInfo DER) and its PKCS#8 private key encrypted under the
+  named symmetric key with the encryption context, exactly as moto's Encrypt would, so Decrypt
+  with the same context returns it. No plaintext leaves, as in KMS.
+
 The patches reach into moto's internals (backend classes, private attributes), so this file runs
 only against the moto version they were written for (PATCHED_MOTO_VERSION, pinned in
 requirements.txt); another version refuses to start rather than emulate DynamoDB wrongly.
@@ -34,6 +40,7 @@ Usage: moto_serial.py -H 127.0.0.1 -p PORT
 """
 
 import argparse
+import base64
 import copy
 import gc
 import hashlib
@@ -109,7 +116,39 @@ def _transact_in_place(self, transact_items):
         raise
 
 
+def _generate_data_key_pair_without_plaintext(self):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from moto.kms.exceptions import ValidationException
+
+    key_id = self._get_param("KeyId")
+    encryption_context = self._get_param("EncryptionContext", {})
+    spec = self._get_param("KeyPairSpec")
+    self._validate_key_id(key_id)
+    if spec != "ECC_NIST_P256":
+        raise ValidationException(f"KeyPairSpec {spec} is not emulated here (ECC_NIST_P256 only)")
+    private = ec.generate_private_key(ec.SECP256R1())
+    pkcs8 = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    ciphertext, arn = self.kms_backend.encrypt(
+        key_id=key_id, plaintext=pkcs8, encryption_context=encryption_context
+    )
+    return json.dumps({
+        "KeyId": arn,
+        "KeyPairSpec": spec,
+        "PublicKey": base64.b64encode(spki).decode(),
+        "PrivateKeyCiphertextBlob": base64.b64encode(ciphertext).decode(),
+    })
+
+
 def apply_patches():
+    from moto.kms.responses import KmsResponse
+
+    KmsResponse.generate_data_key_pair_without_plaintext = _generate_data_key_pair_without_plaintext
     StreamShard.__deepcopy__ = _copy_stream_shard
     BaseModel.__new__ = _new_model
     DynamoDBBackend.transact_write_items = _transact_in_place

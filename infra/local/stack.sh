@@ -76,11 +76,23 @@ case "$mode" in
     cargo test --workspace --lib --bins --tests "${@:2}"
     ;;
   bench)
-    # Cold start, warm latency and peak memory of the sam-built functions (make deploy-build first).
+    # Cold start, warm latency and peak memory of the sam-built functions (make deploy-build first),
+    # against two reference binaries built the same way in the same run: a hello-world lambda_http
+    # and the same with aws-config and the KMS and DynamoDB clients (infra/bench/baselines).
+    PATH="$root/.venv-deploy/bin:$PATH" "$root/.venv-deploy/bin/cargo-lambda" lambda build --release \
+      --"${BENCH_ARCH:-x86-64}" -p nhi-bench-baselines
+    cargo build -q -p brokerctl
     start_stack nhi-bench bench http://127.0.0.1:8787
-    for pair in ExchangeFunction:exchange-jwks-request RotateFunction:rotate-scheduled \
-      RevokeFanoutFunction:revoke-fanout-retry-scheduled ExpireSweeperFunction:expire-sweeper-scheduled; do
-      "$venv/bin/python" infra/bench/coldstart.py ".aws-sam/build/${pair%%:*}/bootstrap" "events/${pair#*:}.json" "${2:-20}"
+    # exchange's first invocation is a real token exchange (registered issuer, grant, subject token).
+    "$venv/bin/python" infra/bench/exchange_event.py "$root/target/debug/brokerctl" "$state/bench-exchange-event.json"
+    n=${2:-20}
+    for binary in target/lambda/hello-http/bootstrap target/lambda/hello-sdk/bootstrap; do
+      "$venv/bin/python" infra/bench/coldstart.py "$binary" events/exchange-jwks-request.json "$n"
+    done
+    "$venv/bin/python" infra/bench/coldstart.py .aws-sam/build/ExchangeFunction/bootstrap "$state/bench-exchange-event.json" "$n"
+    for pair in RotateFunction:rotate-scheduled RevokeFanoutFunction:revoke-fanout-retry-scheduled \
+      ExpireSweeperFunction:expire-sweeper-scheduled; do
+      "$venv/bin/python" infra/bench/coldstart.py ".aws-sam/build/${pair%%:*}/bootstrap" "events/${pair#*:}.json" "$n"
     done
     ;;
   *)

@@ -26,6 +26,8 @@ pub struct Config {
     pub signing_key_ring: String,
     /// How long a function reuses the signing-key ring it read (0 disables).
     pub signing_keys_cache: Duration,
+    /// How exchange signs tokens (`NHI_SIGNING_MODE`: `kms`, the default, or `envelope`).
+    pub signing_mode: crate::domain::SigningMode,
     pub rotation: RotationConfig,
     pub fanout: FanoutConfig,
     pub sweep: SweepConfig,
@@ -136,6 +138,9 @@ pub struct RotationConfig {
     pub concurrency: usize,
     /// Age at which the active signing key is replaced (0: never).
     pub signing_key_max_age_seconds: i64,
+    /// Age at which the active envelope key is replaced (signing mode `envelope`): short, so a
+    /// key that leaked from an execution environment soon signs nothing.
+    pub envelope_key_max_age_seconds: i64,
     /// KMS pending-deletion window of retired signing keys.
     pub key_deletion_window_days: i32,
     /// Roles allowed to sign with new signing keys (exchange, revoke-fanout, rotate), and the
@@ -196,6 +201,7 @@ impl Config {
         let concurrency = int("NHI_ROTATION_CONCURRENCY", 8, 1, 64);
         let signing_key_max_age_seconds = int("NHI_SIGNING_KEY_MAX_AGE_SECONDS", 30 * 86_400, 0, 366 * 86_400);
         let key_deletion_window_days = int("NHI_SIGNING_KEY_DELETION_WINDOW_DAYS", 30, 7, 30);
+        let envelope_key_max_age_seconds = int("NHI_ENVELOPE_KEY_MAX_AGE_SECONDS", 86_400, 3600, 7 * 86_400);
         let fanout_page_size = int("NHI_FANOUT_PAGE_SIZE", 100, 1, 1000);
         let fanout_concurrency = int("NHI_FANOUT_CONCURRENCY", 16, 1, 64);
         let delivery_max_attempts = int("NHI_DELIVERY_MAX_ATTEMPTS", 6, 1, 20);
@@ -227,6 +233,13 @@ impl Config {
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| "default".into());
 
+        let signing_mode = match lookup("NHI_SIGNING_MODE").filter(|v| !v.trim().is_empty()) {
+            None => crate::domain::SigningMode::Kms,
+            Some(raw) => crate::domain::SigningMode::parse(&raw).unwrap_or_else(|| {
+                problems.push("NHI_SIGNING_MODE must be kms or envelope".into());
+                crate::domain::SigningMode::Kms
+            }),
+        };
         let aws = AwsCallSettings::from_lookup(&lookup, &mut problems);
         if !broker_issuer.is_empty()
             && !broker_issuer.starts_with("https://")
@@ -262,10 +275,12 @@ impl Config {
             },
             signing_key_ring,
             signing_keys_cache: Duration::from_secs(signing_keys_cache_seconds as u64),
+            signing_mode,
             rotation: RotationConfig {
                 batch_size: batch_size as usize,
                 concurrency: concurrency as usize,
                 signing_key_max_age_seconds,
+                envelope_key_max_age_seconds,
                 key_deletion_window_days: key_deletion_window_days as i32,
                 key_signers,
                 key_admin_role,

@@ -31,7 +31,11 @@ pub fn connector() -> SharedHttpConnector {
         .get_or_init(|| {
             SharedHttpConnector::new(
                 Connector::builder()
-                    .connector_settings(HttpConnectorSettings::builder().connect_timeout(CONNECT_TIMEOUT).build())
+                    .connector_settings(
+                        HttpConnectorSettings::builder()
+                            .connect_timeout(CONNECT_TIMEOUT)
+                            .build(),
+                    )
                     .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
                     .build(),
             )
@@ -82,12 +86,7 @@ impl HttpsClient {
     }
 
     /// `GET url`; reads at most `max_body` bytes of the body.
-    pub async fn get(
-        &self,
-        url: &str,
-        headers: &[(&str, &str)],
-        max_body: usize,
-    ) -> Result<HttpsResponse, HttpsError> {
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<HttpsResponse, HttpsError> {
         self.send("GET", url, headers, Vec::new(), max_body).await
     }
 
@@ -117,7 +116,8 @@ impl HttpsClient {
         let request = request
             .body(SdkBody::from(body))
             .map_err(|_| HttpsError::InvalidRequest)?;
-        let request = aws_smithy_runtime_api::http::Request::try_from(request).map_err(|_| HttpsError::InvalidRequest)?;
+        let request =
+            aws_smithy_runtime_api::http::Request::try_from(request).map_err(|_| HttpsError::InvalidRequest)?;
         let exchange = async {
             let response = connector().call(request).await.map_err(|e| {
                 if e.is_timeout() {

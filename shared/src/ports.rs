@@ -139,6 +139,10 @@ pub trait SigningKeyAdmin: Send + Sync {
     /// A new ECC_NIST_P256 SIGN_VERIFY key usable by the broker's signers; returns its key id.
     async fn create_signing_key(&self, description: &str) -> Result<String>;
     async fn schedule_key_deletion(&self, key_id: &str, pending_window_days: i32) -> Result<()>;
+    /// A new P-256 envelope key for `kid`: its public key and its private key encrypted under the
+    /// wrapping key, bound to `envelope_key_context(kid)`. The plaintext private key is never seen
+    /// by the caller (KMS GenerateDataKeyPairWithoutPlaintext).
+    async fn create_envelope_key(&self, kid: &str) -> Result<crate::domain::EnvelopeKey>;
 }
 
 /// A PENDING version promoted to CURRENT, with what it replaces.
@@ -372,7 +376,7 @@ pub trait ExpiryStore: Send + Sync {
 pub trait IssuerKeys: Send + Sync {
     /// The issuer's JWK Set; `refresh` asks for a fresh copy (rate-limited by the implementation)
     /// because the token names a `kid` the cached copy lacks.
-    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<JwkSet>;
+    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<std::sync::Arc<JwkSet>>;
 }
 
 /// Time, injectable so tests can move it.

@@ -9,22 +9,55 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// not set (or cannot be parsed) stays at `info`, so a typo never silences the audit trail's
 /// logs. Targets rather than an env filter: no regex engine in the binary.
 pub fn log_filter(rust_log: Option<&str>) -> Targets {
-    let targets = rust_log.and_then(|spec| spec.parse::<Targets>().ok()).unwrap_or_default();
+    let targets = rust_log
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_default();
     match targets.default_level() {
         Some(_) => targets,
         None => targets.with_default(tracing::Level::INFO),
     }
 }
 
+/// The SDK's debug and trace events carry whole HTTP requests and responses: a KMS Decrypt
+/// response holds a secret's value (base64). Whatever RUST_LOG says, they stay off.
+pub fn is_wire_level(target: &str, level: &tracing::Level) -> bool {
+    *level > tracing::Level::INFO && WIRE_LEVEL_TARGETS.iter().any(|prefix| target.starts_with(prefix))
+}
+
+/// Crates whose debug/trace events log wire data (prefixes of tracing targets).
+const WIRE_LEVEL_TARGETS: &[&str] = &[
+    "aws_smithy",
+    "aws_sdk",
+    "aws_runtime",
+    "aws_config",
+    "hyper",
+    "h2",
+    "rustls",
+];
+
 pub fn init() {
+    init_with_writer(std::io::stdout);
+}
+
+/// As `init`, writing somewhere else (the bench formats every line as deployed, into a sink).
+pub fn init_with_writer<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let json = tracing_subscriber::fmt::layer()
         .json()
+        .with_writer(writer)
         .with_target(false)
         .with_current_span(false)
         .with_ansi(false);
     // try_init: a second call (tests, local runner) is harmless.
-    let _ = tracing_subscriber::registry().with(json).with(filter).try_init();
+    let wire = tracing_subscriber::filter::filter_fn(|meta| !is_wire_level(meta.target(), meta.level()));
+    let _ = tracing_subscriber::registry()
+        .with(json)
+        .with(filter)
+        .with(wire)
+        .try_init();
 }
 
 /// A CloudWatch Embedded Metric Format document: one JSON line that CloudWatch Logs turns into
@@ -72,7 +105,15 @@ mod tests {
         assert!(targeted.would_enable("nhi_broker::exchange", &Level::DEBUG));
         assert!(!targeted.would_enable("hyper", &Level::INFO));
         assert_eq!(log_filter(Some("[bad")).default_level(), Some(LevelFilter::INFO));
-        assert_eq!(log_filter(Some("nhi_broker=debug")).default_level(), Some(LevelFilter::INFO));
+        assert_eq!(
+            log_filter(Some("nhi_broker=debug")).default_level(),
+            Some(LevelFilter::INFO)
+        );
+        // Wire-level SDK events never, whatever RUST_LOG asks.
+        assert!(is_wire_level("aws_smithy_runtime::client::orchestrator", &Level::DEBUG));
+        assert!(is_wire_level("aws_sdk_kms::operation::decrypt", &Level::TRACE));
+        assert!(!is_wire_level("aws_smithy_runtime::client::orchestrator", &Level::INFO));
+        assert!(!is_wire_level("nhi_broker::exchange", &Level::TRACE));
     }
 
     #[test]

@@ -80,6 +80,22 @@ pub fn signer(
     aws::kms::KmsSigner::with_ring(kms.clone(), &config.signing_key_id, ring, config.signing_keys_cache)
 }
 
+/// Exchange's signer: in signing mode `envelope` it signs in-process with the active envelope key
+/// (it alone may decrypt those keys); fanout and rotate always sign with KMS keys.
+pub fn exchange_signer(
+    config: &Config,
+    ring: Arc<dyn crate::ports::KeyRingStore>,
+    kms: &aws_sdk_kms::Client,
+) -> aws::kms::KmsSigner {
+    let signer = signer(config, ring, kms);
+    match config.signing_mode {
+        crate::domain::SigningMode::Kms => signer,
+        crate::domain::SigningMode::Envelope => {
+            signer.with_envelope_keys(aws::envelope::EnvelopeKeys::new(kms.clone(), &config.secrets_key_id))
+        }
+    }
+}
+
 /// The rotate function's service: secrets registry, KMS (encrypt only, key lifecycle, signing for
 /// hook calls) and the key ring. Built once per execution environment.
 pub fn rotation_service(
@@ -104,10 +120,10 @@ pub fn rotation_service(
         )),
         hook: Arc::new(HttpRotationHook::new(signer, clock.clone(), &config.broker_issuer)?),
         key_ring: ring,
-        key_admin: Arc::new(aws::kms::KmsKeyAdmin::new(
-            clients.kms.clone(),
-            config.rotation.signing_key_policy(),
-        )),
+        key_admin: Arc::new(
+            aws::kms::KmsKeyAdmin::new(clients.kms.clone(), config.rotation.signing_key_policy())
+                .with_wrapping_key(&config.secrets_key_id),
+        ),
         clock,
         settings: RotationSettings {
             batch_size: config.rotation.batch_size,
@@ -119,7 +135,8 @@ pub fn rotation_service(
                 config.signing_keys_cache.as_secs() as i64,
                 config.clock_leeway_seconds,
                 config.rotation.key_deletion_window_days,
-            ),
+            )
+            .with_envelope(config.signing_mode, config.rotation.envelope_key_max_age_seconds),
         },
     })
 }
@@ -227,7 +244,7 @@ pub fn broker_api_with(config: &Config, clients: impl Into<ExchangeClients>) -> 
             // Secrets are read fresh on every release: a rotation takes effect at once.
             secrets: Arc::new(aws::dynamo::DynamoRegistry::new(dynamo.clone(), &config.registry_table)),
             decryptor: Arc::new(aws::kms::KmsSecretCipher::new(kms.clone(), &config.secrets_key_id)),
-            signer: Arc::new(signer(config, key_ring(config, &dynamo), &kms)),
+            signer: Arc::new(exchange_signer(config, key_ring(config, &dynamo), &kms)),
             roles: Arc::new(aws::sts::StsRoleAssumer::new(sts)),
             issuer_keys: Arc::new(HttpIssuerKeys::new(config.jwks.clone())?),
             clock: Arc::new(SystemClock),

@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use nhi_broker::domain::{Grant, GrantStatus, Target, TargetKind};
 use nhi_broker::http::BrokerApi;
 use nhi_broker::testing::FakeBroker;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 const TOKEN_EVENT: &str = include_str!("../../events/exchange-token-request.json");
@@ -124,6 +125,66 @@ async fn a_failed_ledger_write_releases_nothing_and_asks_the_client_to_retry() {
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(body.get("access_token").is_none());
     assert!(w.ledger.leases.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_jwt_is_signed_while_its_release_is_recorded_not_after() {
+    let w = world();
+    // Signer and ledger each wait for the other: done one after the other, neither returns.
+    let both = Arc::new(tokio::sync::Barrier::new(2));
+    *w.signer.rendezvous.lock().unwrap() = Some(both.clone());
+    *w.ledger.rendezvous.lock().unwrap() = Some(both);
+    let token = w
+        .issuer
+        .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
+        .unwrap();
+    let exchange = respond(&w.api, token_event_with_subject_token(token.expose()));
+    let (status, body, _) = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .expect("signature and release transaction overlap");
+    assert_eq!(status, 200, "{body}");
+    let lease = w.ledger.leases.lock().unwrap()[0].clone();
+    let kid = jsonwebtoken::decode_header(body["access_token"].as_str().unwrap())
+        .unwrap()
+        .kid;
+    assert_eq!(
+        kid.as_deref(),
+        Some(lease.key_id.as_str()),
+        "the lease names the key that signed"
+    );
+}
+
+#[tokio::test]
+async fn a_signature_that_fails_after_the_release_was_recorded_returns_no_token_and_revokes_its_lease() {
+    let w = world();
+    w.signer.fail.store(true, Ordering::SeqCst);
+    let token = w
+        .issuer
+        .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
+        .unwrap();
+    let (status, body, _) = respond(&w.api, token_event_with_subject_token(token.expose())).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.get("access_token").is_none());
+    let events = w.ledger.events.lock().unwrap();
+    let reasons: Vec<_> = events.iter().map(|e| e.reason.clone().unwrap_or_default()).collect();
+    assert!(
+        reasons.contains(&"signing_failed_after_record".to_string()),
+        "{reasons:?}"
+    );
+    let lease = w.ledger.leases.lock().unwrap()[0].clone();
+    assert_eq!(
+        lease.status,
+        nhi_broker::domain::LeaseStatus::Revoked,
+        "inventory never counts it"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.lease_id.as_deref() == Some(lease.lease_id.as_str()))
+            .count(),
+        2,
+        "the correction names the lease"
+    );
 }
 
 #[tokio::test]

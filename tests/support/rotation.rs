@@ -167,10 +167,10 @@ impl Rotator {
             encryptor: Arc::new(KmsSecretCipher::new(clients.kms.clone(), &config.secrets_key_id)),
             hook: Arc::new(HttpRotationHook::new(signer, clock.clone(), &config.broker_issuer).unwrap()),
             key_ring,
-            key_admin: Arc::new(KmsKeyAdmin::new(
-                clients.kms.clone(),
-                config.rotation.signing_key_policy(),
-            )),
+            key_admin: Arc::new(
+                KmsKeyAdmin::new(clients.kms.clone(), config.rotation.signing_key_policy())
+                    .with_wrapping_key(&config.secrets_key_id),
+            ),
             clock: clock.clone(),
             settings: RotationSettings {
                 batch_size: config.rotation.batch_size,

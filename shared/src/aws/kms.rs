@@ -1,17 +1,18 @@
-//! ES256 signing with a KMS asymmetric key (ECC_NIST_P256, SIGN_VERIFY).
+//! ES256 signing with a KMS asymmetric key (ECC_NIST_P256, SIGN_VERIFY), or, for exchange in
+//! signing mode `envelope`, in-process with the ring's active envelope key (`super::envelope`).
 //!
 //! KMS returns DER-encoded ECDSA signatures; JWS wants the fixed 64-byte `r || s`. The message is
 //! sent with `MessageType=RAW` (KMS hashes it), which is also the mode moto signs correctly.
 
-use crate::domain::KeyRing;
+use crate::domain::{EnvelopeKey, KeyRing, SigningMode, envelope_key_context};
 use crate::error::{BrokerError, Result};
 use crate::ports::{KeyRingStore, SecretDecryptor, SecretEncryptor, SigningKeyAdmin, TokenSigner};
 use crate::redact::SecretString;
 use async_trait::async_trait;
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
+use aws_sdk_kms::types::{DataKeyPairSpec, KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::JwkSet;
 use p256::pkcs8::DecodePublicKey;
 use std::collections::HashMap;
@@ -27,8 +28,10 @@ pub struct KmsSigner {
     /// The deployed key: the active key until rotate first writes the ring.
     bootstrap_key_id: String,
     ring_ttl: Duration,
-    cached_ring: Mutex<Option<(Instant, KeyRing)>>,
+    cached_ring: Mutex<Option<(Instant, Arc<KeyRing>)>>,
     public_keys: Mutex<HashMap<String, serde_json::Value>>,
+    /// Envelope signing (exchange only: it alone may decrypt the keys); `None` signs with KMS.
+    envelope: Option<super::envelope::EnvelopeKeys>,
 }
 
 impl KmsSigner {
@@ -59,32 +62,58 @@ impl KmsSigner {
             ring_ttl,
             cached_ring: Mutex::new(None),
             public_keys: Mutex::new(HashMap::new()),
+            envelope: None,
+        }
+    }
+
+    /// Sign in-process with the ring's active envelope key once there is one (mode `envelope`).
+    pub fn with_envelope_keys(self, keys: super::envelope::EnvelopeKeys) -> Self {
+        Self {
+            envelope: Some(keys),
+            ..self
+        }
+    }
+
+    fn mode(&self) -> SigningMode {
+        if self.envelope.is_some() {
+            SigningMode::Envelope
+        } else {
+            SigningMode::Kms
         }
     }
 
     /// The ring as stored, or the bootstrap ring before rotate has written one.
-    async fn ring(&self) -> Result<KeyRing> {
+    async fn ring(&self) -> Result<Arc<KeyRing>> {
         let Some(store) = &self.ring else {
-            return Ok(KeyRing::bootstrap(&self.bootstrap_key_id, 0));
+            return Ok(Arc::new(KeyRing::bootstrap(&self.bootstrap_key_id, 0)));
         };
         if let Some((at, ring)) = self.cached_ring.lock().ok().and_then(|c| c.clone())
             && at.elapsed() < self.ring_ttl
         {
             return Ok(ring);
         }
-        let ring = store
-            .load()
-            .await?
-            .unwrap_or_else(|| KeyRing::bootstrap(&self.bootstrap_key_id, 0));
+        let ring = Arc::new(
+            store
+                .load()
+                .await?
+                .unwrap_or_else(|| KeyRing::bootstrap(&self.bootstrap_key_id, 0)),
+        );
         if let Ok(mut cached) = self.cached_ring.lock() {
             *cached = Some((Instant::now(), ring.clone()));
         }
         Ok(ring)
     }
 
-    async fn public_jwk(&self, key_id: &str) -> Result<serde_json::Value> {
+    async fn public_jwk(&self, key: &crate::domain::SigningKey) -> Result<serde_json::Value> {
+        let key_id = key.key_id.as_str();
         if let Some(jwk) = self.public_keys.lock().ok().and_then(|k| k.get(key_id).cloned()) {
             return Ok(jwk);
+        }
+        if let Some(material) = &key.envelope {
+            let der = STANDARD
+                .decode(&material.public_key)
+                .map_err(|_| BrokerError::CorruptRecord("envelope public key".into()))?;
+            return spki_to_jwk(&der, key_id);
         }
         let output = self
             .client
@@ -131,12 +160,19 @@ pub fn spki_to_jwk(spki_der: &[u8], kid: &str) -> Result<serde_json::Value> {
 impl TokenSigner for KmsSigner {
     async fn active_key_id(&self) -> Result<String> {
         let ring = self.ring().await?;
-        ring.active()
+        ring.signing_key(self.mode())
             .map(|k| k.key_id.clone())
             .ok_or_else(|| BrokerError::CorruptRecord("signing-key ring has no active key".into()))
     }
 
     async fn sign_es256(&self, key_id: &str, signing_input: &[u8]) -> Result<[u8; 64]> {
+        if let Some(envelope) = &self.envelope {
+            let ring = self.ring().await?;
+            if let Some(material) = ring.key(key_id).and_then(|k| k.envelope.as_ref()) {
+                let ring_kids: Vec<&str> = ring.keys.iter().map(|k| k.key_id.as_str()).collect();
+                return envelope.sign(key_id, material, signing_input, &ring_kids).await;
+            }
+        }
         let output = self
             .client
             .sign()
@@ -159,22 +195,36 @@ impl TokenSigner for KmsSigner {
         let ring = self.ring().await?;
         let mut keys = Vec::with_capacity(ring.keys.len());
         for key in &ring.keys {
-            keys.push(self.public_jwk(&key.key_id).await?);
+            keys.push(self.public_jwk(key).await?);
         }
         serde_json::from_value(serde_json::json!({ "keys": keys })).map_err(|e| BrokerError::Internal(e.to_string()))
     }
 }
 
-/// Creates signing keys whose key policy lets only the named roles sign, and deletes retired ones.
+/// Creates signing keys whose key policy lets only the named roles sign, and deletes retired ones;
+/// creates envelope keys under the wrapping (secrets) key.
 pub struct KmsKeyAdmin {
     client: aws_sdk_kms::Client,
     /// The key policy every new signing key gets; `None` leaves KMS's default (local emulator only).
     key_policy: Option<String>,
+    /// The symmetric key envelope private keys are encrypted under (signing mode `envelope`).
+    wrapping_key_id: Option<String>,
 }
 
 impl KmsKeyAdmin {
     pub fn new(client: aws_sdk_kms::Client, key_policy: Option<String>) -> Self {
-        Self { client, key_policy }
+        Self {
+            client,
+            key_policy,
+            wrapping_key_id: None,
+        }
+    }
+
+    pub fn with_wrapping_key(self, key_id: impl Into<String>) -> Self {
+        Self {
+            wrapping_key_id: Some(key_id.into()),
+            ..self
+        }
     }
 }
 
@@ -246,6 +296,31 @@ impl SigningKeyAdmin for KmsKeyAdmin {
             .map_err(|e| BrokerError::aws("kms", "ScheduleKeyDeletion", &e))?;
         Ok(())
     }
+
+    async fn create_envelope_key(&self, kid: &str) -> Result<EnvelopeKey> {
+        let wrapping_key = self
+            .wrapping_key_id
+            .as_deref()
+            .ok_or_else(|| BrokerError::Config("envelope signing needs the secrets key (NHI_SECRETS_KEY_ID)".into()))?;
+        let output = self
+            .client
+            .generate_data_key_pair_without_plaintext()
+            .key_id(wrapping_key)
+            .key_pair_spec(DataKeyPairSpec::EccNistP256)
+            .set_encryption_context(Some(context_map(&envelope_key_context(kid))))
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("kms", "GenerateDataKeyPairWithoutPlaintext", &e))?;
+        let (Some(public_key), Some(ciphertext)) = (output.public_key, output.private_key_ciphertext_blob) else {
+            return Err(BrokerError::Internal("KMS returned no key pair".into()));
+        };
+        // Refuse anything but a P-256 public key before it is ever published.
+        spki_to_jwk(public_key.as_ref(), kid)?;
+        Ok(EnvelopeKey {
+            public_key: STANDARD.encode(public_key.as_ref()),
+            private_key_ciphertext: STANDARD.encode(ciphertext.as_ref()),
+        })
+    }
 }
 
 /// Secret material under the symmetric secrets key, always with the version's encryption context.
@@ -263,7 +338,7 @@ impl KmsSecretCipher {
     }
 }
 
-fn context_map(context: &[(String, String)]) -> std::collections::HashMap<String, String> {
+pub(crate) fn context_map(context: &[(String, String)]) -> std::collections::HashMap<String, String> {
     context.iter().cloned().collect()
 }
 

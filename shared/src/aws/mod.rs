@@ -3,6 +3,7 @@
 
 pub mod call_counter;
 pub mod dynamo;
+pub mod envelope;
 pub mod eventbridge;
 pub mod iam;
 pub mod kms;

@@ -1,9 +1,71 @@
 //! The broker's signing keys and their ring.
+//!
+//! Two kinds of key live in one ring, each with its own lifecycle (next, active, retired):
+//! - KMS keys (ECC_NIST_P256, SIGN_VERIFY): every signature is a KMS `Sign` call. Always present:
+//!   revoke-fanout and rotate sign with them, and they never decrypt anything.
+//! - envelope keys (signing mode `envelope`): P-256 key pairs made by KMS
+//!   `GenerateDataKeyPairWithoutPlaintext`; the ring holds the public key and the private key
+//!   encrypted under the secrets key (encryption context `nhi:purpose=signing-key`, `nhi:kid`).
+//!   Only exchange decrypts it (once per execution environment) and signs in-process, past the
+//!   per-account KMS request quota. They are short-lived: see `RotationConfig`.
 
 use super::*;
 use serde::{Deserialize, Serialize};
 
-/// Lifecycle of a broker signing key (a KMS ECC_NIST_P256 key).
+/// The `kid` prefix of envelope keys (KMS key ids are UUIDs or `mrk-...`).
+pub const ENVELOPE_KID_PREFIX: &str = "env-";
+/// Encryption-context value of `nhi:purpose` for envelope private keys.
+pub const ENVELOPE_KEY_PURPOSE: &str = "signing-key";
+
+/// How exchange signs the tokens it issues (`NHI_SIGNING_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SigningMode {
+    /// Every token signed by KMS `Sign`: one CloudTrail record per signature.
+    #[default]
+    Kms,
+    /// Tokens signed in-process with the active envelope key (KMS keys until one is active).
+    Envelope,
+}
+
+impl SigningMode {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "kms" => Some(Self::Kms),
+            "envelope" => Some(Self::Envelope),
+            _ => None,
+        }
+    }
+}
+
+/// The encryption context an envelope private key is bound to.
+pub fn envelope_key_context(kid: &str) -> Vec<(String, String)> {
+    vec![
+        ("nhi:purpose".into(), ENVELOPE_KEY_PURPOSE.into()),
+        ("nhi:kid".into(), kid.into()),
+    ]
+}
+
+/// An envelope key's material as stored in the ring: nothing here is secret without KMS.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeKey {
+    /// SubjectPublicKeyInfo DER, base64.
+    pub public_key: String,
+    /// The PKCS#8 private key as KMS encrypted it, base64.
+    pub private_key_ciphertext: String,
+}
+
+impl std::fmt::Debug for EnvelopeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvelopeKey")
+            .field(
+                "private_key_ciphertext",
+                &format_args!("<{} chars>", self.private_key_ciphertext.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lifecycle of a broker signing key (a KMS ECC_NIST_P256 key or an envelope key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SigningKeyState {
@@ -29,6 +91,15 @@ pub struct SigningKey {
     /// Retired keys: stay in the JWKS until then, then are scheduled for deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_until: Option<UnixTime>,
+    /// Envelope keys only: their material (KMS keys have none here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<EnvelopeKey>,
+}
+
+impl SigningKey {
+    pub fn is_envelope(&self) -> bool {
+        self.envelope.is_some()
+    }
 }
 
 /// Every signing key the broker currently publishes, stored as one item and changed only by a
@@ -55,17 +126,36 @@ impl KeyRing {
                 activate_at: None,
                 activated_at: Some(now),
                 publish_until: None,
+                envelope: None,
             }],
             pending_deletion: Vec::new(),
             version: 0,
         }
     }
 
+    /// The active KMS key: what every KMS signer (rotate, revoke-fanout, exchange in `kms` mode)
+    /// signs with.
     pub fn active(&self) -> Option<&SigningKey> {
-        self.keys.iter().find(|k| k.state == SigningKeyState::Active)
+        self.with_state(SigningKeyState::Active, false)
     }
 
-    pub fn with_state(&self, state: SigningKeyState) -> Option<&SigningKey> {
-        self.keys.iter().find(|k| k.state == state)
+    /// The key of one kind (`envelope` or KMS) in `state`.
+    pub fn with_state(&self, state: SigningKeyState, envelope: bool) -> Option<&SigningKey> {
+        self.keys
+            .iter()
+            .find(|k| k.state == state && k.is_envelope() == envelope)
+    }
+
+    /// The key exchange signs with in `mode`: in envelope mode the active envelope key, or the
+    /// active KMS key until the first envelope key is active.
+    pub fn signing_key(&self, mode: SigningMode) -> Option<&SigningKey> {
+        match mode {
+            SigningMode::Kms => self.active(),
+            SigningMode::Envelope => self.with_state(SigningKeyState::Active, true).or_else(|| self.active()),
+        }
+    }
+
+    pub fn key(&self, kid: &str) -> Option<&SigningKey> {
+        self.keys.iter().find(|k| k.key_id == kid)
     }
 }

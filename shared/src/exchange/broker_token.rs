@@ -52,14 +52,29 @@ pub struct Signed {
     pub key_id: String,
 }
 
+/// The JWS `typ` of broker access tokens (RFC 9068).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
 /// Sign a broker access token (`typ: at+jwt`) with the active key.
 pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims) -> Result<Signed> {
-    sign_jwt(signer, "at+jwt", claims).await
+    sign_jwt(signer, ACCESS_TOKEN_TYP, claims).await
 }
 
 /// Sign any claims as a compact JWS with the active key; `typ` tells token kinds apart, so a
 /// relying party can never mistake one for another.
 pub async fn sign_jwt<T: Serialize>(signer: &dyn TokenSigner, typ: &'static str, claims: &T) -> Result<Signed> {
+    prepare(signer, typ, claims).await?.sign(signer).await
+}
+
+/// A token ready to be signed: its key is chosen and its signing input built, so the caller can
+/// record which key signs it while the signature is being made.
+pub struct Unsigned {
+    pub key_id: String,
+    signing_input: String,
+}
+
+/// The header and claims of a JWS for the active key, not yet signed.
+pub async fn prepare<T: Serialize>(signer: &dyn TokenSigner, typ: &'static str, claims: &T) -> Result<Unsigned> {
     let key_id = signer.active_key_id().await?;
     let header = Header {
         alg: "ES256",
@@ -72,11 +87,20 @@ pub async fn sign_jwt<T: Serialize>(signer: &dyn TokenSigner, typ: &'static str,
             "token claims exceed the KMS RAW signing limit".into(),
         ));
     }
-    let signature = signer.sign_es256(&key_id, signing_input.as_bytes()).await?;
-    Ok(Signed {
-        token: SecretString::new(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))),
-        key_id,
-    })
+    Ok(Unsigned { key_id, signing_input })
+}
+
+impl Unsigned {
+    pub async fn sign(self, signer: &dyn TokenSigner) -> Result<Signed> {
+        let signature = signer.sign_es256(&self.key_id, self.signing_input.as_bytes()).await?;
+        let mut token = self.signing_input;
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(Signed {
+            token: SecretString::new(token),
+            key_id: self.key_id,
+        })
+    }
 }
 
 fn b64_json<T: Serialize>(value: &T) -> Result<String> {

@@ -39,7 +39,7 @@ impl Default for JwksSettings {
 #[derive(Default)]
 struct Entry {
     /// The last successfully fetched set, and when.
-    keys: Option<(JwkSet, Instant)>,
+    keys: Option<(Arc<JwkSet>, Instant)>,
     last_attempt: Option<Instant>,
     last_attempt_failed: bool,
 }
@@ -50,7 +50,10 @@ pub struct HttpIssuerKeys {
     /// One lock per URL, held across that URL's fetch: concurrent misses for one issuer cause one
     /// request, and a slow issuer never delays another's.
     entries: std::sync::Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+    static_sets: std::sync::Mutex<HashMap<String, Arc<JwkSet>>>,
 }
+
+const MAX_STATIC_SETS: usize = 1024;
 
 impl HttpIssuerKeys {
     pub fn new(settings: JwksSettings) -> Result<Self> {
@@ -59,7 +62,25 @@ impl HttpIssuerKeys {
             client: crate::https::HttpsClient::new(settings.timeout),
             settings,
             entries: std::sync::Mutex::new(HashMap::new()),
+            static_sets: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A static JWKS, parsed once per distinct document (registrations are bounded; the map is
+    /// emptied if it ever holds more than `MAX_STATIC_SETS`).
+    fn static_set(&self, jwks: &str) -> Result<Arc<JwkSet>> {
+        if let Some(set) = self.static_sets.lock().ok().and_then(|sets| sets.get(jwks).cloned()) {
+            return Ok(set);
+        }
+        let set: Arc<JwkSet> =
+            Arc::new(serde_json::from_str(jwks).map_err(|_| BrokerError::CorruptRecord("issuer static jwks".into()))?);
+        if let Ok(mut sets) = self.static_sets.lock() {
+            if sets.len() >= MAX_STATIC_SETS {
+                sets.clear();
+            }
+            sets.insert(jwks.to_string(), set.clone());
+        }
+        Ok(set)
     }
 
     fn entry(&self, url: &str) -> Arc<Mutex<Entry>> {
@@ -103,11 +124,9 @@ pub fn check_jwks_url(url: &str) -> Result<()> {
 ///   serves known `kid`s.
 #[async_trait]
 impl IssuerKeys for HttpIssuerKeys {
-    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<JwkSet> {
+    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<Arc<JwkSet>> {
         let url = match &issuer.jwks {
-            JwksSource::Static { jwks } => {
-                return serde_json::from_str(jwks).map_err(|_| BrokerError::CorruptRecord("issuer static jwks".into()));
-            }
+            JwksSource::Static { jwks } => return self.static_set(jwks),
             JwksSource::Url { url } => url,
         };
         let slot = self.entry(url);
@@ -137,6 +156,7 @@ impl IssuerKeys for HttpIssuerKeys {
         entry.last_attempt = Some(now);
         match self.fetch(url).await {
             Ok(keys) => {
+                let keys = Arc::new(keys);
                 entry.keys = Some((keys.clone(), now));
                 entry.last_attempt_failed = false;
                 Ok(keys)

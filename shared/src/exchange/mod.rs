@@ -7,8 +7,9 @@ pub mod subject_token;
 pub mod token_admin;
 
 use crate::domain::{
-    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, STS_MAX_SESSION_SECONDS, STS_MIN_SESSION_SECONDS,
-    TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind, secret_encryption_context,
+    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, Revocation, RevocationTarget, STS_MAX_SESSION_SECONDS,
+    STS_MIN_SESSION_SECONDS, TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind,
+    secret_encryption_context,
 };
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
@@ -69,6 +70,12 @@ pub struct IssuedToken {
     pub secret_version: Option<String>,
     /// For AWS credentials: access key id and secret access key (the session token is `access_token`).
     pub aws_credentials: Option<(String, SecretString)>,
+}
+
+/// A credential made before its lease is recorded, or a JWT whose signature is made alongside.
+enum Pending {
+    Ready(SecretString),
+    Jwt(broker_token::Unsigned),
 }
 
 #[derive(Debug, Clone)]
@@ -245,8 +252,8 @@ impl ExchangeService {
             status: LeaseStatus::Active,
             destination: decision.grant.delivers_to.clone(),
         };
-        // The credential is produced before the lease is recorded and returned only after: a failed
-        // write releases nothing.
+        // The credential is produced before the lease is recorded (a JWT's signature alongside the
+        // record) and returned only after: a failed write releases nothing.
         let mut aws_secret_access_key = None;
         let (credential, issued_token_type, token_type) = match current_secret {
             None if request.requested == RequestedCredential::AwsCredentials => {
@@ -272,7 +279,11 @@ impl ExchangeService {
                     .await?;
                 lease.aws_access_key_id = Some(credentials.access_key_id.clone());
                 aws_secret_access_key = Some((credentials.access_key_id, credentials.secret_access_key));
-                (credentials.session_token, TOKEN_TYPE_AWS_CREDENTIALS, "N_A")
+                (
+                    Pending::Ready(credentials.session_token),
+                    TOKEN_TYPE_AWS_CREDENTIALS,
+                    "N_A",
+                )
             }
             None => {
                 let claims = BrokerClaims {
@@ -291,16 +302,17 @@ impl ExchangeService {
                     },
                     env: target.environment.clone(),
                 };
-                let signed = broker_token::mint(self.signer.as_ref(), &claims).await?;
-                lease.key_id = signed.key_id;
-                (signed.token, TOKEN_TYPE_JWT, "Bearer")
+                let unsigned =
+                    broker_token::prepare(self.signer.as_ref(), broker_token::ACCESS_TOKEN_TYP, &claims).await?;
+                lease.key_id = unsigned.key_id.clone();
+                (Pending::Jwt(unsigned), TOKEN_TYPE_JWT, "Bearer")
             }
             Some(current) => {
                 let context =
                     secret_encryption_context(&current.secret.id, &current.version, &current.secret.environment);
                 let value = self.decryptor.decrypt(&current.ciphertext, &context).await?;
                 lease.secret_version = Some(current.version);
-                (value, TOKEN_TYPE_SECRET, "N_A")
+                (Pending::Ready(value), TOKEN_TYPE_SECRET, "N_A")
             }
         };
 
@@ -315,7 +327,30 @@ impl ExchangeService {
             ..AuditEvent::new(AuditAction::TokenExchange, AuditOutcome::Released, now)
         };
         let replay = replay_guard(&subject, self.settings.clock_leeway_seconds)?;
-        self.ledger.record_release(&lease, &event, replay.as_ref()).await?;
+        let credential = match credential {
+            Pending::Ready(value) => {
+                self.ledger.record_release(&lease, &event, replay.as_ref()).await?;
+                value
+            }
+            // Signature and release transaction need nothing from each other: made together, a
+            // JWT costs the slower of the two round trips, not their sum. The token leaves only
+            // if both succeeded; a lease recorded for a signature that failed released nothing
+            // (no token carries its id) and is revoked at once, so inventory never counts it.
+            Pending::Jwt(unsigned) => {
+                let (signed, recorded) = futures::join!(
+                    unsigned.sign(self.signer.as_ref()),
+                    self.ledger.record_release(&lease, &event, replay.as_ref())
+                );
+                recorded?;
+                match signed {
+                    Ok(signed) => signed.token,
+                    Err(e) => {
+                        self.revoke_unsigned(&lease, &request.request_id, now).await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
         tracing::info!(
             lease_id = %lease_id,
             kind = lease.kind.as_str(),
@@ -339,6 +374,32 @@ impl ExchangeService {
             secret_version: lease.secret_version,
             aws_credentials: aws_secret_access_key,
         })
+    }
+
+    /// The lease of a JWT whose signature failed after the lease was recorded: revoked with its
+    /// reason (best effort; if this fails too, the lease expires with the token that never was).
+    async fn revoke_unsigned(&self, lease: &Lease, request_id: &str, now: i64) {
+        let revocation = Revocation {
+            revocation_id: uuid::Uuid::now_v7().to_string(),
+            target_kind: RevocationTarget::Lease,
+            target_id: lease.lease_id.clone(),
+            actor: "broker".into(),
+            reason: "signing failed after the lease was recorded; no token was issued".into(),
+            at: now,
+        };
+        let event = AuditEvent {
+            actor_issuer: Some(lease.issuer.clone()),
+            actor_subject: Some(lease.subject.clone()),
+            target: Some(lease.target.clone()),
+            grant_id: Some(lease.grant_id.clone()),
+            lease_id: Some(lease.lease_id.clone()),
+            reason: Some("signing_failed_after_record".into()),
+            request_id: Some(request_id.to_string()),
+            ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
+        };
+        if let Err(e) = self.ledger.revoke_lease(lease, &revocation, &event).await {
+            tracing::error!(error = %e, lease_id = %lease.lease_id, "could not revoke the lease of an unsigned token");
+        }
     }
 
     async fn audit_denial(&self, request: &ExchangeRequest, context: &UnverifiedContext, err: &BrokerError, now: i64) {

@@ -129,13 +129,23 @@ impl WebhookPusher {
             .http
             .post(
                 url,
-                &[("content-type", "application/secevent+jwt"), ("accept", "application/json")],
+                &[
+                    ("content-type", "application/secevent+jwt"),
+                    ("accept", "application/json"),
+                ],
                 set.token.expose().as_bytes().to_vec(),
                 0,
             )
             .await
             .map_err(|e| {
-                NotifyFailure(if e == crate::https::HttpsError::Timeout { "timeout" } else { "unreachable" }.into())
+                NotifyFailure(
+                    if e == crate::https::HttpsError::Timeout {
+                        "timeout"
+                    } else {
+                        "unreachable"
+                    }
+                    .into(),
+                )
             })?;
         if response.is_success() {
             Ok(format!("http_{}", response.status))

@@ -78,12 +78,19 @@ impl RotationHook for HttpRotationHook {
         let auth = broker_token::sign_jwt(self.signer.as_ref(), "nhi-rotation+jwt", &claims).await?;
         let authorization = Zeroizing::new(format!("Bearer {}", auth.token.expose()));
         let request = serde_json::json!({ "action": action.as_str(), "secret_id": secret_id, "version": version });
-        let max_body = if action == HookAction::Create { MAX_HOOK_RESPONSE_BYTES } else { 0 };
+        let max_body = if action == HookAction::Create {
+            MAX_HOOK_RESPONSE_BYTES
+        } else {
+            0
+        };
         let response = self
             .client
             .post(
                 url,
-                &[("authorization", authorization.as_str()), ("content-type", "application/json")],
+                &[
+                    ("authorization", authorization.as_str()),
+                    ("content-type", "application/json"),
+                ],
                 request.to_string().into_bytes(),
                 max_body,
             )

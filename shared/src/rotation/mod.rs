@@ -466,7 +466,10 @@ mod tests {
         assert_eq!(plan_key_step(&ring, false, 0, &s), Some(KeyStep::Initialize));
         let ring = stored(&ring);
         assert_eq!(plan_key_step(&ring, true, 999, &s), None);
-        assert_eq!(plan_key_step(&ring, true, 1000, &s), Some(KeyStep::CreateNext));
+        assert_eq!(
+            plan_key_step(&ring, true, 1000, &s),
+            Some(KeyStep::CreateNext { envelope: false })
+        );
         let mut ring = ring;
         ring.keys.push(SigningKey {
             key_id: "k1".into(),
@@ -475,6 +478,7 @@ mod tests {
             activate_at: Some(1000 + s.overlap_seconds),
             activated_at: None,
             publish_until: None,
+            envelope: None,
         });
         // Published, not signing, until the overlap has passed.
         assert_eq!(plan_key_step(&ring, true, 1000 + s.overlap_seconds - 1, &s), None);
@@ -496,6 +500,58 @@ mod tests {
         assert_eq!(
             plan_key_step(&ring, true, 5000, &s),
             Some(KeyStep::ScheduleDeletion("k0".into()))
+        );
+    }
+
+    #[test]
+    fn envelope_keys_live_beside_kms_keys_with_their_own_shorter_lifecycle() {
+        use crate::domain::{EnvelopeKey, SigningMode};
+        let s = settings().with_envelope(SigningMode::Envelope, 5000);
+        let mut ring = stored(&KeyRing::bootstrap("k0", 0));
+        // The first run in envelope mode creates one at once; the KMS key keeps signing meanwhile.
+        assert_eq!(
+            plan_key_step(&ring, true, 10, &s),
+            Some(KeyStep::CreateNext { envelope: true })
+        );
+        ring.keys.push(SigningKey {
+            key_id: "env-1".into(),
+            state: SigningKeyState::Next,
+            created_at: 10,
+            activate_at: Some(10 + s.overlap_seconds),
+            activated_at: None,
+            publish_until: None,
+            envelope: Some(EnvelopeKey {
+                public_key: "p".into(),
+                private_key_ciphertext: "c".into(),
+            }),
+        });
+        assert_eq!(ring.signing_key(SigningMode::Envelope).unwrap().key_id, "k0");
+        assert_eq!(plan_key_step(&ring, true, 9 + s.overlap_seconds, &s), None);
+        assert_eq!(
+            plan_key_step(&ring, true, 10 + s.overlap_seconds, &s),
+            Some(KeyStep::Activate("env-1".into()))
+        );
+        ring.keys[1].state = SigningKeyState::Active;
+        ring.keys[1].activated_at = Some(1000);
+        assert_eq!(ring.signing_key(SigningMode::Envelope).unwrap().key_id, "env-1");
+        assert_eq!(ring.signing_key(SigningMode::Kms).unwrap().key_id, "k0");
+        assert_eq!(ring.active().unwrap().key_id, "k0", "KMS signers keep the KMS key");
+        // Each lifecycle has its own max age: the KMS key's (1000) comes first.
+        assert_eq!(
+            plan_key_step(&ring, true, 1000, &s),
+            Some(KeyStep::CreateNext { envelope: false })
+        );
+        ring.keys[0].activated_at = Some(10_000);
+        assert_eq!(plan_key_step(&ring, true, 5999, &s), None);
+        assert_eq!(
+            plan_key_step(&ring, true, 6000, &s),
+            Some(KeyStep::CreateNext { envelope: true })
+        );
+        // Back in kms mode the envelope key is retired (and later dropped, never KMS-deleted).
+        let kms_mode = settings();
+        assert_eq!(
+            plan_key_step(&ring, true, 6000, &kms_mode),
+            Some(KeyStep::Retire("env-1".into()))
         );
     }
 

@@ -15,8 +15,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct InMemoryPolicy {
@@ -81,6 +81,8 @@ pub struct InMemoryLedger {
     pub fail_writes: std::sync::atomic::AtomicBool,
     /// Standing fences, by `Fence::scope`.
     pub fences: Mutex<std::collections::HashSet<String>>,
+    /// When set, a release waits here (with the signer: proves the two overlap).
+    pub rendezvous: Mutex<Option<Arc<tokio::sync::Barrier>>>,
 }
 
 impl InMemoryLedger {
@@ -131,6 +133,10 @@ impl crate::ports::LeaseReader for InMemoryLedger {
 #[async_trait]
 impl LeaseLedger for InMemoryLedger {
     async fn record_release(&self, lease: &Lease, event: &AuditEvent, replay: Option<&ReplayGuard>) -> Result<()> {
+        let rendezvous = self.rendezvous.lock().unwrap().clone();
+        if let Some(barrier) = rendezvous {
+            barrier.wait().await;
+        }
         self.check()?;
         match self.standing_fence(&lease.issuer, &lease.subject) {
             Some(Fence::Subject { .. }) => return Err(BrokerError::TokenRejected(TokenRejection::SubjectRevoked)),
@@ -194,6 +200,10 @@ impl LeaseLedger for InMemoryLedger {
 pub struct LocalSigner {
     key_id: String,
     pair: EcdsaKeyPair,
+    /// When set, a signature waits here (with the ledger: proves the two overlap).
+    pub rendezvous: Mutex<Option<Arc<tokio::sync::Barrier>>>,
+    /// When set, signing fails as KMS would when the key is unusable.
+    pub fail: std::sync::atomic::AtomicBool,
 }
 
 impl LocalSigner {
@@ -204,6 +214,8 @@ impl LocalSigner {
         Self {
             key_id: key_id.to_string(),
             pair,
+            rendezvous: Mutex::new(None),
+            fail: Default::default(),
         }
     }
 }
@@ -215,7 +227,11 @@ impl TokenSigner for LocalSigner {
     }
 
     async fn sign_es256(&self, key_id: &str, signing_input: &[u8]) -> Result<[u8; 64]> {
-        if key_id != self.key_id {
+        let rendezvous = self.rendezvous.lock().unwrap().clone();
+        if let Some(barrier) = rendezvous {
+            barrier.wait().await;
+        }
+        if key_id != self.key_id || self.fail.load(Ordering::SeqCst) {
             return Err(BrokerError::Internal("unknown signing key".into()));
         }
         let sig = self
@@ -320,6 +336,7 @@ impl RoleAssumer for RecordingRoleAssumer {
 pub struct FakeBroker {
     pub api: crate::http::BrokerApi,
     pub ledger: std::sync::Arc<InMemoryLedger>,
+    pub signer: std::sync::Arc<LocalSigner>,
     pub issuer: crate::testing::demo_issuer::DemoIssuer,
 }
 
@@ -357,13 +374,14 @@ impl FakeBroker {
             vec![target],
         );
         let ledger = Arc::new(InMemoryLedger::default());
+        let signer = Arc::new(LocalSigner::generate("test-key"));
         let service = crate::exchange::ExchangeService {
             policy: Arc::new(crate::exchange::policy::catalog::PolicyCatalog::new(
                 Arc::new(policy),
                 policy_ttl,
             )),
             ledger: ledger.clone(),
-            signer: Arc::new(LocalSigner::generate("test-key")),
+            signer: signer.clone(),
             issuer_keys: Arc::new(
                 crate::exchange::jwks::HttpIssuerKeys::new(crate::exchange::jwks::JwksSettings::default())
                     .expect("http client"),
@@ -381,6 +399,7 @@ impl FakeBroker {
         Self {
             api: crate::http::BrokerApi::new(service),
             ledger,
+            signer,
             issuer: demo,
         }
     }

@@ -245,4 +245,15 @@ impl crate::ports::SigningKeyAdmin for RecordingKeyAdmin {
         self.deleted.lock().unwrap().push(key_id.to_string());
         Ok(())
     }
+
+    /// A real public key; the "ciphertext" is a marker no KMS would decrypt.
+    async fn create_envelope_key(&self, kid: &str) -> Result<crate::domain::EnvelopeKey> {
+        use base64::Engine;
+        self.created.lock().unwrap().push(kid.to_string());
+        let (spki, _) = crate::aws::envelope::generate_envelope_key_pair();
+        Ok(crate::domain::EnvelopeKey {
+            public_key: base64::engine::general_purpose::STANDARD.encode(spki),
+            private_key_ciphertext: "fake".into(),
+        })
+    }
 }

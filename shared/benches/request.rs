@@ -1,0 +1,586 @@
+//! CPU of one real token-exchange request, against its floor, in the same run.
+//!
+//! The request is what the exchange Lambda does for an API Gateway event: parse the event JSON,
+//! parse the form, verify the subject token against the issuer's JWKS (fetched once over HTTP
+//! from loopback and cached, as in production), evaluate the policy (catalog warm), sign the
+//! broker JWT, record the lease transaction, write the JSON log line (the production subscriber,
+//! into a sink), build the response. AWS is the real SDK (KMS and DynamoDB clients: request
+//! building, SigV4, response parsing) with its HTTP layer answering canned responses at once.
+//!
+//! Subject tokens: a GitHub-Actions-like RS256 token (about 1 kB, 30 claims) and an ES256 one.
+//! Signing modes: `kms` (SDK Sign call) and `envelope` (in-process ES256 with the decrypted key).
+//!
+//! The floor is the unavoidable part of the same request: the subject token's signature verified
+//! with aws-lc, the broker token signed (the same SDK Sign call, same message, in kms mode; aws-lc
+//! in envelope mode) and the very TransactWriteItems the request sent (its items captured by an
+//! interceptor, sent again through the same SDK client), without any of the broker's logic. The
+//! bench prints full / floor per case and exits 1 above 1.3x.
+//!
+//! Run: `cargo bench -p nhi-broker --bench request` (release profile).
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorFuture, SharedHttpConnector, http_client_fn};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_types::body::SdkBody;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use nhi_broker::domain::{
+    EnvelopeKey, Grant, GrantStatus, Issuer, JwksSource, KeyRing, SigningKey, SigningKeyState, SubjectMatch, Target,
+    TargetKind,
+};
+use nhi_broker::exchange::jwks::{HttpIssuerKeys, JwksSettings};
+use nhi_broker::exchange::policy::catalog::PolicyCatalog;
+use nhi_broker::exchange::{ExchangeService, ExchangeSettings};
+use nhi_broker::http::BrokerApi;
+use nhi_broker::ports::KeyRingStore;
+use nhi_broker::testing::{FixedClock, InMemoryPolicy, InMemorySecrets, RecordingRoleAssumer};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const REQUESTS: usize = 2000;
+const ROUNDS: usize = 3;
+const LIMIT: f64 = 1.3;
+const AUDIENCE: &str = "nhi-broker";
+const TARGET: &str = "https://deploy.example.com";
+const SUBJECT: &str = "repo:octo-org/octo-repo:environment:prod";
+const KMS_KEY: &str = "0f6c2f7e-3c55-4b6b-9d59-0a3c1f1a2b3c";
+const ENVELOPE_KID: &str = "env-0193b7c2a1d07b8e9f0a1b2c3d4e5f60";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The canned AWS: every call answered at once with what the service would send.
+#[derive(Debug, Clone)]
+struct CannedAws {
+    /// A DER ECDSA signature, as KMS Sign returns.
+    signature_der: Arc<Vec<u8>>,
+    /// The envelope key's PKCS#8, as KMS Decrypt returns it.
+    envelope_pkcs8: Arc<Vec<u8>>,
+}
+
+impl HttpConnector for CannedAws {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let body = match target {
+            "TrentService.Sign" => serde_json::json!({
+                "KeyId": format!("arn:aws:kms:us-east-1:123456789012:key/{KMS_KEY}"),
+                "Signature": STANDARD.encode(self.signature_der.as_slice()),
+                "SigningAlgorithm": "ECDSA_SHA_256",
+            })
+            .to_string(),
+            "TrentService.Decrypt" => serde_json::json!({
+                "KeyId": "arn:aws:kms:us-east-1:123456789012:key/secrets",
+                "Plaintext": STANDARD.encode(self.envelope_pkcs8.as_slice()),
+                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            })
+            .to_string(),
+            "DynamoDB_20120810.TransactWriteItems" => "{}".to_string(),
+            other => panic!("the bench's warm path makes no {other} call"),
+        };
+        let response = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amzn-requestid", "bench")
+            .body(SdkBody::from(body))
+            .unwrap();
+        HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
+    }
+}
+
+async fn canned_sdk(aws: CannedAws) -> aws_config::SdkConfig {
+    let connector = SharedHttpConnector::new(aws);
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http_client_fn(move |_, _| connector.clone()))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            "AKIDBENCHBENCHBENCH",
+            "bench/secret/key/bench/secret/key/bench0",
+            Some("session-token".into()),
+            None,
+            "bench",
+        ))
+        .load()
+        .await
+}
+
+/// Keeps the last TransactWriteItems and Sign inputs the exchange built, for the floor to resend.
+#[derive(Debug, Clone, Default)]
+struct Captured {
+    transaction: Arc<std::sync::Mutex<Option<Vec<aws_sdk_dynamodb::types::TransactWriteItem>>>>,
+    sign_message: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Captured {
+    fn name(&self) -> &'static str {
+        "bench-capture"
+    }
+
+    fn read_before_serialization(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
+        use aws_sdk_kms::operation::sign::SignInput;
+        if let Some(input) = context.input().downcast_ref::<TransactWriteItemsInput>() {
+            *self.transaction.lock().unwrap() = input.transact_items.clone();
+        }
+        if let Some(input) = context.input().downcast_ref::<SignInput>() {
+            *self.sign_message.lock().unwrap() = input.message.as_ref().map(|m| m.as_ref().to_vec());
+        }
+        Ok(())
+    }
+}
+
+/// The signing-key ring as the exchange caches it (read from DynamoDB once a minute on AWS).
+struct FixedRing(KeyRing);
+
+#[async_trait::async_trait]
+impl KeyRingStore for FixedRing {
+    async fn load(&self) -> nhi_broker::Result<Option<KeyRing>> {
+        Ok(Some(self.0.clone()))
+    }
+    async fn save(&self, _: &KeyRing, _: Option<i64>, _: &nhi_broker::domain::AuditEvent) -> nhi_broker::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// An identity provider's key: RS256 (GitHub) or ES256.
+enum IdpKey {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+impl IdpKey {
+    fn alg(&self) -> &'static str {
+        match self {
+            IdpKey::Rsa(_) => "RS256",
+            IdpKey::Ec(_) => "ES256",
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        match self {
+            IdpKey::Rsa(pair) => {
+                let public = pair.public_key();
+                let n = public.modulus().big_endian_without_leading_zero().to_vec();
+                let e = public.exponent().big_endian_without_leading_zero().to_vec();
+                serde_json::json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "idp-rsa",
+                    "n": URL_SAFE_NO_PAD.encode(n), "e": URL_SAFE_NO_PAD.encode(e)})
+            }
+            IdpKey::Ec(pair) => {
+                let point = pair.public_key().as_ref();
+                serde_json::json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "idp-ec",
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])})
+            }
+        }
+    }
+
+    fn sign(&self, input: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        match self {
+            IdpKey::Rsa(pair) => {
+                let mut sig = vec![0; pair.public_modulus_len()];
+                pair.sign(&signature::RSA_PKCS1_SHA256, &rng, input, &mut sig).unwrap();
+                sig
+            }
+            IdpKey::Ec(pair) => pair.sign(&rng, input).unwrap().as_ref().to_vec(),
+        }
+    }
+
+    /// Verify as the floor does: aws-lc on the raw key, nothing else.
+    fn verify(&self, token: &str) {
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        match self {
+            IdpKey::Rsa(pair) => {
+                let public = pair.public_key();
+                let components = signature::RsaPublicKeyComponents {
+                    n: public.modulus().big_endian_without_leading_zero(),
+                    e: public.exponent().big_endian_without_leading_zero(),
+                };
+                components
+                    .verify(&signature::RSA_PKCS1_2048_8192_SHA256, input.as_bytes(), &sig)
+                    .unwrap()
+            }
+            IdpKey::Ec(pair) => {
+                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, pair.public_key())
+                    .verify(input.as_bytes(), &sig)
+                    .unwrap()
+            }
+        }
+    }
+
+    fn kid(&self) -> &'static str {
+        match self {
+            IdpKey::Rsa(_) => "idp-rsa",
+            IdpKey::Ec(_) => "idp-ec",
+        }
+    }
+
+    fn mint(&self, claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({"typ": "JWT", "alg": self.alg(), "kid": self.kid(), "x5t": "bench"});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+}
+
+/// A GitHub Actions OIDC token's claims (the shape GitHub documents).
+fn github_claims(issuer: &str, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "sub": SUBJECT,
+        "environment": "prod",
+        "aud": AUDIENCE,
+        "ref": "refs/heads/main",
+        "sha": "d6f4a9c2b8e1f3a5c7d9e0b2a4c6e8f0a1b3c5d7",
+        "repository": "octo-org/octo-repo",
+        "repository_owner": "octo-org",
+        "repository_owner_id": "1234567",
+        "run_id": "9876543210",
+        "run_number": "1842",
+        "run_attempt": "1",
+        "repository_visibility": "private",
+        "repository_id": "76543210",
+        "actor_id": "2345678",
+        "actor": "octocat",
+        "workflow": "deploy",
+        "head_ref": "",
+        "base_ref": "",
+        "event_name": "push",
+        "ref_protected": "true",
+        "ref_type": "branch",
+        "workflow_ref": "octo-org/octo-repo/.github/workflows/deploy.yml@refs/heads/main",
+        "workflow_sha": "d6f4a9c2b8e1f3a5c7d9e0b2a4c6e8f0a1b3c5d7",
+        "job_workflow_ref": "octo-org/octo-repo/.github/workflows/deploy.yml@refs/heads/main",
+        "job_workflow_sha": "d6f4a9c2b8e1f3a5c7d9e0b2a4c6e8f0a1b3c5d7",
+        "runner_environment": "github-hosted",
+        "iss": issuer,
+        "nbf": now - 5,
+        "exp": now + 300,
+        "iat": now - 5,
+    })
+}
+
+/// Serves one JWKS on loopback (HTTP), the way an identity provider serves it over HTTPS.
+async fn serve_jwks(jwks: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/.well-known/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+struct Case {
+    name: String,
+    api: BrokerApi,
+    event: String,
+    idp: Arc<IdpKey>,
+    token: String,
+    envelope: Option<Arc<EcdsaKeyPair>>,
+    kms: aws_sdk_kms::Client,
+    dynamo: aws_sdk_dynamodb::Client,
+    captured: Captured,
+}
+
+async fn case(idp: Arc<IdpKey>, envelope_mode: bool, aws: CannedAws, envelope_pair: Arc<EcdsaKeyPair>) -> Case {
+    let now = now();
+    let issuer_url = "https://token.actions.githubusercontent.com";
+    let jwks_url = serve_jwks(serde_json::json!({ "keys": [idp.jwk()] }).to_string()).await;
+    let issuer = Issuer {
+        issuer: issuer_url.into(),
+        name: "github".into(),
+        audiences: vec![AUDIENCE.into()],
+        jwks: JwksSource::Url { url: jwks_url },
+        algorithms: vec![idp.alg().into()],
+        enabled: true,
+        one_time_jti: false,
+        pattern_prefix_segments: 2,
+    };
+    let grant = Grant {
+        id: "octo-repo-deploys".into(),
+        issuers: vec![issuer_url.into()],
+        subject: SubjectMatch::Exact(SUBJECT.into()),
+        claims: serde_json::from_value(
+            serde_json::json!({"repository_owner": ["octo-org"], "ref_protected": ["true"]}),
+        )
+        .unwrap(),
+        condition: None,
+        environment: "prod".into(),
+        targets: vec![TARGET.into()],
+        scopes: vec!["deploy".into()],
+        max_ttl_seconds: 900,
+        session_policy: None,
+        approval_expires_at: now + 86_400,
+        owner: "platform".into(),
+        justification: "bench".into(),
+        status: GrantStatus::Active,
+        created_at: now - 100,
+        delivers_to: None,
+    };
+    let target = Target {
+        id: TARGET.into(),
+        kind: TargetKind::Jwt,
+        environment: "prod".into(),
+        owner: "platform".into(),
+        enabled: true,
+    };
+    let sdk = canned_sdk(aws).await;
+    let captured = Captured::default();
+    let calls = nhi_broker::aws::call_counter::CallCounter::default();
+    let clients = nhi_broker::wiring::ExchangeClients {
+        dynamo: aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .interceptor(calls.clone())
+                .interceptor(captured.clone())
+                .build(),
+        ),
+        kms: aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&sdk)
+                .interceptor(calls.clone())
+                .interceptor(captured.clone())
+                .build(),
+        ),
+        sts: aws_sdk_sts::Client::new(&sdk),
+        calls,
+    };
+    let mut ring = KeyRing::bootstrap(KMS_KEY, now - 1000);
+    let envelope_spki = {
+        use p256::pkcs8::EncodePublicKey;
+        p256::PublicKey::from_sec1_bytes(envelope_pair.public_key().as_ref())
+            .unwrap()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    };
+    ring.keys.push(SigningKey {
+        key_id: ENVELOPE_KID.into(),
+        state: SigningKeyState::Active,
+        created_at: now - 1000,
+        activate_at: None,
+        activated_at: Some(now - 500),
+        publish_until: None,
+        envelope: Some(EnvelopeKey {
+            public_key: STANDARD.encode(envelope_spki),
+            private_key_ciphertext: STANDARD.encode(b"ciphertext as stored"),
+        }),
+    });
+    let mut signer = nhi_broker::aws::kms::KmsSigner::with_ring(
+        clients.kms.clone(),
+        KMS_KEY,
+        Arc::new(FixedRing(ring)),
+        Duration::from_secs(600),
+    );
+    if envelope_mode {
+        signer = signer.with_envelope_keys(nhi_broker::aws::envelope::EnvelopeKeys::new(
+            clients.kms.clone(),
+            "secrets",
+        ));
+    }
+    let service = ExchangeService {
+        policy: Arc::new(PolicyCatalog::new(
+            Arc::new(InMemoryPolicy::with(vec![issuer], vec![grant], vec![target])),
+            Duration::from_secs(600),
+        )),
+        ledger: Arc::new(
+            nhi_broker::aws::dynamo::DynamoLedger::new(clients.dynamo.clone(), "leases", "audit", "revocations")
+                .with_registry_guard("registry"),
+        ),
+        secrets: Arc::new(InMemorySecrets::default()),
+        decryptor: Arc::new(nhi_broker::aws::kms::KmsSecretCipher::new(
+            clients.kms.clone(),
+            "secrets",
+        )),
+        signer: Arc::new(signer),
+        roles: Arc::new(RecordingRoleAssumer::default()),
+        issuer_keys: Arc::new(HttpIssuerKeys::new(JwksSettings::default()).unwrap()),
+        clock: Arc::new(FixedClock::at(now)),
+        settings: ExchangeSettings {
+            broker_issuer: "https://broker.example.com".into(),
+            max_token_ttl_seconds: 3600,
+            clock_leeway_seconds: 30,
+        },
+    };
+    let api = BrokerApi::with_call_counter(service, clients.calls.clone());
+    let token = idp.mint(&github_claims(issuer_url, now));
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("subject_token", token.as_str()),
+        ("audience", TARGET),
+        ("scope", "deploy"),
+    ])
+    .unwrap();
+    let mut event: serde_json::Value =
+        serde_json::from_str(include_str!("../../events/exchange-token-request.json")).unwrap();
+    event["body"] = STANDARD.encode(form).into();
+    Case {
+        name: format!(
+            "{} subject token ({} B), {} signing",
+            idp.alg(),
+            token.len(),
+            if envelope_mode { "envelope" } else { "kms" }
+        ),
+        api,
+        event: event.to_string(),
+        idp,
+        token,
+        envelope: envelope_mode.then_some(envelope_pair),
+        kms: clients.kms,
+        dynamo: clients.dynamo,
+        captured,
+    }
+}
+
+/// One full request: the Lambda event as API Gateway sends it, to the response.
+async fn full(case: &Case) {
+    let request = lambda_http::request::from_str(&case.event).unwrap();
+    let response = case.api.handle(request).await;
+    assert_eq!(response.status(), 200, "{:?}", response.body());
+}
+
+/// The floor: verify, sign, and the same transaction through the same SDK client, no logic.
+async fn floor(case: &Case, sign_message: &[u8], transaction: &[aws_sdk_dynamodb::types::TransactWriteItem]) {
+    case.idp.verify(&case.token);
+    match &case.envelope {
+        Some(pair) => {
+            pair.sign(&SystemRandom::new(), sign_message).unwrap();
+        }
+        None => {
+            case.kms
+                .sign()
+                .key_id(KMS_KEY)
+                .message(aws_sdk_kms::primitives::Blob::new(sign_message.to_vec()))
+                .message_type(aws_sdk_kms::types::MessageType::Raw)
+                .signing_algorithm(aws_sdk_kms::types::SigningAlgorithmSpec::EcdsaSha256)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    case.dynamo
+        .transact_write_items()
+        .set_transact_items(Some(transaction.to_vec()))
+        .client_request_token(uuid::Uuid::new_v4().to_string())
+        .send()
+        .await
+        .unwrap();
+}
+
+fn p50(samples: &mut [f64]) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    // The production log subscriber (JSON, one line per release), writing into a sink.
+    nhi_broker::telemetry::init_with_writer(std::io::sink);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rng = SystemRandom::new();
+    let envelope_pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let envelope_pair = Arc::new(
+        EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, envelope_pkcs8.as_ref()).unwrap(),
+    );
+    let kms_key = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let kms_key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, kms_key.as_ref()).unwrap();
+    let aws = CannedAws {
+        signature_der: Arc::new(kms_key.sign(&rng, b"x").unwrap().as_ref().to_vec()),
+        envelope_pkcs8: Arc::new(envelope_pkcs8.as_ref().to_vec()),
+    };
+    let rsa = Arc::new(IdpKey::Rsa(
+        RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+    ));
+    let ec = Arc::new(IdpKey::Ec(
+        EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .unwrap()
+                .as_ref(),
+        )
+        .unwrap(),
+    ));
+    let mut failed = false;
+    runtime.block_on(async {
+        let mut cases = Vec::new();
+        for idp in [rsa, ec] {
+            for envelope in [false, true] {
+                cases.push(case(idp.clone(), envelope, aws.clone(), envelope_pair.clone()).await);
+            }
+        }
+        for case in &cases {
+            // Cold: the JWKS fetch, the policy load, the envelope key's decrypt. Not measured.
+            full(case).await;
+            case.api.calls.reset();
+            full(case).await;
+            let calls = case.api.calls.by_operation();
+            let transaction = case.captured.transaction.lock().unwrap().clone().unwrap();
+            // Envelope mode signs in-process: the same signing input length as a KMS request's.
+            let sign_message = case.captured.sign_message.lock().unwrap().clone().unwrap_or_else(|| vec![b'x'; 700]);
+            let mut full_us = Vec::new();
+            let mut floor_us = Vec::new();
+            for _ in 0..ROUNDS {
+                for _ in 0..REQUESTS {
+                    let started = Instant::now();
+                    full(case).await;
+                    full_us.push(started.elapsed().as_secs_f64() * 1e6);
+                    let started = Instant::now();
+                    floor(case, &sign_message, &transaction).await;
+                    floor_us.push(started.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            if std::env::var_os("BENCH_BREAKDOWN").is_some() {
+                let mut parse_us = Vec::new();
+                for _ in 0..REQUESTS {
+                    let started = Instant::now();
+                    std::hint::black_box(lambda_http::request::from_str(&case.event).unwrap());
+                    parse_us.push(started.elapsed().as_secs_f64() * 1e6);
+                }
+                println!("  API Gateway event parse p50 {:.1} µs", p50(&mut parse_us));
+            }
+            let (full_p50, floor_p50) = (p50(&mut full_us), p50(&mut floor_us));
+            let ratio = full_p50 / floor_p50;
+            println!(
+                "{}: full request p50 {full_p50:.1} µs, floor p50 {floor_p50:.1} µs, {ratio:.2}x; AWS calls per warm request {:?}",
+                case.name, calls
+            );
+            if ratio > LIMIT {
+                failed = true;
+            }
+        }
+    });
+    if failed {
+        eprintln!("a full request costs more than {LIMIT}x its floor");
+        std::process::exit(1);
+    }
+}
