@@ -50,7 +50,7 @@ def main(argv):
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(manifest, f)
         f.flush()
-        subprocess.run([brokerctl, "apply", f.name, "--yes"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([brokerctl, "apply", "--file", f.name, "--yes"], check=True, stdout=subprocess.DEVNULL)
     now = int(time.time())
     header = {"alg": "ES256", "typ": "JWT", "kid": "bench"}
     claims = {"iss": ISSUER, "sub": SUBJECT, "aud": "nhi-broker", "iat": now, "nbf": now, "exp": now + 3600,
