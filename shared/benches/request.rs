@@ -108,9 +108,11 @@ async fn canned_sdk(aws: CannedAws) -> aws_config::SdkConfig {
         .await
 }
 
-/// Keeps the last TransactWriteItems and Sign inputs the exchange built, for the floor to resend.
+/// Keeps the first TransactWriteItems and Sign inputs the exchange built, for the floor to resend
+/// (once: afterwards it costs neither path anything).
 #[derive(Debug, Clone, Default)]
 struct Captured {
+    done: Arc<std::sync::atomic::AtomicBool>,
     transaction: Arc<std::sync::Mutex<Option<Vec<aws_sdk_dynamodb::types::TransactWriteItem>>>>,
     sign_message: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
@@ -128,6 +130,9 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for Captured {
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
         use aws_sdk_kms::operation::sign::SignInput;
+        if self.done.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         if let Some(input) = context.input().downcast_ref::<TransactWriteItemsInput>() {
             *self.transaction.lock().unwrap() = input.transact_items.clone();
         }
@@ -544,6 +549,7 @@ fn main() {
             case.api.calls.reset();
             full(case).await;
             let calls = case.api.calls.by_operation();
+            case.captured.done.store(true, std::sync::atomic::Ordering::Relaxed);
             let transaction = case.captured.transaction.lock().unwrap().clone().unwrap();
             // Envelope mode signs in-process: the same signing input length as a KMS request's.
             let sign_message = case.captured.sign_message.lock().unwrap().clone().unwrap_or_else(|| vec![b'x'; 700]);
