@@ -110,27 +110,48 @@ fn reference(v: &Value) -> Option<String> {
     }
 }
 
+/// A policy's statements, each with the template condition it exists under (`!If [C, statement,
+/// !Ref AWS::NoValue]`), if any.
+fn statements(list: &Value) -> Vec<(Value, Option<String>)> {
+    list.as_sequence()
+        .unwrap()
+        .iter()
+        .map(|st| match st {
+            Value::Tagged(tagged) if tagged.tag == "If" => {
+                let branches = tagged.value.as_sequence().expect("!If [condition, then, else]");
+                assert_eq!(reference(&branches[2]).as_deref(), Some("AWS::NoValue"), "{st:?}");
+                (branches[1].clone(), branches[0].as_str().map(String::from))
+            }
+            other => (other.clone(), None),
+        })
+        .collect()
+}
+
 /// (role logical id, statement) for every IAM statement attached to a role, inline or standalone.
 fn role_statements(t: &Value) -> Vec<(String, Value)> {
+    role_statements_with_conditions(t)
+        .into_iter()
+        .map(|(role, st, _)| (role, st))
+        .collect()
+}
+
+fn role_statements_with_conditions(t: &Value) -> Vec<(String, Value, Option<String>)> {
     let mut out = Vec::new();
     for (id, resource) in resources(t) {
         let id = id.as_str().unwrap().to_string();
         match resource["Type"].as_str() {
             Some("AWS::IAM::Role") => {
                 for policy in resource["Properties"]["Policies"].as_sequence().into_iter().flatten() {
-                    for st in policy["PolicyDocument"]["Statement"].as_sequence().unwrap() {
-                        out.push((id.clone(), st.clone()));
+                    for (st, condition) in statements(&policy["PolicyDocument"]["Statement"]) {
+                        out.push((id.clone(), st, condition));
                     }
                 }
             }
             Some("AWS::IAM::Policy") => {
                 for role in resource["Properties"]["Roles"].as_sequence().unwrap() {
                     let role = reference(role).expect("policies attach to roles by !Ref");
-                    for st in resource["Properties"]["PolicyDocument"]["Statement"]
-                        .as_sequence()
-                        .unwrap()
-                    {
-                        out.push((role.clone(), st.clone()));
+                    for (st, condition) in statements(&resource["Properties"]["PolicyDocument"]["Statement"]) {
+                        out.push((role.clone(), st, condition));
                     }
                 }
             }
@@ -190,7 +211,7 @@ fn only_exchange_may_decrypt_and_key_policies_keep_crypto_from_the_account() {
         if resource["Type"].as_str() != Some("AWS::KMS::Key") {
             continue;
         }
-        for st in resource["Properties"]["KeyPolicy"]["Statement"].as_sequence().unwrap() {
+        for (st, _) in statements(&resource["Properties"]["KeyPolicy"]["Statement"]) {
             let actions = strings(&st["Action"]);
             // Roles named by !GetAtt, alone or in a list; anything else (the account root) is None.
             let principal = &st["Principal"]["AWS"];
@@ -216,6 +237,41 @@ fn only_exchange_may_decrypt_and_key_policies_keep_crypto_from_the_account() {
             }
         }
     }
+}
+
+/// Envelope signing keys exist only in signing mode `envelope`: the grants that make and decrypt
+/// them exist only under that condition, and every grant bound to their context is one of them.
+#[test]
+fn envelope_key_grants_exist_only_in_envelope_mode() {
+    let t = template();
+    let envelope_context = |st: &Value| {
+        st["Condition"]["StringEquals"]["kms:EncryptionContext:nhi:purpose"].as_str() == Some("signing-key")
+    };
+    let mut seen = Vec::new();
+    let mut check = |who: String, st: Value, condition: Option<String>| {
+        let actions = strings(&st["Action"]);
+        if actions.iter().any(|a| a == "kms:GenerateDataKeyPairWithoutPlaintext") || envelope_context(&st) {
+            assert_eq!(condition.as_deref(), Some("EnvelopeSigning"), "{who}: {st:?}");
+            assert!(envelope_context(&st), "{who}: not bound to the envelope key context");
+            seen.push((who, actions));
+        } else {
+            assert_eq!(condition, None, "{who}: only envelope grants are conditional");
+        }
+    };
+    for (role, st, condition) in role_statements_with_conditions(&t) {
+        check(role, st, condition);
+    }
+    for (id, resource) in resources(&t) {
+        if resource["Type"].as_str() == Some("AWS::KMS::Key") {
+            for (st, condition) in statements(&resource["Properties"]["KeyPolicy"]["Statement"]) {
+                check(format!("{id:?} key policy"), st, condition);
+            }
+        }
+    }
+    // Exchange decrypts and rotate generates, in both the key policy and the role policies.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let condition = &t["Conditions"]["EnvelopeSigning"];
+    assert!(format!("{condition:?}").contains("envelope"), "{condition:?}");
 }
 
 #[test]
