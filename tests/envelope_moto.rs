@@ -36,12 +36,8 @@ async fn envelope_keys_are_made_by_kms_published_before_they_sign_and_sign_in_pr
 
     let t0 = now();
     let mut rotate = Rotator::new(api, t0, &ring_name, &bootstrap).await;
-    rotate.service.settings.keys = rotate
-        .service
-        .settings
-        .keys
-        .clone()
-        .with_envelope(SigningMode::Envelope, 3600);
+    rotate.service.settings.keys.mode = SigningMode::Envelope;
+    rotate.service.settings.keys.envelope_max_age_seconds = 3600;
     let overlap = rotate.service.settings.keys.overlap_seconds;
     let changes = rotate.service.rotate_signing_keys().await.unwrap();
     assert_eq!(changes.len(), 2, "{changes:?}");
@@ -123,12 +119,7 @@ async fn envelope_keys_are_made_by_kms_published_before_they_sign_and_sign_in_pr
     let (status, body) = api.post_token(&api.form(&api.token(&api.claims()), &api.target)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(kid_of(body["access_token"].as_str().unwrap()), bootstrap);
-    rotate.service.settings.keys = rotate
-        .service
-        .settings
-        .keys
-        .clone()
-        .with_envelope(SigningMode::Kms, 3600);
+    rotate.service.settings.keys.mode = SigningMode::Kms;
     let changes = rotate.service.rotate_signing_keys().await.unwrap();
     assert_eq!(changes, [format!("signing_key_retired:{envelope_kid}")]);
     // The tokens it signed never reach the logs (the capture records every level).

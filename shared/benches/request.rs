@@ -588,15 +588,6 @@ fn main() {
                     floor_us.push(started.elapsed().as_secs_f64() * 1e6);
                 }
             }
-            if std::env::var_os("BENCH_BREAKDOWN").is_some() {
-                let mut parse_us = Vec::new();
-                for _ in 0..REQUESTS {
-                    let started = Instant::now();
-                    std::hint::black_box(lambda_http::request::from_str(&case.event).unwrap());
-                    parse_us.push(started.elapsed().as_secs_f64() * 1e6);
-                }
-                println!("  API Gateway event parse p50 {:.1} µs", p50(&mut parse_us));
-            }
             let (full_p50, floor_p50) = (p50(&mut full_us), p50(&mut floor_us));
             let ratio = full_p50 / floor_p50;
             println!(

@@ -7,7 +7,7 @@
 //! memory when it frees it); the decrypted PKCS#8 bytes are zeroized at once. Keys that left the
 //! ring are dropped from memory at the next load.
 
-use crate::domain::{EnvelopeKey, envelope_key_context};
+use crate::domain::{EnvelopeKey, KeyRing, envelope_key_context};
 use crate::error::{BrokerError, Result};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -44,12 +44,12 @@ impl EnvelopeKeys {
         self.pairs.lock().ok().and_then(|pairs| pairs.get(kid).cloned())
     }
 
-    /// Sign `input` with envelope key `kid`; `ring_kids` are the envelope keys still in the ring
-    /// (any other key pair held in memory is dropped when a new one is loaded).
-    pub async fn sign(&self, kid: &str, material: &EnvelopeKey, input: &[u8], ring_kids: &[&str]) -> Result<[u8; 64]> {
+    /// Sign `input` with envelope key `kid` of `ring` (any key pair held in memory whose key has
+    /// left the ring is dropped when a new one is loaded).
+    pub async fn sign(&self, kid: &str, material: &EnvelopeKey, input: &[u8], ring: &KeyRing) -> Result<[u8; 64]> {
         let pair = match self.cached(kid) {
             Some(pair) => pair,
-            None => self.load(kid, material, ring_kids).await?,
+            None => self.load(kid, material, ring).await?,
         };
         let signature = pair
             .sign(&self.rng, input)
@@ -60,7 +60,7 @@ impl EnvelopeKeys {
             .map_err(|_| BrokerError::Internal("envelope signature has an unexpected length".into()))
     }
 
-    async fn load(&self, kid: &str, material: &EnvelopeKey, ring_kids: &[&str]) -> Result<Arc<EcdsaKeyPair>> {
+    async fn load(&self, kid: &str, material: &EnvelopeKey, ring: &KeyRing) -> Result<Arc<EcdsaKeyPair>> {
         let _loading = self.loading.lock().await;
         if let Some(pair) = self.cached(kid) {
             return Ok(pair);
@@ -93,7 +93,7 @@ impl EnvelopeKeys {
         }
         let pair = Arc::new(pair);
         if let Ok(mut pairs) = self.pairs.lock() {
-            pairs.retain(|k, _| ring_kids.contains(&k.as_str()));
+            pairs.retain(|k, _| ring.key(k).is_some());
             pairs.insert(kid.to_string(), pair.clone());
         }
         Ok(pair)
@@ -150,7 +150,7 @@ mod tests {
         let material = material(&spki);
         for _ in 0..3 {
             let signature = keys
-                .sign("env-1", &material, b"header.payload", &["env-1"])
+                .sign("env-1", &material, b"header.payload", &KeyRing::bootstrap("env-1", 0))
                 .await
                 .unwrap();
             let point = published_point(&material).unwrap();
@@ -167,7 +167,7 @@ mod tests {
         let (_, other_private) = generate_envelope_key_pair();
         let (keys, _) = keys_decrypting_to(other_private.to_vec());
         let err = keys
-            .sign("env-1", &material(&published), b"x.y", &["env-1"])
+            .sign("env-1", &material(&published), b"x.y", &KeyRing::bootstrap("env-1", 0))
             .await
             .unwrap_err();
         assert!(matches!(err, BrokerError::CorruptRecord(_)), "{err:?}");

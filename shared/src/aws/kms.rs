@@ -109,12 +109,20 @@ impl KmsSigner {
         if let Some(jwk) = self.public_keys.lock().ok().and_then(|k| k.get(key_id).cloned()) {
             return Ok(jwk);
         }
-        if let Some(material) = &key.envelope {
-            let der = STANDARD
+        let der = match &key.envelope {
+            Some(material) => STANDARD
                 .decode(&material.public_key)
-                .map_err(|_| BrokerError::CorruptRecord("envelope public key".into()))?;
-            return spki_to_jwk(&der, key_id);
+                .map_err(|_| BrokerError::CorruptRecord("envelope public key".into()))?,
+            None => self.kms_public_key(key_id).await?,
+        };
+        let jwk = spki_to_jwk(&der, key_id)?;
+        if let Ok(mut keys) = self.public_keys.lock() {
+            keys.insert(key_id.to_string(), jwk.clone());
         }
+        Ok(jwk)
+    }
+
+    async fn kms_public_key(&self, key_id: &str) -> Result<Vec<u8>> {
         let output = self
             .client
             .get_public_key()
@@ -122,14 +130,10 @@ impl KmsSigner {
             .send()
             .await
             .map_err(|e| BrokerError::aws("kms", "GetPublicKey", &e))?;
-        let der = output
+        output
             .public_key
-            .ok_or_else(|| BrokerError::Internal("KMS GetPublicKey returned no key".into()))?;
-        let jwk = spki_to_jwk(der.as_ref(), key_id)?;
-        if let Ok(mut keys) = self.public_keys.lock() {
-            keys.insert(key_id.to_string(), jwk.clone());
-        }
-        Ok(jwk)
+            .map(|der| der.into_inner())
+            .ok_or_else(|| BrokerError::Internal("KMS GetPublicKey returned no key".into()))
     }
 }
 
@@ -169,8 +173,7 @@ impl TokenSigner for KmsSigner {
         if let Some(envelope) = &self.envelope {
             let ring = self.ring().await?;
             if let Some(material) = ring.key(key_id).and_then(|k| k.envelope.as_ref()) {
-                let ring_kids: Vec<&str> = ring.keys.iter().map(|k| k.key_id.as_str()).collect();
-                return envelope.sign(key_id, material, signing_input, &ring_kids).await;
+                return envelope.sign(key_id, material, signing_input, &ring).await;
             }
         }
         let output = self

@@ -97,6 +97,19 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
+    /// A key created at `now`: published at once, signing from `activate_at`.
+    pub fn next(key_id: String, now: UnixTime, activate_at: UnixTime, envelope: Option<EnvelopeKey>) -> Self {
+        Self {
+            key_id,
+            state: SigningKeyState::Next,
+            created_at: now,
+            activate_at: Some(activate_at),
+            activated_at: None,
+            publish_until: None,
+            envelope,
+        }
+    }
+
     pub fn is_envelope(&self) -> bool {
         self.envelope.is_some()
     }

@@ -7,9 +7,8 @@ pub mod subject_token;
 pub mod token_admin;
 
 use crate::domain::{
-    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, Revocation, RevocationTarget, STS_MAX_SESSION_SECONDS,
-    STS_MIN_SESSION_SECONDS, TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind,
-    secret_encryption_context,
+    AuditAction, AuditEvent, AuditOutcome, Lease, LeaseStatus, STS_MAX_SESSION_SECONDS, STS_MIN_SESSION_SECONDS,
+    TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TargetKind, secret_encryption_context,
 };
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
@@ -379,23 +378,16 @@ impl ExchangeService {
     /// The lease of a JWT whose signature failed after the lease was recorded: revoked with its
     /// reason (best effort; if this fails too, the lease expires with the token that never was).
     async fn revoke_unsigned(&self, lease: &Lease, request_id: &str, now: i64) {
-        let revocation = Revocation {
-            revocation_id: uuid::Uuid::now_v7().to_string(),
-            target_kind: RevocationTarget::Lease,
-            target_id: lease.lease_id.clone(),
-            actor: "broker".into(),
-            reason: "signing failed after the lease was recorded; no token was issued".into(),
-            at: now,
-        };
+        let (revocation, event) = token_admin::lease_revocation(
+            lease,
+            "broker".into(),
+            "signing failed after the lease was recorded; no token was issued",
+            "signing_failed_after_record",
+            now,
+        );
         let event = AuditEvent {
-            actor_issuer: Some(lease.issuer.clone()),
-            actor_subject: Some(lease.subject.clone()),
-            target: Some(lease.target.clone()),
-            grant_id: Some(lease.grant_id.clone()),
-            lease_id: Some(lease.lease_id.clone()),
-            reason: Some("signing_failed_after_record".into()),
             request_id: Some(request_id.to_string()),
-            ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
+            ..event
         };
         if let Err(e) = self.ledger.revoke_lease(lease, &revocation, &event).await {
             tracing::error!(error = %e, lease_id = %lease.lease_id, "could not revoke the lease of an unsigned token");

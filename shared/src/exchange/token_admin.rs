@@ -228,24 +228,12 @@ impl ExchangeService {
         if lease.status != LeaseStatus::Active {
             return Ok(());
         }
-        let revocation = Revocation {
-            revocation_id: uuid::Uuid::now_v7().to_string(),
-            target_kind: RevocationTarget::Lease,
-            target_id: lease.lease_id.clone(),
-            actor: format!("holder:{}#{}", lease.issuer, lease.subject),
-            reason: "self-revocation".into(),
-            at: now,
-        };
+        let actor = format!("holder:{}#{}", lease.issuer, lease.subject);
+        let (revocation, event) = lease_revocation(&lease, actor, "self-revocation", "self_revocation", now);
         let event = AuditEvent {
-            actor_issuer: Some(lease.issuer.clone()),
-            actor_subject: Some(lease.subject.clone()),
-            target: Some(lease.target.clone()),
-            grant_id: Some(lease.grant_id.clone()),
-            lease_id: Some(lease.lease_id.clone()),
-            reason: Some("self_revocation".into()),
             token_fingerprint: Some(token.fingerprint()),
             request_id: Some(request_id.to_string()),
-            ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
+            ..event
         };
         let revoked = self.ledger.revoke_lease(&lease, &revocation, &event).await?;
         tracing::info!(lease_id = %lease.lease_id, revoked, request_id, "self-revocation");
@@ -277,4 +265,33 @@ impl ExchangeService {
             },
         )
     }
+}
+
+/// The revocation record of one lease and its audit event (who, which grant and target), for the
+/// exchange's own revocations: a holder's, and a lease whose token was never signed.
+pub(crate) fn lease_revocation(
+    lease: &Lease,
+    actor: String,
+    reason: &str,
+    audit_reason: &str,
+    now: i64,
+) -> (Revocation, AuditEvent) {
+    let revocation = Revocation {
+        revocation_id: uuid::Uuid::now_v7().to_string(),
+        target_kind: RevocationTarget::Lease,
+        target_id: lease.lease_id.clone(),
+        actor,
+        reason: reason.into(),
+        at: now,
+    };
+    let event = AuditEvent {
+        actor_issuer: Some(lease.issuer.clone()),
+        actor_subject: Some(lease.subject.clone()),
+        target: Some(lease.target.clone()),
+        grant_id: Some(lease.grant_id.clone()),
+        lease_id: Some(lease.lease_id.clone()),
+        reason: Some(audit_reason.into()),
+        ..AuditEvent::new(AuditAction::Revoke, AuditOutcome::Revoked, now)
+    };
+    (revocation, event)
 }

@@ -198,15 +198,12 @@ impl RotationService {
                             .await?;
                         (kid, None)
                     };
-                    ring.keys.push(SigningKey {
-                        key_id: kid.clone(),
-                        state: SigningKeyState::Next,
-                        created_at: now,
-                        activate_at: Some(now + settings.overlap_seconds),
-                        activated_at: None,
-                        publish_until: None,
-                        envelope: material,
-                    });
+                    ring.keys.push(SigningKey::next(
+                        kid.clone(),
+                        now,
+                        now + settings.overlap_seconds,
+                        material,
+                    ));
                     ("signing_key_created", Some(kid))
                 }
             };

@@ -471,15 +471,8 @@ mod tests {
             Some(KeyStep::CreateNext { envelope: false })
         );
         let mut ring = ring;
-        ring.keys.push(SigningKey {
-            key_id: "k1".into(),
-            state: SigningKeyState::Next,
-            created_at: 1000,
-            activate_at: Some(1000 + s.overlap_seconds),
-            activated_at: None,
-            publish_until: None,
-            envelope: None,
-        });
+        ring.keys
+            .push(SigningKey::next("k1".into(), 1000, 1000 + s.overlap_seconds, None));
         // Published, not signing, until the overlap has passed.
         assert_eq!(plan_key_step(&ring, true, 1000 + s.overlap_seconds - 1, &s), None);
         assert_eq!(
@@ -513,18 +506,16 @@ mod tests {
             plan_key_step(&ring, true, 10, &s),
             Some(KeyStep::CreateNext { envelope: true })
         );
-        ring.keys.push(SigningKey {
-            key_id: "env-1".into(),
-            state: SigningKeyState::Next,
-            created_at: 10,
-            activate_at: Some(10 + s.overlap_seconds),
-            activated_at: None,
-            publish_until: None,
-            envelope: Some(EnvelopeKey {
-                public_key: "p".into(),
-                private_key_ciphertext: "c".into(),
-            }),
-        });
+        let material = EnvelopeKey {
+            public_key: "p".into(),
+            private_key_ciphertext: "c".into(),
+        };
+        ring.keys.push(SigningKey::next(
+            "env-1".into(),
+            10,
+            10 + s.overlap_seconds,
+            Some(material),
+        ));
         assert_eq!(ring.signing_key(SigningMode::Envelope).unwrap().key_id, "k0");
         assert_eq!(plan_key_step(&ring, true, 9 + s.overlap_seconds, &s), None);
         assert_eq!(
