@@ -518,3 +518,136 @@ fn base64_url(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
+
+async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nhi events serve did not listen on {port}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_serve_acknowledges_a_real_delivery_only_after_its_command_succeeds() {
+    use nhi_broker::domain::{Destination, DestinationKind, RevocationTarget};
+    use nhi_tests::fanout::{Fanout, exclusive};
+    let _one_at_a_time = exclusive().await;
+    let s = Stack::new().await;
+    let mut f = Fanout::new(&s.h).await;
+    f.service.settings.backoff_seconds = 30;
+    let value = format!("pw-{}", uuid::Uuid::new_v4());
+    let secret = granted_secret(&s, "cli-events", &value).await;
+
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/events");
+    let destination = format!("receiver-{}", s.h.id);
+    s.h.registry
+        .put_destination(&Destination {
+            id: destination.clone(),
+            kind: DestinationKind::Webhook { url: url.clone() },
+            secrets: vec![secret.clone()],
+            owner: "team".into(),
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    // The handler fails until `allow` exists, then records the event it was given.
+    let (allow, handled) = (s.dir.join("allow"), s.dir.join("handled"));
+    let script = format!(
+        "test -f {allow} || exit 1; {{ cat; echo; echo \"$NHI_EVENT_TYPE $NHI_EVENT_TARGET_ID\"; }} >> {handled}",
+        allow = allow.display(),
+        handled = handled.display()
+    );
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_nhi"));
+    serve
+        .args([
+            "events",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--audience",
+            &url,
+        ])
+        .args(["--issuer", &s.h.config.broker_issuer, "--exec", &script])
+        .args(["--jwks-url", &format!("{}/.well-known/jwks.json", s.url)])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let receiver = serve.spawn().unwrap();
+    wait_listening(port).await;
+
+    // Not a SET from the broker: refused with RFC 8935's error, nothing run.
+    let forged = reqwest_post(
+        &url,
+        "eyJhbGciOiJFUzI1NiIsInR5cCI6InNlY2V2ZW50K2p3dCIsImtpZCI6IngifQ.e30.AAAA",
+    )
+    .await;
+    assert_eq!(forged.0, 400, "{}", forged.1);
+    assert!(forged.1.contains("\"err\""), "{}", forged.1);
+
+    let t0 = f.now();
+    let revocation =
+        s.h.revoke(RevocationTarget::Secret, &secret, "suspected leak", t0)
+            .await;
+    f.drain().await;
+    let delivery = |s: &Stack| {
+        let (table, pk, sk) = (
+            s.h.config.registry_table.clone(),
+            format!("DEST#{destination}"),
+            format!("DELIVERY#{}", revocation.revocation_id),
+        );
+        let dynamo = s.h.dynamo.clone();
+        async move {
+            let item = dynamo
+                .get_item()
+                .table_name(table)
+                .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
+                .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(sk))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item
+                .expect("a delivery record");
+            attr(&item, "status").to_string()
+        }
+    };
+    assert_eq!(
+        delivery(&s).await,
+        "pending",
+        "a failed command is not an acknowledgement"
+    );
+    assert!(!handled.exists());
+
+    // The broker's retry, once the handler works: acknowledged, recorded as confirmed.
+    std::fs::write(&allow, "").unwrap();
+    f.set_clock(t0 + 30);
+    f.service.retry_due().await.unwrap();
+    assert_eq!(delivery(&s).await, "confirmed");
+    let record = std::fs::read_to_string(&handled).unwrap();
+    let (json_line, env_line) = record.trim_end().rsplit_once('\n').unwrap();
+    let event: Value = serde_json::from_str(json_line).unwrap();
+    assert_eq!(event["type"], "urn:nhi-broker:secevent:credential-revoked");
+    assert_eq!(event["target_id"], secret.as_str());
+    assert_eq!(event["reason"], "suspected leak");
+    assert_eq!(event["txn"], revocation.revocation_id.as_str());
+    assert_eq!(env_line, format!("urn:nhi-broker:secevent:credential-revoked {secret}"));
+    assert!(!record.contains(&value));
+    drop(receiver);
+}
+
+/// POST a SET body; (status, body).
+async fn reqwest_post(url: &str, body: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/secevent+jwt")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap_or_default())
+}
