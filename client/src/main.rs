@@ -147,6 +147,13 @@ enum SecretCommand {
 
 #[derive(Subcommand)]
 enum AwsCommand {
+    /// Print a role's credentials and their lease as JSON (for scripts; see also credential-process).
+    Credentials {
+        #[arg(long)]
+        role_arn: String,
+        #[command(flatten)]
+        lifetime: Lifetime,
+    },
     /// Print the AWS credential_process JSON for a role (use in ~/.aws/config).
     CredentialProcess {
         #[arg(long)]
@@ -307,6 +314,13 @@ async fn run(cli: Cli) -> Result<i32> {
                 .exchange(&identity, &request(role_arn, TokenType::AwsCredentials, lifetime))
                 .await?;
             print_value(&nhi_client::output::credential_process(&issued)?)?;
+        }
+        Command::Aws(AwsCommand::Credentials { role_arn, lifetime }) => {
+            let (broker, identity) = (broker(&cli)?, required_identity(&cli)?);
+            let issued = broker
+                .exchange(&identity, &request(role_arn, TokenType::AwsCredentials, lifetime))
+                .await?;
+            print_value(&nhi_client::output::issued_json(&issued))?;
         }
         Command::Exec {
             secrets,

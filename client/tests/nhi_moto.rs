@@ -651,3 +651,96 @@ async fn reqwest_post(url: &str, body: &str) -> (u16, String) {
         .unwrap();
     (response.status().as_u16(), response.text().await.unwrap_or_default())
 }
+
+/// `name<<delimiter` blocks of a GitHub file command file, last value per name.
+fn file_command_values(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut values = std::collections::BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let (name, delimiter) = line.split_once("<<").expect("name<<delimiter");
+        let mut value = Vec::new();
+        for line in lines.by_ref() {
+            if line == delimiter {
+                break;
+            }
+            value.push(line);
+        }
+        values.insert(name.to_string(), value.join("\n"));
+    }
+    values
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_github_action_masks_sets_exports_and_revokes_in_its_post_step() {
+    let s = Stack::new().await;
+    let value = format!("pw-{}", uuid::Uuid::new_v4());
+    let secret = granted_secret(&s, "cli-action", &value).await;
+    let role = granted_role(&s).await;
+    let job_token = s.h.token(&s.h.claims());
+    let (oidc, _stop) = serve_fn(move |_, path, headers, _| {
+        let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("bearer job-request-token");
+        if !authorized || !path.contains("audience=nhi-broker") {
+            return (401, "{}".into());
+        }
+        (200, json!({ "value": job_token }).to_string())
+    })
+    .await;
+    let (output, env, state) = (s.dir.join("output"), s.dir.join("env"), s.dir.join("state"));
+    let action = concat!(env!("CARGO_MANIFEST_DIR"), "/action");
+    let step = |script: &str| {
+        let mut node = tokio::process::Command::new("node");
+        node.arg(format!("{action}/{script}"))
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", format!("{oidc}/token?api-version=2.0"))
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "job-request-token")
+            .env("INPUT_URL", &s.url)
+            .env("INPUT_AUDIENCE", &s.h.target)
+            .env("INPUT_SECRET", &secret)
+            .env("INPUT_ROLE", &role)
+            .env("INPUT_AWS-REGION", "eu-west-1")
+            .env("INPUT_SUBJECT-AUDIENCE", "nhi-broker")
+            .env("INPUT_NHI", env!("CARGO_BIN_EXE_nhi"))
+            .env("GITHUB_OUTPUT", &output)
+            .env("GITHUB_ENV", &env)
+            .env("GITHUB_STATE", &state);
+        node
+    };
+    let main = run(step("main.js")).await;
+    assert_eq!(main.code, 0, "{}{}", main.stdout, main.stderr);
+    let outputs = file_command_values(&output);
+    let exported = file_command_values(&env);
+    let token = &outputs["token"];
+    assert_eq!(claim(token, "sub"), s.h.subject);
+    assert_eq!(outputs["secret"], value);
+    assert_eq!(exported["AWS_SESSION_TOKEN"], outputs["aws-session-token"]);
+    assert_eq!(exported["AWS_ACCESS_KEY_ID"], outputs["aws-access-key-id"]);
+    assert_eq!(exported["AWS_REGION"], "eu-west-1");
+    // Every value was masked, and appears in the log only inside its mask command.
+    let credentials = [
+        token.as_str(),
+        value.as_str(),
+        &exported["AWS_ACCESS_KEY_ID"],
+        &exported["AWS_SECRET_ACCESS_KEY"],
+        &exported["AWS_SESSION_TOKEN"],
+    ];
+    for credential in credentials {
+        assert!(main.stdout.contains(&format!("::add-mask::{credential}\n")), "masked");
+        let outside_masks = main.stdout.lines().filter(|l| !l.starts_with("::add-mask::"));
+        assert!(outside_masks.clone().all(|l| !l.contains(credential)));
+        assert!(!main.stderr.contains(credential));
+    }
+    let leases = file_command_values(&state)["leases"].clone();
+    assert_eq!(leases.split(' ').count(), 3);
+    assert_eq!(outputs["lease-ids"], leases);
+    assert!(lease_statuses(&s).await.iter().all(|(_, status)| status == "active"));
+
+    // The post step, as the runner starts it: state in STATE_*.
+    let mut post = step("post.js");
+    post.env("STATE_leases", &leases);
+    let post = run(post).await;
+    assert_eq!(post.code, 0, "{}{}", post.stdout, post.stderr);
+    let statuses = lease_statuses(&s).await;
+    assert_eq!(statuses.len(), 3);
+    assert!(statuses.iter().all(|(_, status)| status == "revoked"), "{statuses:?}");
+    assert_eq!(s.introspect(token).await, json!({"active": false}));
+}
