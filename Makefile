@@ -4,7 +4,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum < infra/local/requirements.txt | cut -d' ' -f1)
 
-.PHONY: local test lint venv clean deploy-venv deploy-build bench-coldstart
+.PHONY: local test lint venv clean deploy-venv deploy-build bench-coldstart bench-client
 
 DEPLOY_VENV := .venv-deploy
 SAM := PATH=$(CURDIR)/$(DEPLOY_VENV)/bin:$$PATH SAM_CLI_TELEMETRY=0 $(DEPLOY_VENV)/bin/sam
@@ -48,6 +48,11 @@ deploy-build: deploy-venv
 bench-coldstart: ARCH = $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 bench-coldstart: venv deploy-build
 	bash infra/local/stack.sh bench
+
+# The nhi client's size, start-up time and peak memory, against /bin/true and curl in the same run.
+bench-client:
+	cargo build --release -p nhi-client
+	python3 infra/bench/client_start.py target/release/nhi
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .local .aws-sam
