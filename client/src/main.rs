@@ -16,15 +16,22 @@ expired before it could be renewed. `nhi exec` exits with its command's code (12
 #[command(name = "nhi", version, about = "Short-lived credentials from nhi-broker for this workload", after_help = EXIT_CODES)]
 struct Cli {
     /// The broker's base URL (https, or http to loopback).
-    #[arg(long, env = "NHI_URL", global = true)]
+    #[arg(long, hide_env_values = true, env = "NHI_URL", global = true)]
     url: Option<String>,
     /// text: the credential alone; json: everything the broker released.
-    #[arg(long, value_enum, env = "NHI_OUTPUT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        hide_env_values = true,
+        env = "NHI_OUTPUT",
+        default_value = "text",
+        global = true
+    )]
     output: Output,
     #[command(flatten)]
     identity: IdentityFlags,
     /// Attempts per broker call (503, 502, 504, 429 and connection errors are retried).
-    #[arg(long, env = "NHI_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10), global = true)]
+    #[arg(long, hide_env_values = true, env = "NHI_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10), global = true)]
     max_attempts: u32,
     #[command(subcommand)]
     command: Command,
@@ -36,19 +43,19 @@ struct IdentityFlags {
     #[arg(long, global = true)]
     github_actions: bool,
     /// Identity: a Kubernetes projected service-account token file.
-    #[arg(long, env = "NHI_K8S_TOKEN_FILE", global = true)]
+    #[arg(long, hide_env_values = true, env = "NHI_K8S_TOKEN_FILE", global = true)]
     k8s_token_file: Option<PathBuf>,
     /// Identity: a file holding the subject token (re-read on every exchange).
-    #[arg(long, env = "NHI_SUBJECT_TOKEN_FILE", global = true)]
+    #[arg(long, hide_env_values = true, env = "NHI_SUBJECT_TOKEN_FILE", global = true)]
     subject_token_file: Option<PathBuf>,
     /// Identity: the environment variable holding the subject token.
-    #[arg(long, env = "NHI_SUBJECT_TOKEN_ENV", global = true)]
+    #[arg(long, hide_env_values = true, env = "NHI_SUBJECT_TOKEN_ENV", global = true)]
     subject_token_env: Option<String>,
     /// Identity: a shell command printing the subject token.
-    #[arg(long, env = "NHI_SUBJECT_TOKEN_COMMAND", global = true)]
+    #[arg(long, hide_env_values = true, env = "NHI_SUBJECT_TOKEN_COMMAND", global = true)]
     subject_token_command: Option<String>,
     /// Audience requested for the GitHub Actions token (the issuer's registered audience).
-    #[arg(long, env = "NHI_SUBJECT_AUDIENCE", default_value = DEFAULT_SUBJECT_AUDIENCE, global = true)]
+    #[arg(long, hide_env_values = true, env = "NHI_SUBJECT_AUDIENCE", default_value = DEFAULT_SUBJECT_AUDIENCE, global = true)]
     subject_audience: String,
 }
 
@@ -462,5 +469,23 @@ async fn stopped() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_never_shows_the_values_of_environment_variables() {
+        let command = super::Cli::command();
+        for arg in command.get_arguments().filter(|a| a.get_env().is_some()) {
+            assert!(
+                arg.is_hide_env_values_set(),
+                "--{} would print its variable's value",
+                arg.get_id()
+            );
+        }
+        command.debug_assert();
     }
 }
