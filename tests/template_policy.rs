@@ -63,8 +63,9 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ),
         (
             "ExpireSweeperRole",
-            // No KMS at all, no deletes: it only moves state forward.
-            set(&["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem"]),
+            // No deletes: it only moves state forward. Its one KMS action certifies its audit
+            // chains with the audit key (checked below to be the only key it may use).
+            set(&["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem", "kms:Sign"]),
         ),
     ])
 }
@@ -239,6 +240,45 @@ fn only_exchange_may_decrypt_and_key_policies_keep_crypto_from_the_account() {
     }
 }
 
+/// The audit key certifies audit chains and nothing else: every function gets its id, may only
+/// Sign raw statements with it, and the sweeper's one KMS grant is on it alone.
+#[test]
+fn the_audit_key_certifies_chains_for_every_writer_and_the_sweeper_signs_with_nothing_else() {
+    let t = template();
+    let key = &resources(&t)["AuditKey"]["Properties"];
+    assert_eq!(key["KeySpec"].as_str(), Some("ECC_NIST_P256"));
+    assert_eq!(key["KeyUsage"].as_str(), Some("SIGN_VERIFY"));
+    let mut certifiers = BTreeSet::new();
+    for (st, _) in statements(&key["KeyPolicy"]["Statement"]) {
+        let Value::Sequence(roles) = &st["Principal"]["AWS"] else {
+            continue; // the account root: administrative actions only (checked above)
+        };
+        assert_eq!(strings(&st["Action"]), ["kms:Sign"]);
+        let conditions = &st["Condition"]["StringEquals"];
+        assert_eq!(conditions["kms:MessageType"].as_str(), Some("RAW"));
+        assert_eq!(conditions["kms:SigningAlgorithm"].as_str(), Some("ECDSA_SHA_256"));
+        certifiers.extend(roles.iter().filter_map(reference));
+    }
+    let writers: BTreeSet<String> = expected_actions().keys().map(|r| r.to_string()).collect();
+    assert_eq!(certifiers, writers, "every audit writer certifies its chains");
+    for (id, resource) in resources(&t) {
+        if resource["Type"].as_str() == Some("AWS::Serverless::Function") {
+            let variables = &resource["Properties"]["Environment"]["Variables"];
+            assert_eq!(
+                reference(&variables["NHI_AUDIT_KEY_ID"]).as_deref(),
+                Some("AuditKey"),
+                "{id:?}"
+            );
+        }
+    }
+    for (role, st) in role_statements(&t) {
+        let signs = strings(&st["Action"]).iter().any(|a| a == "kms:Sign");
+        if signs && role == "ExpireSweeperRole" {
+            assert_eq!(reference(&st["Resource"]).as_deref(), Some("AuditKey"), "{st:?}");
+        }
+    }
+}
+
 /// Envelope signing keys exist only in signing mode `envelope`: the grants that make and decrypt
 /// them exist only under that condition, and every grant bound to their context is one of them.
 #[test]
@@ -383,7 +423,7 @@ fn function_sources() -> BTreeMap<&'static str, Vec<&'static str>> {
                 ],
             ]),
         ),
-        ("ExpireSweeperRole", src(&[&DYNAMO, &FANOUT])),
+        ("ExpireSweeperRole", src(&[&DYNAMO, &FANOUT, &["aws/kms.rs"]])),
     ])
 }
 

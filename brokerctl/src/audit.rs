@@ -1,7 +1,7 @@
 //! Querying the audit trail and verifying its hash chains.
 
-use crate::{CliResult, Ctl, Report, attr, attr_num, table, time, to_json};
-use nhi_broker::audit::{GENESIS_HASH, link_hash};
+use crate::{CliError, CliResult, Ctl, Report, attr, attr_num, table, time, to_json};
+use nhi_broker::audit::{self, GENESIS_HASH, link_hash};
 use nhi_broker::aws::dynamo::operator::AuditFilter;
 use nhi_broker::aws::dynamo::{Item, from_item};
 use nhi_broker::domain::AuditEvent;
@@ -70,9 +70,38 @@ impl Ctl {
         ))
     }
 
-    /// Recompute every chain: each event's hash over (chain, seq, previous hash, event), each
-    /// link to the one before, sequence numbers from 0 without gaps. Exits 5 on any break.
+    /// The audit key's public point (KMS GetPublicKey), to check chain certificates.
+    async fn audit_key(&self) -> CliResult<(String, Vec<u8>)> {
+        let Some(key_id) = self.tables.audit_key_id.clone() else {
+            return Err(CliError::usage(
+                "audit verify needs the audit key: --audit-key-id or NHI_AUDIT_KEY_ID (template output AuditKeyId)",
+            ));
+        };
+        let output = self
+            .kms
+            .get_public_key()
+            .key_id(&key_id)
+            .send()
+            .await
+            .map_err(|e| nhi_broker::BrokerError::aws("kms", "GetPublicKey", &e))?;
+        let spki = output.public_key.ok_or_else(|| CliError {
+            message: "KMS returned no public key for the audit key".into(),
+            code: 1,
+        })?;
+        let bare = |id: &str| id.rsplit('/').next().unwrap_or_default().to_string();
+        Ok((
+            bare(output.key_id.as_deref().unwrap_or(&key_id)),
+            audit::spki_to_point(spki.as_ref())?,
+        ))
+    }
+
+    /// Verify every chain: certified by the audit key (its first event carries the KMS signature
+    /// over the chain id and chain key), every event signed by its chain's key over its hash, each
+    /// hash over (chain, seq, previous hash, event), each link to the one before, sequence numbers
+    /// from 0 without gaps, and no attribute that is not part of an audit event. Exits 5 on any
+    /// break, naming it.
     pub async fn audit_verify(&self) -> CliResult<Report> {
+        let (audit_key_id, audit_key) = self.audit_key().await?;
         let items = self.scan_audit(&AuditFilter::default()).await?;
         let mut chains: BTreeMap<String, Vec<(i64, Item)>> = BTreeMap::new();
         for item in items {
@@ -80,10 +109,18 @@ impl Ctl {
             let seq = attr_num(&item, "seq").unwrap_or(-1);
             chains.entry(chain).or_default().push((seq, item));
         }
+        let allowed = allowed_attributes();
         let mut problems = Vec::new();
         let mut events = 0;
         for (chain, mut links) in chains.clone() {
             links.sort_by_key(|(seq, _)| *seq);
+            let chain_key = check_opening(
+                &chain,
+                links.first().map(|(_, i)| i),
+                &audit_key_id,
+                &audit_key,
+                &mut problems,
+            );
             let mut expected_prev = GENESIS_HASH.to_string();
             for (position, (seq, item)) in links.iter().enumerate() {
                 events += 1;
@@ -94,6 +131,19 @@ impl Ctl {
                 }
                 let prev = attr(item, "prev_hash");
                 let stored = attr(item, "hash");
+                let event_id = attr(item, "event_id");
+                let mut added: Vec<&str> = item
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|name| !allowed.contains(*name) || (*seq != 0 && name.starts_with("chain_")))
+                    .collect();
+                added.sort();
+                if !added.is_empty() {
+                    problems.push(format!(
+                        "chain {chain}: event {event_id} (seq {seq}) carries {} that no audit event has (added)",
+                        added.join(", ")
+                    ));
+                }
                 match from_item::<AuditEvent>(item.clone(), "audit event") {
                     Ok(event) => {
                         if link_hash(&chain, *seq, prev, &event) != stored {
@@ -104,6 +154,13 @@ impl Ctl {
                         }
                     }
                     Err(_) => problems.push(format!("chain {chain}: seq {seq} is not an audit event")),
+                }
+                if let Some(key) = &chain_key
+                    && !audit::verify_p256(key, stored.as_bytes(), attr(item, "sig"))
+                {
+                    problems.push(format!(
+                        "chain {chain}: event {event_id} (seq {seq}) is not signed by its chain's key (forged or added)"
+                    ));
                 }
                 if prev != expected_prev {
                     problems.push(format!(
@@ -125,7 +182,7 @@ impl Ctl {
         )];
         text.extend(problems.iter().cloned());
         text.push(
-            "(a chain's newest events could be removed without a trace: compare counts with an earlier verification)"
+            "(a chain's newest events, or a whole chain, could be removed without a trace: compare counts with an earlier verification)"
                 .into(),
         );
         let mut report = Report::new(
@@ -137,4 +194,66 @@ impl Ctl {
         }
         Ok(report)
     }
+}
+
+/// Every attribute an audit item may have: the event's fields and the link's.
+fn allowed_attributes() -> std::collections::BTreeSet<String> {
+    let every_field = AuditEvent {
+        actor_issuer: Some(String::new()),
+        actor_subject: Some(String::new()),
+        target: Some(String::new()),
+        grant_id: Some(String::new()),
+        lease_id: Some(String::new()),
+        reason: Some(String::new()),
+        token_fingerprint: Some(String::new()),
+        old_version: Some(String::new()),
+        new_version: Some(String::new()),
+        request_id: Some(String::new()),
+        ..AuditEvent::new(
+            nhi_broker::domain::AuditAction::Register,
+            nhi_broker::domain::AuditOutcome::Applied,
+            0,
+        )
+    };
+    let fields = serde_json::to_value(&every_field).unwrap_or_default();
+    let mut allowed: std::collections::BTreeSet<String> = fields
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    allowed.extend(nhi_broker::aws::dynamo::LINK_ATTRIBUTES.iter().map(|a| a.to_string()));
+    allowed
+}
+
+/// The chain's key, if its first event proves the audit key certified it; a problem otherwise.
+fn check_opening(
+    chain: &str,
+    first: Option<&Item>,
+    audit_key_id: &str,
+    audit_key: &[u8],
+    problems: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    let Some(first) = first.filter(|item| attr_num(item, "seq") == Some(0)) else {
+        problems.push(format!(
+            "chain {chain}: its first event (seq 0) is missing, so its events cannot be authenticated"
+        ));
+        return None;
+    };
+    let public_key = attr(first, "chain_key");
+    let certificate = attr(first, "chain_cert");
+    if certificate.is_empty() {
+        problems.push(format!(
+            "chain {chain}: not certified by the audit key (forged, or written without NHI_AUDIT_KEY_ID)"
+        ));
+        return None;
+    }
+    let certified_by = attr(first, "chain_cert_key").rsplit('/').next().unwrap_or_default();
+    if certified_by != audit_key_id
+        || !audit::verify_p256(audit_key, &audit::chain_statement(chain, public_key), certificate)
+    {
+        problems.push(format!(
+            "chain {chain}: its certificate does not verify with audit key {audit_key_id} (forged chain)"
+        ));
+        return None;
+    }
+    audit::decode_chain_key(public_key)
 }

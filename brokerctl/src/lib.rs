@@ -87,6 +87,9 @@ pub struct Tables {
     pub audit: String,
     pub revocations: String,
     pub secrets_key_id: Option<String>,
+    /// KMS key that certifies audit chains: operator commands certify theirs with it, and
+    /// `audit verify` checks every chain against it.
+    pub audit_key_id: Option<String>,
     /// Event bus the on-demand rotation event is put on.
     pub event_bus: String,
 }
@@ -181,12 +184,19 @@ impl Ctl {
         let deadlines = nhi_broker::config::AwsCallSettings::from_env().map_err(|e| CliError::usage(e.to_string()))?;
         let sdk = nhi_broker::aws::sdk_config_with(&deadlines, None).await;
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let kms = aws_sdk_kms::Client::new(&sdk);
+        if let Some(key_id) = &tables.audit_key_id {
+            nhi_broker::audit::install_certifier(std::sync::Arc::new(nhi_broker::aws::kms::KmsChainCertifier::new(
+                kms.clone(),
+                key_id,
+            )));
+        }
         Ok(Self {
             registry: DynamoRegistry::new(dynamo.clone(), &tables.registry),
             reads: OperatorReads::new(dynamo.clone(), &tables.registry, &tables.leases, &tables.audit),
             ledger: DynamoLedger::new(dynamo.clone(), &tables.leases, &tables.audit, &tables.revocations)
                 .with_registry_guard(&tables.registry),
-            kms: aws_sdk_kms::Client::new(&sdk),
+            kms,
             eventbridge: aws_sdk_eventbridge::Client::new(&sdk),
             dynamo,
             tables,

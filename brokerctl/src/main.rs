@@ -24,6 +24,9 @@ struct Cli {
     /// KMS key secret values are encrypted under (needed only to store a value).
     #[arg(long, env = "NHI_SECRETS_KEY_ID")]
     secrets_key_id: Option<String>,
+    /// KMS key that certifies audit chains (template output AuditKeyId).
+    #[arg(long, env = "NHI_AUDIT_KEY_ID")]
+    audit_key_id: Option<String>,
     /// Event bus for on-demand rotation requests.
     #[arg(long, env = "NHI_EVENT_BUS", default_value = "default")]
     event_bus: String,
@@ -347,6 +350,7 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
             audit: cli.audit_table,
             revocations: cli.revocations_table,
             secrets_key_id: cli.secrets_key_id,
+            audit_key_id: cli.audit_key_id.filter(|k| !k.trim().is_empty()),
             event_bus: cli.event_bus,
         },
         cli.operator,

@@ -4,11 +4,11 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use nhi_tests::fanout::{Fanout, Receiver, exclusive};
-use nhi_tests::{Harness, LogCapture};
+use nhi_tests::{Harness, LogCapture, now};
 
 mod common;
 
-use common::brokerctl;
+use common::{brokerctl, brokerctl_with};
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_operator_registers_inventories_revokes_and_verifies_the_audit_trail_with_brokerctl() {
@@ -291,5 +291,146 @@ destinations:
             .unwrap();
     }
     assert_eq!(brokerctl(&["audit", "verify"], None).code, 0);
+    tampering_without_the_audit_key_is_detected(&h, &victim).await;
+    assert_eq!(brokerctl(&["audit", "verify"], None).code, 0);
     logs.assert_free_of(&[value]);
+}
+
+/// What someone who can write the audit table but not use the audit key can do: forge a whole
+/// chain (hashes and signatures right, certified by a key of their own), append to a real chain,
+/// add an attribute. `audit verify` exits 5 naming each; the trail verifies once they are undone.
+async fn tampering_without_the_audit_key_is_detected(h: &Harness, victim: &nhi_broker::aws::dynamo::Item) {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    use base64::Engine;
+    use nhi_broker::audit::{GENESIS_HASH, chain_statement, link_hash};
+    use nhi_broker::domain::{AuditAction, AuditEvent, AuditOutcome};
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let forger = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+    let sign = |message: &[u8]| b64(forger.sign(&rng, message).unwrap().as_ref());
+    let put = |item: nhi_broker::aws::dynamo::Item| {
+        h.dynamo
+            .put_item()
+            .table_name(&h.config.audit_table)
+            .set_item(Some(item))
+            .send()
+    };
+    let remove = |chain: AttributeValue, seq: AttributeValue| {
+        h.dynamo
+            .delete_item()
+            .table_name(&h.config.audit_table)
+            .key("chain", chain)
+            .key("seq", seq)
+            .send()
+    };
+    let event = AuditEvent {
+        actor_subject: Some("operator:alice".into()),
+        target: Some("secret:payroll".into()),
+        reason: Some("routine".into()),
+        ..AuditEvent::new(AuditAction::Unrevoke, AuditOutcome::Lifted, now())
+    };
+    let s = |v: &str| AttributeValue::S(v.into());
+
+    // 1. A forged chain: consistent in itself, certified by the forger's own key.
+    let chain = uuid::Uuid::now_v7().to_string();
+    let hash = link_hash(&chain, 0, GENESIS_HASH, &event);
+    let public_key = b64(forger.public_key().as_ref());
+    let forged = nhi_broker::aws::dynamo::to_item(
+        &event,
+        [
+            ("chain", s(&chain)),
+            ("seq", AttributeValue::N("0".into())),
+            ("prev_hash", s(GENESIS_HASH)),
+            ("hash", s(&hash)),
+            ("sig", s(&sign(hash.as_bytes()))),
+            ("chain_key", s(&public_key)),
+            ("chain_cert", s(&sign(&chain_statement(&chain, &public_key)))),
+            (
+                "chain_cert_key",
+                s(std::env::var("NHI_AUDIT_KEY_ID").as_deref().unwrap_or_default()),
+            ),
+        ],
+    )
+    .unwrap();
+    put(forged).await.unwrap();
+    let run = brokerctl(&["audit", "verify"], None);
+    assert_eq!(run.code, 5, "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "chain {chain}: its certificate does not verify with audit key"
+        )),
+        "{}",
+        run.stdout
+    );
+    remove(s(&chain), AttributeValue::N("0".into())).await.unwrap();
+
+    // 2. An event appended to a real chain, hashed and linked correctly, signed by another key.
+    let real_chain = victim["chain"].as_s().unwrap().clone();
+    let tail = h
+        .scan(&h.config.audit_table, "chain = :c", &[(":c", &real_chain)])
+        .await
+        .into_iter()
+        .max_by_key(|i| i["seq"].as_n().unwrap().parse::<i64>().unwrap())
+        .unwrap();
+    let next_seq = tail["seq"].as_n().unwrap().parse::<i64>().unwrap() + 1;
+    let prev = tail["hash"].as_s().unwrap();
+    let hash = link_hash(&real_chain, next_seq, prev, &event);
+    let appended = nhi_broker::aws::dynamo::to_item(
+        &event,
+        [
+            ("chain", s(&real_chain)),
+            ("seq", AttributeValue::N(next_seq.to_string())),
+            ("prev_hash", s(prev)),
+            ("hash", s(&hash)),
+            ("sig", s(&sign(hash.as_bytes()))),
+        ],
+    )
+    .unwrap();
+    put(appended).await.unwrap();
+    let run = brokerctl(&["audit", "verify"], None);
+    assert_eq!(run.code, 5, "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "chain {real_chain}: event {} (seq {next_seq}) is not signed by its chain's key",
+            event.event_id
+        )),
+        "{}",
+        run.stdout
+    );
+    remove(s(&real_chain), AttributeValue::N(next_seq.to_string()))
+        .await
+        .unwrap();
+
+    // 3. An attribute added to a real event (the hash covers only the event's fields).
+    h.dynamo
+        .update_item()
+        .table_name(&h.config.audit_table)
+        .key("chain", victim["chain"].clone())
+        .key("seq", victim["seq"].clone())
+        .update_expression("SET approved_by = :a")
+        .expression_attribute_values(":a", s("mallory"))
+        .send()
+        .await
+        .unwrap();
+    let run = brokerctl(&["audit", "verify"], None);
+    assert_eq!(run.code, 5, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("carries approved_by that no audit event has (added)"),
+        "{}",
+        run.stdout
+    );
+    h.dynamo
+        .update_item()
+        .table_name(&h.config.audit_table)
+        .key("chain", victim["chain"].clone())
+        .key("seq", victim["seq"].clone())
+        .update_expression("REMOVE approved_by")
+        .send()
+        .await
+        .unwrap();
+
+    // Without the audit key there is nothing to verify against: a usage error, not a pass.
+    let run = brokerctl_with(&["audit", "verify"], None, &[("NHI_AUDIT_KEY_ID", "")]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
 }

@@ -1,25 +1,106 @@
-//! Tamper-evident audit chains.
+//! Tamper-evident audit chains, authenticated so that write access to the audit table is not
+//! enough to forge them.
 //!
 //! Each writer (one Lambda execution environment) appends to its own chain, so appends never
 //! contend and need no read: the writer remembers the last hash. Every event stores its position
 //! (`chain`, `seq`), the previous event's hash and its own hash over both plus the event, so an
 //! edited, deleted or reordered event breaks verification. After any failed write the writer starts
 //! a fresh chain rather than guess whether the write landed.
+//!
+//! Authentication: a chain is born with its own P-256 key pair, made in memory. Before its first
+//! event is written, KMS signs a statement naming the chain and its public key with the audit key
+//! ([`ChainCertifier`]: one KMS call per chain, i.e. per cold start or failed write); the first
+//! event carries that certificate, and every event carries the chain key's signature over its
+//! hash. The private key never leaves the process. Whoever can write the table but cannot use the
+//! audit key can neither start a chain that verifies nor add to an existing one.
 
 use crate::domain::AuditEvent;
+use crate::error::{BrokerError, Result};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Where an event sits in its chain.
+/// Where an event sits in its chain, and its proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainLink {
     pub chain: String,
     pub seq: i64,
     pub prev_hash: String,
     pub hash: String,
+    /// The chain key's ECDSA (DER, base64) signature over `hash`.
+    pub signature: String,
+    /// On the first event of a chain: its public key and KMS certificate.
+    pub opening: Option<ChainOpening>,
+}
+
+/// What the first event of a chain carries: the chain's public key (SPKI-less uncompressed point,
+/// base64) and the audit key's signature over [`chain_statement`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainOpening {
+    pub public_key: String,
+    pub certificate: String,
+    pub certificate_key_id: String,
+}
+
+/// A KMS signature over a chain statement, and the key that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCertificate {
+    pub key_id: String,
+    /// DER ECDSA P-256 / SHA-256.
+    pub signature: Vec<u8>,
+}
+
+/// Certifies new chains with the audit key (KMS `Sign`, ECDSA_SHA_256, message type RAW).
+#[async_trait::async_trait]
+pub trait ChainCertifier: Send + Sync {
+    async fn certify(&self, statement: &[u8]) -> Result<ChainCertificate>;
+}
+
+static CERTIFIER: OnceLock<Arc<dyn ChainCertifier>> = OnceLock::new();
+
+/// Installed once by the composition root (`wiring`); every audit writer of the process uses it.
+pub fn install_certifier(certifier: Arc<dyn ChainCertifier>) {
+    let _ = CERTIFIER.set(certifier);
+}
+
+pub(crate) fn certifier() -> Option<&'static Arc<dyn ChainCertifier>> {
+    CERTIFIER.get()
+}
+
+/// The bytes the audit key signs to certify a chain.
+pub fn chain_statement(chain: &str, public_key_b64: &str) -> Vec<u8> {
+    format!("nhi-broker audit chain v1\nchain={chain}\npublic_key={public_key_b64}\n").into_bytes()
+}
+
+/// A chain's public key as stored (base64 of the uncompressed point).
+pub fn decode_chain_key(b64: &str) -> Option<Vec<u8>> {
+    B64.decode(b64).ok()
+}
+
+/// The uncompressed P-256 point of a DER SubjectPublicKeyInfo (KMS `GetPublicKey`).
+pub fn spki_to_point(spki_der: &[u8]) -> Result<Vec<u8>> {
+    use p256::pkcs8::DecodePublicKey;
+    let key = p256::PublicKey::from_public_key_der(spki_der)
+        .map_err(|_| BrokerError::Internal("the audit key is not a P-256 public key".into()))?;
+    Ok(p256::EncodedPoint::from(key).as_bytes().to_vec())
+}
+
+/// Does `signature_b64` (DER) verify over `message` with the P-256 public key `public_key`
+/// (uncompressed point)?
+pub fn verify_p256(public_key: &[u8], message: &[u8], signature_b64: &str) -> bool {
+    let Ok(signature) = B64.decode(signature_b64) else {
+        return false;
+    };
+    aws_lc_rs::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key)
+        .verify(message, &signature)
+        .is_ok()
 }
 
 #[derive(Serialize)]
@@ -43,30 +124,78 @@ pub fn link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> 
     hex::encode(Sha256::digest(canonical))
 }
 
-#[derive(Debug)]
 pub struct ChainState {
     chain: String,
     next_seq: i64,
     prev_hash: String,
+    /// This chain's key: made in memory with the chain, never stored.
+    key: EcdsaKeyPair,
+    certificate: Option<ChainCertificate>,
+}
+
+impl std::fmt::Debug for ChainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainState")
+            .field("chain", &self.chain)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChainState {
     fn fresh() -> Self {
+        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("aws-lc generates a P-256 key");
         Self {
             chain: uuid::Uuid::now_v7().to_string(),
             next_seq: 0,
             prev_hash: GENESIS_HASH.to_string(),
+            key,
+            certificate: None,
         }
     }
 
+    fn public_key_b64(&self) -> String {
+        B64.encode(self.key.public_key().as_ref())
+    }
+
+    /// Before the first event of a chain: have the audit key certify it (once per chain). Without
+    /// an installed certifier (tests of adapters alone) the chain stays uncertified, which
+    /// `audit verify` reports.
+    pub async fn ensure_certified(&mut self) -> Result<()> {
+        if self.certificate.is_some() || self.next_seq != 0 {
+            return Ok(());
+        }
+        if let Some(certifier) = certifier() {
+            let statement = chain_statement(&self.chain, &self.public_key_b64());
+            self.certificate = Some(certifier.certify(&statement).await?);
+        }
+        Ok(())
+    }
+
     /// The link the next event would get.
-    pub fn next_link(&self, event: &AuditEvent) -> ChainLink {
-        ChainLink {
+    pub fn next_link(&self, event: &AuditEvent) -> Result<ChainLink> {
+        let hash = link_hash(&self.chain, self.next_seq, &self.prev_hash, event);
+        let signature = self
+            .key
+            .sign(&SystemRandom::new(), hash.as_bytes())
+            .map_err(|_| BrokerError::Internal("audit chain signature failed".into()))?;
+        let opening = (self.next_seq == 0).then(|| ChainOpening {
+            public_key: self.public_key_b64(),
+            certificate: self
+                .certificate
+                .as_ref()
+                .map(|c| B64.encode(&c.signature))
+                .unwrap_or_default(),
+            certificate_key_id: self.certificate.as_ref().map(|c| c.key_id.clone()).unwrap_or_default(),
+        });
+        Ok(ChainLink {
             chain: self.chain.clone(),
             seq: self.next_seq,
             prev_hash: self.prev_hash.clone(),
-            hash: link_hash(&self.chain, self.next_seq, &self.prev_hash, event),
-        }
+            hash,
+            signature: B64.encode(signature.as_ref()),
+            opening,
+        })
     }
 
     /// Call after the event carrying `link` was durably written.
@@ -125,11 +254,11 @@ mod tests {
     async fn links_chain_and_detect_edits() {
         let chain = AuditChain::default();
         let mut state = chain.lock().await;
-        let first = state.next_link(&event("a"));
+        let first = state.next_link(&event("a")).unwrap();
         assert_eq!(first.seq, 0);
         assert_eq!(first.prev_hash, GENESIS_HASH);
         state.advance(first.clone());
-        let second = state.next_link(&event("b"));
+        let second = state.next_link(&event("b")).unwrap();
         assert_eq!(second.seq, 1);
         assert_eq!(second.prev_hash, first.hash);
         // Any change to the event changes its hash.
@@ -137,6 +266,47 @@ mod tests {
         edited.reason = Some("policy_no_grant".into());
         assert_ne!(link_hash(&first.chain, 0, GENESIS_HASH, &edited), first.hash);
         state.restart();
-        assert_eq!(state.next_link(&event("c")).seq, 0);
+        assert_eq!(state.next_link(&event("c")).unwrap().seq, 0);
+    }
+
+    struct FakeCertifier(EcdsaKeyPair);
+
+    #[async_trait::async_trait]
+    impl ChainCertifier for FakeCertifier {
+        async fn certify(&self, statement: &[u8]) -> Result<ChainCertificate> {
+            Ok(ChainCertificate {
+                key_id: "audit-key".into(),
+                signature: self.0.sign(&SystemRandom::new(), statement).unwrap().as_ref().to_vec(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chain_is_certified_once_and_every_event_is_signed_by_its_key() {
+        let audit_key = ChainState::fresh().key;
+        let audit_public = audit_key.public_key().as_ref().to_vec();
+        install_certifier(Arc::new(FakeCertifier(audit_key)));
+        let mut state = ChainState::fresh();
+        state.ensure_certified().await.unwrap();
+        let first = state.next_link(&event("a")).unwrap();
+        let opening = first.opening.clone().expect("the first event opens the chain");
+        let chain_key = B64.decode(&opening.public_key).unwrap();
+        // The certificate binds this chain id to this key; another chain id does not verify.
+        assert!(verify_p256(
+            &audit_public,
+            &chain_statement(&first.chain, &opening.public_key),
+            &opening.certificate
+        ));
+        assert!(!verify_p256(
+            &audit_public,
+            &chain_statement("other", &opening.public_key),
+            &opening.certificate
+        ));
+        assert!(verify_p256(&chain_key, first.hash.as_bytes(), &first.signature));
+        state.advance(first.clone());
+        let second = state.next_link(&event("b")).unwrap();
+        assert!(second.opening.is_none());
+        assert!(verify_p256(&chain_key, second.hash.as_bytes(), &second.signature));
+        assert!(!verify_p256(&chain_key, first.hash.as_bytes(), &second.signature));
     }
 }

@@ -17,6 +17,10 @@ pub struct Config {
     pub signing_key_id: String,
     /// KMS key id or ARN of the symmetric key secret material is encrypted under.
     pub secrets_key_id: String,
+    /// KMS key (ECC_NIST_P256, SIGN_VERIFY) that certifies audit chains (`NHI_AUDIT_KEY_ID`). The
+    /// template always sets it; without it chains are written uncertified and `audit verify`
+    /// reports them.
+    pub audit_key_id: Option<String>,
     pub max_token_ttl_seconds: i64,
     pub clock_leeway_seconds: i64,
     /// How long issuer, grant and target lookups are reused (0 disables).
@@ -180,6 +184,7 @@ impl Config {
         let revocations_table = required("NHI_REVOCATIONS_TABLE");
         let signing_key_id = required("NHI_SIGNING_KEY_ID");
         let secrets_key_id = required("NHI_SECRETS_KEY_ID");
+        let audit_key_id = lookup("NHI_AUDIT_KEY_ID").filter(|v| !v.trim().is_empty());
         let mut int = |name: &str, default: i64, min: i64, max: i64| match lookup(name) {
             None => default,
             Some(raw) => match raw.trim().parse::<i64>() {
@@ -264,6 +269,7 @@ impl Config {
             revocations_table,
             signing_key_id,
             secrets_key_id,
+            audit_key_id,
             max_token_ttl_seconds,
             clock_leeway_seconds,
             policy_cache: Duration::from_secs(policy_cache_seconds as u64),

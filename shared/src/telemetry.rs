@@ -82,6 +82,21 @@ pub fn emf_document(function: &str, metrics: &[(&str, u64)], timestamp_ms: i64) 
     serde_json::Value::Object(root).to_string()
 }
 
+static AUDIT_WRITE_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A refusal whose audit event could not be written: counted and published as the
+/// `AuditWriteFailures` metric (alarm on it), not only logged. (Releases never get this far: their
+/// record is in their own transaction.)
+pub fn audit_write_failed(function: &str) {
+    AUDIT_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    emit_metrics(function, &[("AuditWriteFailures", 1)]);
+}
+
+/// Refusals of this process whose audit event could not be written.
+pub fn audit_write_failures() -> u64 {
+    AUDIT_WRITE_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Write an EMF document to stdout (the Lambda log stream), outside the tracing formatter.
 pub fn emit_metrics(function: &str, metrics: &[(&str, u64)]) {
     let ms = std::time::SystemTime::now()

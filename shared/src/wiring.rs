@@ -57,9 +57,16 @@ client_set!(
     FanoutClients { dynamo: aws_sdk_dynamodb, kms: aws_sdk_kms, eventbridge: aws_sdk_eventbridge, iam: aws_sdk_iam }
 );
 client_set!(
-    /// expire-sweeper: DynamoDB only.
-    SweepClients { dynamo: aws_sdk_dynamodb }
+    /// expire-sweeper: DynamoDB; KMS only to certify its audit chains.
+    SweepClients { dynamo: aws_sdk_dynamodb, kms: aws_sdk_kms }
 );
+
+/// Every audit writer of this process certifies its chains with the audit key (crate::audit).
+pub fn install_audit_certifier(config: &Config, kms: &aws_sdk_kms::Client) {
+    if let Some(key_id) = &config.audit_key_id {
+        crate::audit::install_certifier(Arc::new(aws::kms::KmsChainCertifier::new(kms.clone(), key_id)));
+    }
+}
 
 /// The signing-key ring in the registry.
 pub fn key_ring(config: &Config, dynamo: &aws_sdk_dynamodb::Client) -> Arc<aws::dynamo::DynamoKeyRing> {
@@ -186,10 +193,12 @@ pub fn fanout_service(config: &Config, clients: impl Into<FanoutClients>) -> Res
     })
 }
 
-/// expire-sweeper: the expiry indexes, delivery records and audit chains. Never signs or decrypts.
+/// expire-sweeper: the expiry indexes, delivery records and audit chains. Never signs a token or
+/// decrypts; its one KMS use is certifying its audit chains.
 pub fn sweep_service(config: &Config, clients: impl Into<SweepClients>) -> crate::sweeper::SweepService {
     use crate::sweeper::{SweepService, SweepSettings};
     let clients = clients.into();
+    install_audit_certifier(config, &clients.kms);
     SweepService {
         store: Arc::new(aws::dynamo::DynamoExpiryStore::new(
             clients.dynamo.clone(),
@@ -226,6 +235,7 @@ pub fn broker_api_with(config: &Config, clients: impl Into<ExchangeClients>) -> 
         sts,
         calls,
     } = clients.into();
+    install_audit_certifier(config, &kms);
     Ok(BrokerApi::with_call_counter(
         ExchangeService {
             policy: Arc::new(PolicyCatalog::new(

@@ -204,6 +204,44 @@ impl TokenSigner for KmsSigner {
     }
 }
 
+/// Certifies audit chains with the audit key (never a token key: nothing it signs is a JWT).
+pub struct KmsChainCertifier {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+}
+
+impl KmsChainCertifier {
+    pub fn new(client: aws_sdk_kms::Client, key_id: &str) -> Self {
+        Self {
+            client,
+            key_id: key_id.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::audit::ChainCertifier for KmsChainCertifier {
+    async fn certify(&self, statement: &[u8]) -> Result<crate::audit::ChainCertificate> {
+        let output = self
+            .client
+            .sign()
+            .key_id(&self.key_id)
+            .message(Blob::new(statement))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("kms", "Sign", &e))?;
+        let signature = output
+            .signature
+            .ok_or_else(|| BrokerError::Internal("KMS Sign returned no signature".into()))?;
+        Ok(crate::audit::ChainCertificate {
+            key_id: output.key_id.unwrap_or_else(|| self.key_id.clone()),
+            signature: signature.into_inner(),
+        })
+    }
+}
+
 /// Creates signing keys whose key policy lets only the named roles sign, and deletes retired ones;
 /// creates envelope keys under the wrapping (secrets) key.
 pub struct KmsKeyAdmin {

@@ -173,6 +173,7 @@ impl ExchangeService {
     /// 500: it is logged loudly instead.
     pub(crate) async fn record_refusal(&self, event: &AuditEvent) {
         if let Err(e) = self.ledger.record_denial(event).await {
+            crate::telemetry::audit_write_failed("exchange");
             tracing::error!(
                 error = %e,
                 reason = event.reason.as_deref().unwrap_or_default(),

@@ -158,6 +158,21 @@ impl ExchangeService {
             request_id,
             "introspection"
         );
+        // An active answer discloses who holds what: like a release, it is given only once its
+        // audit record is written (a failed write answers 503, revealing nothing).
+        if let Some(l) = active {
+            let event = AuditEvent {
+                actor_issuer: Some(caller.issuer.issuer.clone()),
+                actor_subject: Some(caller.subject.clone()),
+                target: Some(l.target.clone()),
+                grant_id: Some(l.grant_id.clone()),
+                lease_id: Some(l.lease_id.clone()),
+                token_fingerprint: Some(caller.fingerprint.clone()),
+                request_id: Some(request_id.to_string()),
+                ..AuditEvent::new(AuditAction::Introspect, AuditOutcome::Released, now)
+            };
+            self.ledger.record_denial(&event).await?;
+        }
         Ok(match active {
             None => json!({ "active": false }),
             Some(l) => {

@@ -7,16 +7,34 @@ use crate::domain::AuditEvent;
 use crate::error::{BrokerError, Result};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 
+/// Attributes of an audit item besides the event's own fields: position, hashes and proofs.
+pub const LINK_ATTRIBUTES: &[&str] = &[
+    "chain",
+    "seq",
+    "prev_hash",
+    "hash",
+    "sig",
+    "chain_key",
+    "chain_cert",
+    "chain_cert_key",
+];
+
 pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
-    to_item(
-        event,
-        [
-            ("chain", s(&link.chain)),
-            ("seq", n(link.seq)),
-            ("prev_hash", s(&link.prev_hash)),
-            ("hash", s(&link.hash)),
-        ],
-    )
+    let mut attributes = vec![
+        ("chain", s(&link.chain)),
+        ("seq", n(link.seq)),
+        ("prev_hash", s(&link.prev_hash)),
+        ("hash", s(&link.hash)),
+        ("sig", s(&link.signature)),
+    ];
+    if let Some(opening) = &link.opening {
+        attributes.push(("chain_key", s(&opening.public_key)));
+        if !opening.certificate.is_empty() {
+            attributes.push(("chain_cert", s(&opening.certificate)));
+            attributes.push(("chain_cert_key", s(&opening.certificate_key_id)));
+        }
+    }
+    to_item(event, attributes)
 }
 
 /// One writer's audit chain in the audit table (one per execution environment and adapter).
@@ -46,7 +64,8 @@ impl AuditWriter {
         event: &AuditEvent,
     ) -> Result<std::result::Result<(), TransactError>> {
         let mut chain = self.chain.lock().await;
-        let link = chain.next_link(event);
+        chain.ensure_certified().await?;
+        let link = chain.next_link(event)?;
         let audit = put_new(&self.table, audit_item(event, &link)?, "chain")?;
         // The token names this exact transaction (its audit link hashes the event, which names
         // what changes): a retry of it after a lost response is a no-op success in DynamoDB,
@@ -73,7 +92,8 @@ impl AuditWriter {
     /// An event on its own (denials), appended to the chain.
     pub(crate) async fn put(&self, event: &AuditEvent) -> Result<()> {
         let mut chain = self.chain.lock().await;
-        let link = chain.next_link(event);
+        chain.ensure_certified().await?;
+        let link = chain.next_link(event)?;
         let mut pending = PendingAppend::new(&mut chain);
         let result = self
             .client

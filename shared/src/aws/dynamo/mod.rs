@@ -22,7 +22,7 @@ mod secret_writes;
 #[cfg(test)]
 mod tests;
 
-pub use audit::AuditWriter;
+pub use audit::{AuditWriter, LINK_ATTRIBUTES};
 pub use deliveries::DynamoDeliveryLedger;
 pub use expiry::DynamoExpiryStore;
 pub use fanout::{DynamoFanoutLedger, DynamoFanoutRegistry};
