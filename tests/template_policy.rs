@@ -249,7 +249,14 @@ fn the_audit_key_certifies_chains_for_every_writer_and_the_sweeper_signs_with_no
     assert_eq!(key["KeySpec"].as_str(), Some("ECC_NIST_P256"));
     assert_eq!(key["KeyUsage"].as_str(), Some("SIGN_VERIFY"));
     let mut certifiers = BTreeSet::new();
-    for (st, _) in statements(&key["KeyPolicy"]["Statement"]) {
+    for (st, condition) in statements(&key["KeyPolicy"]["Statement"]) {
+        if condition.as_deref() == Some("HasOperatorRole") {
+            // Operators (a deployment parameter) certify brokerctl's chains, with the same limits.
+            assert_eq!(reference(&st["Principal"]["AWS"]).as_deref(), Some("OperatorRoleArn"));
+            assert_eq!(strings(&st["Action"]), ["kms:Sign"]);
+            assert_eq!(st["Condition"]["StringEquals"]["kms:MessageType"].as_str(), Some("RAW"));
+            continue;
+        }
         let Value::Sequence(roles) = &st["Principal"]["AWS"] else {
             continue; // the account root: administrative actions only (checked above)
         };
