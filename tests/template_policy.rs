@@ -436,7 +436,10 @@ fn function_sources() -> BTreeMap<&'static str, Vec<&'static str>> {
                 ],
             ]),
         ),
-        ("ExpireSweeperRole", src(&[&DYNAMO, &FANOUT, &["aws/kms.rs"]])),
+        (
+            "ExpireSweeperRole",
+            src(&[&DYNAMO, &FANOUT, &["aws/kms.rs", "aws/dynamo/digest.rs"]]),
+        ),
     ])
 }
 

@@ -2,6 +2,7 @@
 
 use crate::{CliError, CliResult, Ctl, Report, attr, attr_num, table, time, to_json};
 use nhi_broker::audit::{self, GENESIS_HASH, link_hash};
+use nhi_broker::aws::dynamo::digest::{DIGEST_CHAIN, digest_from_item, digest_hash, digest_statement, time_shard};
 use nhi_broker::aws::dynamo::operator::AuditFilter;
 use nhi_broker::aws::dynamo::{Item, from_item};
 use nhi_broker::domain::AuditEvent;
@@ -109,6 +110,7 @@ impl Ctl {
             let seq = attr_num(&item, "seq").unwrap_or(-1);
             chains.entry(chain).or_default().push((seq, item));
         }
+        let digests = chains.remove(DIGEST_CHAIN).unwrap_or_default();
         let allowed = allowed_attributes();
         let mut problems = Vec::new();
         let mut events = 0;
@@ -146,6 +148,12 @@ impl Ctl {
                 }
                 match from_item::<AuditEvent>(item.clone(), "audit event") {
                     Ok(event) => {
+                        if attr(item, "time_shard") != time_shard(event.at, &chain) {
+                            problems.push(format!(
+                                "chain {chain}: event {} (seq {seq}) is indexed under another time than its own",
+                                event.event_id
+                            ));
+                        }
                         if link_hash(&chain, *seq, prev, &event) != stored {
                             problems.push(format!(
                                 "chain {chain}: event {} (seq {seq}) was edited",
@@ -170,9 +178,11 @@ impl Ctl {
                 expected_prev = stored.to_string();
             }
         }
+        let digest_count = digests.len();
+        check_digests(digests, &chains, &audit_key_id, &audit_key, &mut problems);
         let ok = problems.is_empty();
         let mut text = vec![format!(
-            "{} chain(s), {events} event(s): {}",
+            "{} chain(s), {events} event(s), {digest_count} digest(s): {}",
             chains.len(),
             if ok {
                 "every chain verifies"
@@ -182,12 +192,12 @@ impl Ctl {
         )];
         text.extend(problems.iter().cloned());
         text.push(
-            "(a chain's newest events, or a whole chain, could be removed without a trace: compare counts with an earlier verification)"
+            "(events newer than the last digest, and the newest digests themselves, could be removed without a trace: compare counts with an earlier verification)"
                 .into(),
         );
         let mut report = Report::new(
             text.join("\n"),
-            json!({ "chains": chains.len(), "events": events, "ok": ok, "problems": problems }),
+            json!({ "chains": chains.len(), "events": events, "digests": digest_count, "ok": ok, "problems": problems }),
         );
         if !ok {
             report.exit = 5;
@@ -256,4 +266,70 @@ fn check_opening(
         return None;
     }
     audit::decode_chain_key(public_key)
+}
+
+/// The digest chain: consecutive, each following the one before, unedited, signed by the audit
+/// key; and every chain head a digest recorded still there, with the hash it had.
+fn check_digests(
+    mut items: Vec<(i64, Item)>,
+    chains: &BTreeMap<String, Vec<(i64, Item)>>,
+    audit_key_id: &str,
+    audit_key: &[u8],
+    problems: &mut Vec<String>,
+) {
+    items.sort_by_key(|(seq, _)| *seq);
+    let hashes: std::collections::HashMap<(&str, i64), &str> = chains
+        .iter()
+        .flat_map(|(chain, links)| {
+            links
+                .iter()
+                .map(move |(seq, item)| ((chain.as_str(), *seq), attr(item, "hash")))
+        })
+        .collect();
+    let mut previous = GENESIS_HASH.to_string();
+    for (position, (seq, item)) in items.iter().enumerate() {
+        let Some(digest) = digest_from_item(item) else {
+            problems.push(format!("digest {seq} is malformed"));
+            continue;
+        };
+        if *seq != position as i64 {
+            problems.push(format!(
+                "digest {seq} where {position} was expected (a digest is missing)"
+            ));
+        }
+        if digest.prev_hash != previous {
+            problems.push(format!(
+                "digest {seq} does not follow the digest before it (deleted or replaced)"
+            ));
+        }
+        if digest_hash(digest.seq, digest.from, digest.until, &digest.prev_hash, &digest.heads) != digest.hash {
+            problems.push(format!("digest {seq} was edited"));
+        }
+        let signed_by = digest.key_id.rsplit('/').next().unwrap_or_default();
+        if signed_by != audit_key_id
+            || !audit::verify_p256(audit_key, &digest_statement(&digest.hash), &digest.signature)
+        {
+            problems.push(format!(
+                "digest {seq} is not signed by audit key {audit_key_id} (forged)"
+            ));
+        }
+        for head in &digest.heads {
+            match hashes.get(&(head.chain.as_str(), head.seq)) {
+                None if !chains.contains_key(&head.chain) => problems.push(format!(
+                    "chain {}: digest {seq} recorded it up to seq {}, but the whole chain is gone (deleted)",
+                    head.chain, head.seq
+                )),
+                None => problems.push(format!(
+                    "chain {}: digest {seq} recorded seq {}, which is missing (events deleted after the digest)",
+                    head.chain, head.seq
+                )),
+                Some(hash) if *hash != head.hash => problems.push(format!(
+                    "chain {}: seq {} is not the event digest {seq} recorded (replaced)",
+                    head.chain, head.seq
+                )),
+                Some(_) => {}
+            }
+        }
+        previous = digest.hash.clone();
+    }
 }

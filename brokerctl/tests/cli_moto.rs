@@ -293,6 +293,8 @@ destinations:
     assert_eq!(brokerctl(&["audit", "verify"], None).code, 0);
     tampering_without_the_audit_key_is_detected(&h, &victim).await;
     assert_eq!(brokerctl(&["audit", "verify"], None).code, 0);
+    digests_detect_truncation_after_they_cover_it(&h, &fanout).await;
+    assert_eq!(brokerctl(&["audit", "verify"], None).code, 0);
     logs.assert_free_of(&[value]);
 }
 
@@ -433,4 +435,111 @@ async fn tampering_without_the_audit_key_is_detected(h: &Harness, victim: &nhi_b
     // Without the audit key there is nothing to verify against: a usage error, not a pass.
     let run = brokerctl_with(&["audit", "verify"], None, &[("NHI_AUDIT_KEY_ID", "")]);
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+}
+
+/// A digest (written by the sweeper's run) records every chain's head: deleting a chain's newest
+/// event, or a whole chain, after that is detected, and so is an edited or forged digest.
+async fn digests_detect_truncation_after_they_cover_it(h: &Harness, fanout: &Fanout) {
+    use nhi_broker::aws::dynamo::digest::{DIGEST_CHAIN, Head, SETTLE};
+    // Two releases through one API: one chain with two events.
+    for _ in 0..2 {
+        let (status, body) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // A run a little later than now, so that this test's events are inside its window.
+    fanout.set_clock(now() + SETTLE + 60);
+    let report = fanout.sweeper.run().await.unwrap();
+    let seq = report.digest_seq.expect("the sweep wrote a digest");
+    assert!(report.digest_heads > 0, "{report:?}");
+    let run = brokerctl(&["audit", "verify"], None);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(run.stdout.contains("digest(s): every chain verifies"), "{}", run.stdout);
+
+    let digests = nhi_broker::aws::dynamo::DynamoAuditDigests::new(h.dynamo.clone(), &h.config.audit_table);
+    let digest = digests.latest().await.unwrap().unwrap();
+    assert_eq!(digest.seq, seq);
+    let key = |chain: &str, seq: i64| (AttributeValue::S(chain.to_string()), AttributeValue::N(seq.to_string()));
+    let get = |head: &Head| {
+        let (chain, seq) = key(&head.chain, head.seq);
+        h.dynamo
+            .get_item()
+            .table_name(&h.config.audit_table)
+            .key("chain", chain)
+            .key("seq", seq)
+            .send()
+    };
+    let delete = |head: &Head| {
+        let (chain, seq) = key(&head.chain, head.seq);
+        h.dynamo
+            .delete_item()
+            .table_name(&h.config.audit_table)
+            .key("chain", chain)
+            .key("seq", seq)
+            .send()
+    };
+    let put = |item: nhi_broker::aws::dynamo::Item| {
+        h.dynamo
+            .put_item()
+            .table_name(&h.config.audit_table)
+            .set_item(Some(item))
+            .send()
+    };
+    // The newest event of a longer chain, then a whole one-event chain.
+    for (head, expected) in [
+        (
+            digest
+                .heads
+                .iter()
+                .find(|hd| hd.seq >= 1)
+                .unwrap_or_else(|| panic!("a chain with two events: {:?}\n{}", digest.heads, run.stdout)),
+            "which is missing (events deleted after the digest)",
+        ),
+        (
+            digest.heads.iter().find(|hd| hd.seq == 0).expect("a one-event chain"),
+            "the whole chain is gone (deleted)",
+        ),
+    ] {
+        let item = get(head).await.unwrap().item.expect("the head event");
+        delete(head).await.unwrap();
+        let run = brokerctl(&["audit", "verify"], None);
+        assert_eq!(run.code, 5, "{}", run.stdout);
+        assert!(
+            run.stdout
+                .contains(&format!("chain {}: digest {seq} recorded", head.chain))
+                && run.stdout.contains(expected),
+            "{}",
+            run.stdout
+        );
+        put(item).await.unwrap();
+    }
+
+    // An edited digest (one head moved back, as if to hide later events).
+    let (chain, digest_seq) = key(DIGEST_CHAIN, seq);
+    let stored = h
+        .dynamo
+        .get_item()
+        .table_name(&h.config.audit_table)
+        .key("chain", chain)
+        .key("seq", digest_seq)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let mut heads = digest.heads.clone();
+    heads.iter_mut().find(|hd| hd.seq >= 1).unwrap().seq -= 1;
+    let mut edited = stored.clone();
+    edited.insert(
+        "digest_heads".into(),
+        AttributeValue::S(serde_json::to_string(&heads).unwrap()),
+    );
+    put(edited).await.unwrap();
+    let run = brokerctl(&["audit", "verify"], None);
+    assert_eq!(run.code, 5, "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("digest {seq} was edited")),
+        "{}",
+        run.stdout
+    );
+    put(stored).await.unwrap();
 }

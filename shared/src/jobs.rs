@@ -312,6 +312,8 @@ pub async fn handle_sweep(service: &SweepService, event: EventBridgeEvent<Value>
         deliveries_unconfirmed = report.deliveries_unconfirmed,
         already_done = report.already_done,
         remaining = report.remaining,
+        digest_seq = report.digest_seq,
+        digest_heads = report.digest_heads,
         "sweep finished"
     );
     crate::telemetry::emit_metrics(
@@ -321,6 +323,7 @@ pub async fn handle_sweep(service: &SweepService, event: EventBridgeEvent<Value>
             ("GrantsRevoked", report.grants_revoked),
             ("DestinationsUnconfirmed", report.deliveries_unconfirmed),
             ("Remaining", report.remaining),
+            ("AuditDigestHeads", report.digest_heads),
         ],
     );
     serde_json::to_value(&report).map_err(|e| crate::BrokerError::Internal(e.to_string()))

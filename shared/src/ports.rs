@@ -347,6 +347,23 @@ pub struct LapsedGrant {
     pub approval_expires_at: UnixTime,
 }
 
+/// What one audit digest run did (`aws::dynamo::digest`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DigestOutcome {
+    /// The digest written (None: an overlapping run wrote this one).
+    pub seq: Option<i64>,
+    pub heads: u64,
+    /// Chains seen beyond the per-digest cap (the next digest's window reaches back for them).
+    pub heads_left: u64,
+}
+
+/// Writes the next signed digest of audit chain heads (expire-sweeper, every run). Overlapping
+/// runs write each digest once.
+#[async_trait]
+pub trait AuditDigestWriter: Send + Sync {
+    async fn write_digest(&self, now: UnixTime) -> Result<DigestOutcome>;
+}
+
 /// What expire-sweeper reads and changes. Every change is conditional on the state it was read in,
 /// so overlapping runs change each item once.
 #[async_trait]

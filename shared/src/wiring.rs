@@ -214,6 +214,12 @@ pub fn sweep_service(config: &Config, clients: impl Into<SweepClients>) -> crate
             &config.audit_table,
         )),
         clock: Arc::new(SystemClock),
+        digests: config.audit_key_id.as_ref().map(|_| {
+            Arc::new(aws::dynamo::DynamoAuditDigests::new(
+                clients.dynamo.clone(),
+                &config.audit_table,
+            )) as Arc<dyn crate::ports::AuditDigestWriter>
+        }),
         settings: SweepSettings {
             page_size: config.sweep.page_size,
             max_per_run: config.sweep.max_per_run,

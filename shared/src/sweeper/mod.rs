@@ -48,6 +48,9 @@ pub struct SweepReport {
     pub already_done: u64,
     /// Still due when this run stopped at `max_per_run` (a lower bound).
     pub remaining: u64,
+    /// The audit digest this run wrote (None: no digest writer, or an overlapping run wrote it).
+    pub digest_seq: Option<i64>,
+    pub digest_heads: u64,
 }
 
 pub struct SweepService {
@@ -55,6 +58,8 @@ pub struct SweepService {
     pub deliveries: Arc<dyn DeliveryLedger>,
     pub clock: Arc<dyn Clock>,
     pub settings: SweepSettings,
+    /// Signed digests of audit chain heads, one per run (None without an audit key).
+    pub digests: Option<Arc<dyn crate::ports::AuditDigestWriter>>,
 }
 
 /// How many items one run may still handle, shared by the three index sweeps' page loops.
@@ -86,6 +91,11 @@ impl SweepService {
         self.expire_leases(now, &mut report).await?;
         self.revoke_lapsed_grants(now, &mut report).await?;
         self.flag_drift(now, &mut report).await?;
+        if let Some(digests) = &self.digests {
+            let digest = digests.write_digest(now).await?;
+            report.digest_seq = digest.seq;
+            report.digest_heads = digest.heads;
+        }
         Ok(report)
     }
 

@@ -17,6 +17,7 @@ pub const LINK_ATTRIBUTES: &[&str] = &[
     "chain_key",
     "chain_cert",
     "chain_cert_key",
+    "time_shard",
 ];
 
 pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
@@ -26,6 +27,7 @@ pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
         ("prev_hash", s(&link.prev_hash)),
         ("hash", s(&link.hash)),
         ("sig", s(&link.signature)),
+        ("time_shard", s(super::digest::time_shard(event.at, &link.chain))),
     ];
     if let Some(opening) = &link.opening {
         attributes.push(("chain_key", s(&opening.public_key)));

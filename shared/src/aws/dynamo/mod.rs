@@ -6,10 +6,12 @@
 //!   target        TARGET#<id>        #TARGET     target  <id>
 //! leases table    pk                 sk
 //!   lease         LEASE#<lease_id>   LEASE       + grant_id, target, subject_key, active_shard, expires_at, ttl
-//! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash
+//! audit table     chain (S)          seq (N)     + event fields, prev_hash, hash, sig, time_shard (by-time index)
+//!   digest        #DIGEST            n           + window, heads, prev_hash, hash, digest_sig
 
 mod audit;
 mod deliveries;
+pub mod digest;
 mod expiry;
 pub mod fanout;
 mod grant_writes;
@@ -24,6 +26,7 @@ mod tests;
 
 pub use audit::{AuditWriter, LINK_ATTRIBUTES};
 pub use deliveries::DynamoDeliveryLedger;
+pub use digest::DynamoAuditDigests;
 pub use expiry::DynamoExpiryStore;
 pub use fanout::{DynamoFanoutLedger, DynamoFanoutRegistry};
 pub use ledger::DynamoLedger;
