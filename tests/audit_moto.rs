@@ -3,7 +3,7 @@
 //! broker, and a refusal whose audit write fails is counted in the `AuditWriteFailures` metric.
 
 use nhi_broker::config::AwsCallSettings;
-use nhi_broker::domain::{TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_SECRET, Target, TargetKind};
+use nhi_broker::domain::{TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_SECRET};
 use nhi_tests::faults::{Fault, FaultProxy};
 use nhi_tests::rotation::{random_policy, secret_with_value};
 use nhi_tests::{Harness, attr, form_request, now, post_form};
@@ -32,17 +32,7 @@ async fn when_the_audit_write_fails_nothing_is_released_on_any_path() {
     let caller = h.introspection_caller().await;
     let value = format!("pw-{}", uuid::Uuid::new_v4());
     let secret = secret_with_value(&h, "audit-db", random_policy(), &value).await;
-    let role = format!("arn:aws:iam::123456789012:role/nhi-broker/audit-{}", h.id);
-    h.registry
-        .put_target(&Target {
-            id: role.clone(),
-            kind: TargetKind::AwsRole,
-            environment: "prod".into(),
-            owner: "team".into(),
-            enabled: true,
-        })
-        .await
-        .unwrap();
+    let role = h.aws_role("audit").await;
     let mut grant = h.grant(&format!("audit-paths-{}", h.id), &h.subject, now() + 3600);
     grant.targets = vec![secret.clone(), role.clone()];
     grant.max_ttl_seconds = 3600;

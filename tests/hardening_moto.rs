@@ -137,7 +137,7 @@ async fn a_lease_id_is_revoked_only_with_its_holders_workload_token() {
     assert_eq!(active_leases(&h).await, 0);
 }
 
-/// The exchange API behind the fault proxy, with tight deadlines.
+/// The exchange API behind the fault proxy, with tight deadlines (for tests of the deadlines).
 async fn behind(h: &mut Harness, proxy: &FaultProxy) {
     let settings = AwsCallSettings {
         connect_timeout: Duration::from_millis(500),
@@ -145,9 +145,26 @@ async fn behind(h: &mut Harness, proxy: &FaultProxy) {
         operation_timeout: Duration::from_millis(1500),
         max_attempts: 3,
     };
+    behind_with(h, proxy, settings, Duration::from_secs(4)).await;
+}
+
+/// Behind the proxy with deadlines a loaded moto always meets (moto copies every table a
+/// transaction touches, so a late test's calls can take far longer than DynamoDB's): for tests of
+/// what faults do, not of how fast deadlines fire.
+async fn behind_patiently(h: &mut Harness, proxy: &FaultProxy) {
+    let settings = AwsCallSettings {
+        connect_timeout: Duration::from_secs(1),
+        attempt_timeout: Duration::from_secs(5),
+        operation_timeout: Duration::from_secs(15),
+        max_attempts: 3,
+    };
+    behind_with(h, proxy, settings, Duration::from_secs(30)).await;
+}
+
+async fn behind_with(h: &mut Harness, proxy: &FaultProxy, settings: AwsCallSettings, deadline: Duration) {
     let sdk = nhi_broker::aws::sdk_config_with(&settings, Some(&proxy.url)).await;
     let mut config = h.config.clone();
-    config.request_deadline = Duration::from_secs(4);
+    config.request_deadline = deadline;
     h.api = nhi_broker::wiring::broker_api(&config, &sdk).unwrap();
 }
 
@@ -156,7 +173,17 @@ async fn a_frozen_aws_endpoint_gets_503_with_retry_after_within_the_deadline_and
     let mut h = Harness::new().await;
     let proxy = FaultProxy::start().await;
     behind(&mut h, &proxy).await;
-    assert_eq!(exchange(&h).await.0, 200, "through the proxy, all is well");
+    // Warm-up (the cold path: policy, keys, the audit chain's certificate), not what is tested: a
+    // loaded moto may miss these tight deadlines on it once.
+    let (mut warm, mut cold_failures) = (0, 0);
+    for _ in 0..3 {
+        warm = exchange(&h).await.0;
+        if warm == 200 {
+            break;
+        }
+        cold_failures += 1;
+    }
+    assert_eq!(warm, 200, "through the proxy, all is well");
 
     for operation in ["Sign", "TransactWriteItems"] {
         proxy.fail(operation, 10, Fault::Freeze);
@@ -177,7 +204,7 @@ async fn a_frozen_aws_endpoint_gets_503_with_retry_after_within_the_deadline_and
     // The frozen transaction never reached moto. The lease recorded while Sign hung (the two run
     // together) was revoked when the signature failed: one active lease, the first.
     let leases = h.leases().await;
-    assert!(leases.len() <= 2, "{leases:?}");
+    assert!(leases.len() <= 2 + cold_failures, "{leases:?}");
     assert_eq!(leases.iter().filter(|l| attr(l, "status") == "active").count(), 1);
     let events = h.audit_events().await;
     assert_eq!(
@@ -197,7 +224,7 @@ async fn a_frozen_aws_endpoint_gets_503_with_retry_after_within_the_deadline_and
 async fn a_lost_transaction_response_is_retried_idempotently() {
     let mut h = Harness::new().await;
     let proxy = FaultProxy::start().await;
-    behind(&mut h, &proxy).await;
+    behind_patiently(&mut h, &proxy).await;
     assert_eq!(exchange(&h).await.0, 200);
     proxy.forget();
 
@@ -226,7 +253,7 @@ async fn a_lost_transaction_response_is_retried_idempotently() {
 async fn conflicts_and_throttling_are_503_never_a_denial_and_release_nothing() {
     let mut h = Harness::new().await;
     let proxy = FaultProxy::start().await;
-    behind(&mut h, &proxy).await;
+    behind_patiently(&mut h, &proxy).await;
     // lease, grant fence, subject fence, issuer fence, audit: a conflict on the grant's fence shard.
     proxy.fail("TransactWriteItems", 1, Fault::transaction_conflict(5, 1));
     let (status, body) = exchange(&h).await;

@@ -3,7 +3,6 @@
 mod common;
 
 use common::{Stack, claim, run, serve_fn, verify_broker_jwt};
-use nhi_broker::domain::{Target, TargetKind};
 use nhi_tests::rotation::{random_policy, secret_with_value};
 use nhi_tests::{attr, now};
 use serde_json::{Value, json};
@@ -24,17 +23,7 @@ async fn granted_secret(s: &Stack, name: &str, value: &str) -> String {
 
 /// A registered role with a grant for the stack's subject.
 async fn granted_role(s: &Stack) -> String {
-    let arn = format!("arn:aws:iam::123456789012:role/nhi-broker/cli-{}", s.h.id);
-    s.h.registry
-        .put_target(&Target {
-            id: arn.clone(),
-            kind: TargetKind::AwsRole,
-            environment: "prod".into(),
-            owner: "team".into(),
-            enabled: true,
-        })
-        .await
-        .unwrap();
+    let arn = s.h.aws_role("cli").await;
     let mut grant = s.h.grant(&format!("cli-role-{}", s.h.id), &s.h.subject, now() + 7200);
     grant.targets = vec![arn.clone()];
     grant.max_ttl_seconds = 3600;

@@ -182,6 +182,22 @@ impl Harness {
         }
     }
 
+    /// A registered AWS role target `arn:aws:iam::123456789012:role/nhi-broker/<name>-<id>` (prod).
+    pub async fn aws_role(&self, name: &str) -> String {
+        let arn = format!("arn:aws:iam::123456789012:role/nhi-broker/{name}-{}", self.id);
+        self.registry
+            .put_target(&Target {
+                id: arn.clone(),
+                kind: TargetKind::AwsRole,
+                environment: "prod".into(),
+                owner: "team".into(),
+                enabled: true,
+            })
+            .await
+            .unwrap();
+        arn
+    }
+
     /// A workload token for a separate subject holding a grant on the introspection endpoint.
     pub async fn introspection_caller(&self) -> String {
         let caller = format!("repo:org/gateway-{}:ref:refs/heads/main", self.id);

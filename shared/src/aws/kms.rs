@@ -176,20 +176,8 @@ impl TokenSigner for KmsSigner {
                 return envelope.sign(key_id, material, signing_input, &ring).await;
             }
         }
-        let output = self
-            .client
-            .sign()
-            .key_id(key_id)
-            .message(Blob::new(signing_input))
-            .message_type(MessageType::Raw)
-            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("kms", "Sign", &e))?;
-        let der = output
-            .signature
-            .ok_or_else(|| BrokerError::Internal("KMS Sign returned no signature".into()))?;
-        der_to_jws_signature(der.as_ref())
+        let (der, _) = sign_raw_es256(&self.client, key_id, signing_input).await?;
+        der_to_jws_signature(&der)
     }
 
     /// Next, active and retired keys alike: a token verifies from before its key signs (next) until
@@ -202,6 +190,27 @@ impl TokenSigner for KmsSigner {
         }
         serde_json::from_value(serde_json::json!({ "keys": keys })).map_err(|e| BrokerError::Internal(e.to_string()))
     }
+}
+
+/// KMS `Sign` of `message` itself (RAW, ECDSA_SHA_256): the DER signature and the key's ARN.
+async fn sign_raw_es256(
+    client: &aws_sdk_kms::Client,
+    key_id: &str,
+    message: &[u8],
+) -> Result<(Vec<u8>, Option<String>)> {
+    let output = client
+        .sign()
+        .key_id(key_id)
+        .message(Blob::new(message))
+        .message_type(MessageType::Raw)
+        .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+        .send()
+        .await
+        .map_err(|e| BrokerError::aws("kms", "Sign", &e))?;
+    let der = output
+        .signature
+        .ok_or_else(|| BrokerError::Internal("KMS Sign returned no signature".into()))?;
+    Ok((der.into_inner(), output.key_id))
 }
 
 /// Certifies audit chains with the audit key (never a token key: nothing it signs is a JWT).
@@ -222,22 +231,10 @@ impl KmsChainCertifier {
 #[async_trait]
 impl crate::audit::ChainCertifier for KmsChainCertifier {
     async fn certify(&self, statement: &[u8]) -> Result<crate::audit::ChainCertificate> {
-        let output = self
-            .client
-            .sign()
-            .key_id(&self.key_id)
-            .message(Blob::new(statement))
-            .message_type(MessageType::Raw)
-            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
-            .send()
-            .await
-            .map_err(|e| BrokerError::aws("kms", "Sign", &e))?;
-        let signature = output
-            .signature
-            .ok_or_else(|| BrokerError::Internal("KMS Sign returned no signature".into()))?;
+        let (signature, key_id) = sign_raw_es256(&self.client, &self.key_id, statement).await?;
         Ok(crate::audit::ChainCertificate {
-            key_id: output.key_id.unwrap_or_else(|| self.key_id.clone()),
-            signature: signature.into_inner(),
+            key_id: key_id.unwrap_or_else(|| self.key_id.clone()),
+            signature,
         })
     }
 }
