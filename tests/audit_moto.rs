@@ -2,25 +2,11 @@
 //! audit write fails, no JWT, secret, AWS credentials or revealing introspection answer leaves the
 //! broker, and a refusal whose audit write fails is counted in the `AuditWriteFailures` metric.
 
-use nhi_broker::config::AwsCallSettings;
 use nhi_broker::domain::{TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_SECRET};
-use nhi_tests::faults::{Fault, FaultProxy};
+use nhi_tests::faults::{self, Fault, FaultProxy};
 use nhi_tests::rotation::{random_policy, secret_with_value};
 use nhi_tests::{Harness, attr, form_request, now, post_form};
 use std::time::Duration;
-
-async fn behind(h: &mut Harness, proxy: &FaultProxy) {
-    let settings = AwsCallSettings {
-        connect_timeout: Duration::from_secs(1),
-        attempt_timeout: Duration::from_secs(3),
-        operation_timeout: Duration::from_secs(8),
-        max_attempts: 3,
-    };
-    let sdk = nhi_broker::aws::sdk_config_with(&settings, Some(&proxy.url)).await;
-    let mut config = h.config.clone();
-    config.request_deadline = Duration::from_secs(20);
-    h.api = nhi_broker::wiring::broker_api(&config, &sdk).unwrap();
-}
 
 async fn lease_count(h: &Harness) -> usize {
     h.leases().await.len()
@@ -38,7 +24,7 @@ async fn when_the_audit_write_fails_nothing_is_released_on_any_path() {
     grant.max_ttl_seconds = 3600;
     h.registry.put_grant(&grant).await.unwrap();
     let proxy = FaultProxy::start().await;
-    behind(&mut h, &proxy).await;
+    faults::behind(&mut h, &proxy, faults::PATIENT, Duration::from_secs(20)).await;
 
     let form = |h: &Harness, target: &str, token_type: Option<&str>| {
         let mut form = h.form(&h.token(&h.claims()), target);

@@ -4,7 +4,7 @@
 
 use nhi_broker::config::AwsCallSettings;
 use nhi_broker::domain::{AuditAction, AuditEvent, AuditOutcome, Fence, RevocationTarget};
-use nhi_tests::faults::{Fault, FaultProxy};
+use nhi_tests::faults::{self, Fault, FaultProxy};
 use nhi_tests::{Harness, attr, form_request, now};
 use std::time::{Duration, Instant};
 
@@ -145,27 +145,12 @@ async fn behind(h: &mut Harness, proxy: &FaultProxy) {
         operation_timeout: Duration::from_millis(1500),
         max_attempts: 3,
     };
-    behind_with(h, proxy, settings, Duration::from_secs(4)).await;
+    faults::behind(h, proxy, settings, Duration::from_secs(4)).await;
 }
 
-/// Behind the proxy with deadlines a loaded moto always meets (moto copies every table a
-/// transaction touches, so a late test's calls can take far longer than DynamoDB's): for tests of
-/// what faults do, not of how fast deadlines fire.
+/// Behind the proxy with deadlines a loaded moto meets: for tests of what faults do.
 async fn behind_patiently(h: &mut Harness, proxy: &FaultProxy) {
-    let settings = AwsCallSettings {
-        connect_timeout: Duration::from_secs(1),
-        attempt_timeout: Duration::from_secs(5),
-        operation_timeout: Duration::from_secs(15),
-        max_attempts: 3,
-    };
-    behind_with(h, proxy, settings, Duration::from_secs(30)).await;
-}
-
-async fn behind_with(h: &mut Harness, proxy: &FaultProxy, settings: AwsCallSettings, deadline: Duration) {
-    let sdk = nhi_broker::aws::sdk_config_with(&settings, Some(&proxy.url)).await;
-    let mut config = h.config.clone();
-    config.request_deadline = deadline;
-    h.api = nhi_broker::wiring::broker_api(&config, &sdk).unwrap();
+    faults::behind(h, proxy, faults::PATIENT, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

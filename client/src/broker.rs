@@ -180,11 +180,14 @@ impl Broker {
     /// RFC 8693 exchange of a fresh subject token from `identity`.
     pub async fn exchange(&self, identity: &IdentitySource, request: &ExchangeRequest) -> Result<Issued> {
         let (status, body) = self
-            .post_with_retries("/token", identity, false, |subject| {
+            .post_with_retries("/token", Some(identity), false, |subject| {
                 let mut form = vec![
                     ("grant_type", GRANT_TYPE.to_string()),
                     ("subject_token_type", SUBJECT_TOKEN_TYPE.to_string()),
-                    ("subject_token", subject.expose().to_string()),
+                    (
+                        "subject_token",
+                        subject.map(Secret::expose).unwrap_or_default().to_string(),
+                    ),
                     ("audience", request.target.clone()),
                     ("requested_token_type", request.token_type.uri().to_string()),
                 ];
@@ -249,13 +252,9 @@ impl Broker {
         let body = zeroize::Zeroizing::new(
             serde_urlencoded::to_string([("token", token_or_lease.expose())]).unwrap_or_default(),
         );
-        let (status, answer) = match identity {
-            Some(identity) => {
-                self.post_with_retries("/revoke", identity, true, |_| body.clone())
-                    .await?
-            }
-            None => self.post_anonymous_with_retries("/revoke", &body).await?,
-        };
+        let (status, answer) = self
+            .post_with_retries("/revoke", identity, true, |_| body.clone())
+            .await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -263,38 +262,29 @@ impl Broker {
         }
     }
 
-    async fn post_anonymous_with_retries(&self, path: &str, body: &str) -> Result<(reqwest::StatusCode, Vec<u8>)> {
-        let mut last = None;
-        for attempt in 0..self.retry.max_attempts.max(1) {
-            if let Some((_, retry_after, _)) = &last {
-                tokio::time::sleep(self.retry.delay(attempt, *retry_after)).await;
-            }
-            match self.attempt(path, body.to_string(), None).await {
-                Attempt::Done(status, body) => return Ok((status, body)),
-                Attempt::Retry(detail, retry_after, request_id) => last = Some((detail, retry_after, request_id)),
-            }
-        }
-        let (detail, _, request_id) = last.unwrap_or_default();
-        Err(Error::Unavailable { detail, request_id })
-    }
-
-    /// POST a form built from a fresh subject token, retrying as the module doc says. With
-    /// `bearer`, the subject token is sent as `Authorization: Bearer` instead of in the form.
+    /// POST a form built from a fresh subject token of `identity` (if any), retrying as the module
+    /// doc says. With `bearer`, the subject token is sent as `Authorization: Bearer` instead.
     async fn post_with_retries(
         &self,
         path: &str,
-        identity: &IdentitySource,
+        identity: Option<&IdentitySource>,
         bearer: bool,
-        form: impl Fn(&Secret) -> zeroize::Zeroizing<String>,
+        form: impl Fn(Option<&Secret>) -> zeroize::Zeroizing<String>,
     ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
         let mut last: Option<(String, Option<Duration>, Option<String>)> = None;
         for attempt in 0..self.retry.max_attempts.max(1) {
             if let Some((_, retry_after, _)) = &last {
                 tokio::time::sleep(self.retry.delay(attempt, *retry_after)).await;
             }
-            let subject = identity.subject_token(&self.http).await?;
-            let body = form(&subject);
-            match self.attempt(path, body.to_string(), bearer.then_some(&subject)).await {
+            let subject = match identity {
+                Some(identity) => Some(identity.subject_token(&self.http).await?),
+                None => None,
+            };
+            let body = form(subject.as_ref());
+            match self
+                .attempt(path, body.to_string(), subject.as_ref().filter(|_| bearer))
+                .await
+            {
                 Attempt::Done(status, body) => return Ok((status, body)),
                 Attempt::Retry(detail, retry_after, request_id) => last = Some((detail, retry_after, request_id)),
             }

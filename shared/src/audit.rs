@@ -128,8 +128,9 @@ pub struct ChainState {
     chain: String,
     next_seq: i64,
     prev_hash: String,
-    /// This chain's key: made in memory with the chain, never stored.
-    key: EcdsaKeyPair,
+    /// This chain's key: made in memory when the chain writes its first event (not when a writer
+    /// is built: most writers of a process may never write), never stored.
+    key: Option<EcdsaKeyPair>,
     certificate: Option<ChainCertificate>,
 }
 
@@ -144,18 +145,23 @@ impl std::fmt::Debug for ChainState {
 
 impl ChainState {
     fn fresh() -> Self {
-        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("aws-lc generates a P-256 key");
         Self {
             chain: uuid::Uuid::now_v7().to_string(),
             next_seq: 0,
             prev_hash: GENESIS_HASH.to_string(),
-            key,
+            key: None,
             certificate: None,
         }
     }
 
-    fn public_key_b64(&self) -> String {
-        B64.encode(self.key.public_key().as_ref())
+    fn key(&mut self) -> &EcdsaKeyPair {
+        self.key.get_or_insert_with(|| {
+            EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("aws-lc generates a P-256 key")
+        })
+    }
+
+    fn public_key_b64(&mut self) -> String {
+        B64.encode(self.key().public_key().as_ref())
     }
 
     /// Before the first event of a chain: have the audit key certify it (once per chain). Without
@@ -166,21 +172,23 @@ impl ChainState {
             return Ok(());
         }
         if let Some(certifier) = certifier() {
-            let statement = chain_statement(&self.chain, &self.public_key_b64());
+            let public_key = self.public_key_b64();
+            let statement = chain_statement(&self.chain, &public_key);
             self.certificate = Some(certifier.certify(&statement).await?);
         }
         Ok(())
     }
 
     /// The link the next event would get.
-    pub fn next_link(&self, event: &AuditEvent) -> Result<ChainLink> {
+    pub fn next_link(&mut self, event: &AuditEvent) -> Result<ChainLink> {
         let hash = link_hash(&self.chain, self.next_seq, &self.prev_hash, event);
         let signature = self
-            .key
+            .key()
             .sign(&SystemRandom::new(), hash.as_bytes())
             .map_err(|_| BrokerError::Internal("audit chain signature failed".into()))?;
-        let opening = (self.next_seq == 0).then(|| ChainOpening {
-            public_key: self.public_key_b64(),
+        let public_key = (self.next_seq == 0).then(|| self.public_key_b64());
+        let opening = public_key.map(|public_key| ChainOpening {
+            public_key,
             certificate: self
                 .certificate
                 .as_ref()
@@ -283,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chain_is_certified_once_and_every_event_is_signed_by_its_key() {
-        let audit_key = ChainState::fresh().key;
+        let audit_key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
         let audit_public = audit_key.public_key().as_ref().to_vec();
         install_certifier(Arc::new(FakeCertifier(audit_key)));
         let mut state = ChainState::fresh();

@@ -111,6 +111,7 @@ pub fn rotation_service(
 ) -> Result<crate::rotation::RotationService> {
     use crate::rotation::{HttpRotationHook, KeyRotationSettings, RotationService, RotationSettings};
     let clients = clients.into();
+    install_audit_certifier(config, &clients.kms);
     let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
     let ring = key_ring(config, &clients.dynamo);
     let signer = Arc::new(signer(config, ring.clone(), &clients.kms));
@@ -153,6 +154,7 @@ pub fn rotation_service(
 pub fn fanout_service(config: &Config, clients: impl Into<FanoutClients>) -> Result<crate::fanout::FanoutService> {
     use crate::fanout::{FanoutService, FanoutSettings};
     let clients = clients.into();
+    install_audit_certifier(config, &clients.kms);
     let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
     let signer = Arc::new(signer(config, key_ring(config, &clients.dynamo), &clients.kms));
     Ok(FanoutService {
@@ -273,4 +275,27 @@ pub fn broker_api_with(config: &Config, clients: impl Into<ExchangeClients>) -> 
         calls,
     )
     .with_deadline(config.request_deadline))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each function runs in its own process, so each service builder must install the audit
+    /// certifier itself (in a test process one builder's install hides another's omission).
+    #[test]
+    fn every_service_builder_certifies_its_audit_chains() {
+        let source = include_str!("wiring.rs");
+        for builder in [
+            "pub fn broker_api_with(",
+            "pub fn rotation_service(",
+            "pub fn fanout_service(",
+            "pub fn sweep_service(",
+        ] {
+            let body = &source[source.find(builder).expect(builder)..];
+            let body = &body[..body.find("\n}\n").expect("end of the function")];
+            assert!(
+                body.contains("install_audit_certifier(config"),
+                "{builder} does not certify"
+            );
+        }
+    }
 }

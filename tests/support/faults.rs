@@ -219,3 +219,26 @@ fn respond(status: u16, body: String) -> nhi_local::HttpResponse {
     );
     response
 }
+
+/// Deadlines a loaded moto always meets (moto copies every table a transaction touches, so a late
+/// test's calls can take far longer than DynamoDB's): for tests of what faults do, not of how fast
+/// deadlines fire.
+pub const PATIENT: nhi_broker::config::AwsCallSettings = nhi_broker::config::AwsCallSettings {
+    connect_timeout: std::time::Duration::from_secs(1),
+    attempt_timeout: std::time::Duration::from_secs(5),
+    operation_timeout: std::time::Duration::from_secs(15),
+    max_attempts: 3,
+};
+
+/// Serve the harness' exchange API through `proxy`, with these AWS deadlines and request deadline.
+pub async fn behind(
+    h: &mut crate::Harness,
+    proxy: &FaultProxy,
+    settings: nhi_broker::config::AwsCallSettings,
+    deadline: std::time::Duration,
+) {
+    let sdk = nhi_broker::aws::sdk_config_with(&settings, Some(&proxy.url)).await;
+    let mut config = h.config.clone();
+    config.request_deadline = deadline;
+    h.api = nhi_broker::wiring::broker_api(&config, &sdk).unwrap();
+}
