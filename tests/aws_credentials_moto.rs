@@ -126,7 +126,8 @@ async fn role_denials_never_call_sts_and_release_nothing() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_warm_aws_credentials_exchange_makes_exactly_two_aws_calls() {
-    let h = Harness::new().await;
+    let mut h = Harness::new().await;
+    h.keep_caches_warm().await;
     let arn = role(&h, "counted", "prod").await;
     grant(&h, "counted-grant", &[&arn], 3600, now() + 7200).await;
     assert_eq!(h.post_token(&form(&h, &arn, None)).await.0, 200);

@@ -99,6 +99,7 @@ async fn envelope_keys_are_made_by_kms_published_before_they_sign_and_sign_in_pr
 
     // Warm (ring cached as deployed): the release transaction is the only AWS call.
     config.signing_keys_cache = std::time::Duration::from_secs(60);
+    config.policy_cache = std::time::Duration::from_secs(60);
     h.use_config(config.clone()).await;
     let api = &h;
     let (status, _) = api.post_token(&api.form(&api.token(&api.claims()), &api.target)).await;

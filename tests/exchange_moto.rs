@@ -397,7 +397,8 @@ async fn subject_token_aud_may_be_a_list_containing_the_broker() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_warm_jwt_exchange_makes_exactly_two_aws_calls() {
-    let h = Harness::new().await;
+    let mut h = Harness::new().await;
+    h.keep_caches_warm().await;
     let (status, _) = h.post_token(&h.form(&h.token(&h.claims()), &h.target)).await;
     assert_eq!(status, 200);
     h.api.calls.reset();

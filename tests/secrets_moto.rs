@@ -221,7 +221,8 @@ async fn a_ciphertext_moved_to_another_record_does_not_decrypt() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_warm_secret_exchange_makes_exactly_three_aws_calls() {
-    let h = Harness::new().await;
+    let mut h = Harness::new().await;
+    h.keep_caches_warm().await;
     let s = Secrets::new(&h).await;
     let id = s.store("counted", "prod", true, &secret_value()).await;
     s.grant("counted-grant", &[&id], now() + 3600).await;

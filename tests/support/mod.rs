@@ -107,6 +107,16 @@ impl Harness {
         self.config = config;
     }
 
+    /// Caches kept for a minute, as a warm function keeps them between requests: tests counting a
+    /// warm request's AWS calls must not see a refresh because a loaded machine took 5 s between two
+    /// requests (the policy catalog's default lifetime).
+    pub async fn keep_caches_warm(&mut self) {
+        let mut config = self.config.clone();
+        config.policy_cache = std::time::Duration::from_secs(60);
+        config.signing_keys_cache = std::time::Duration::from_secs(60);
+        self.use_config(config).await;
+    }
+
     /// The ledger as operators (brokerctl) and fanout use it: revocations, fences, lease reads.
     pub fn ledger(&self) -> nhi_broker::aws::dynamo::DynamoLedger {
         nhi_broker::aws::dynamo::DynamoLedger::new(
