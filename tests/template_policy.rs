@@ -67,7 +67,27 @@ fn expected_actions() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             // chains with the audit key (checked below to be the only key it may use).
             set(&["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem", "kms:Sign"]),
         ),
+        (
+            "AuditExportRole",
+            // Reads the audit stream, appends objects: never reads, deletes or overwrites policy.
+            set(&[
+                "dynamodb:DescribeStream",
+                "dynamodb:GetRecords",
+                "dynamodb:GetShardIterator",
+                "dynamodb:ListStreams",
+                "s3:PutObject",
+            ]),
+        ),
     ])
+}
+
+/// The roles of the functions that write audit events (each certifies its chains).
+fn audit_writers() -> BTreeSet<String> {
+    expected_actions()
+        .keys()
+        .filter(|role| **role != "AuditExportRole")
+        .map(|r| r.to_string())
+        .collect()
 }
 
 const CRYPTO_ACTIONS: &[&str] = &[
@@ -197,7 +217,7 @@ fn each_function_has_its_own_role_and_grants_exactly_what_its_code_calls() {
         assert!(roles.insert(role), "{id:?} shares a role");
         assert_eq!(resource["Metadata"]["BuildMethod"].as_str(), Some("rust-cargolambda"));
     }
-    assert_eq!(functions, 4);
+    assert_eq!(functions, 5);
 }
 
 #[test]
@@ -266,10 +286,10 @@ fn the_audit_key_certifies_chains_for_every_writer_and_the_sweeper_signs_with_no
         assert_eq!(conditions["kms:SigningAlgorithm"].as_str(), Some("ECDSA_SHA_256"));
         certifiers.extend(roles.iter().filter_map(reference));
     }
-    let writers: BTreeSet<String> = expected_actions().keys().map(|r| r.to_string()).collect();
-    assert_eq!(certifiers, writers, "every audit writer certifies its chains");
+    assert_eq!(certifiers, audit_writers(), "every audit writer certifies its chains");
     for (id, resource) in resources(&t) {
-        if resource["Type"].as_str() == Some("AWS::Serverless::Function") {
+        if resource["Type"].as_str() == Some("AWS::Serverless::Function") && id.as_str() != Some("AuditExportFunction")
+        {
             let variables = &resource["Properties"]["Environment"]["Variables"];
             assert_eq!(
                 reference(&variables["NHI_AUDIT_KEY_ID"]).as_deref(),
@@ -336,6 +356,16 @@ fn every_function_environment_satisfies_the_typed_config() {
             continue;
         };
         let names: BTreeSet<String> = vars.keys().map(|k| k.as_str().unwrap().to_string()).collect();
+        // audit-export reads only its bucket (nhi_broker::wiring::export_service_from_env).
+        if id.as_str() == Some("AuditExportFunction") {
+            assert_eq!(names, BTreeSet::from(["NHI_EXPORT_BUCKET".to_string()]));
+            assert_eq!(
+                reference(&vars["NHI_EXPORT_BUCKET"]).as_deref(),
+                Some("AuditExportBucket")
+            );
+            checked.push("AuditExportFunction".to_string());
+            continue;
+        }
         // A Ref to a parameter takes the parameter's default; other values get stand-ins.
         let default_of = |name: &str| -> Option<String> {
             let parameter = reference(vars.get(name)?)?;
@@ -373,7 +403,8 @@ fn every_function_environment_satisfies_the_typed_config() {
             "ExchangeFunction",
             "RotateFunction",
             "RevokeFanoutFunction",
-            "ExpireSweeperFunction"
+            "ExpireSweeperFunction",
+            "AuditExportFunction"
         ]
     );
 }
@@ -440,6 +471,7 @@ fn function_sources() -> BTreeMap<&'static str, Vec<&'static str>> {
             "ExpireSweeperRole",
             src(&[&DYNAMO, &FANOUT, &["aws/kms.rs", "aws/dynamo/digest.rs"]]),
         ),
+        ("AuditExportRole", vec!["aws/s3.rs"]),
     ])
 }
 
@@ -463,6 +495,7 @@ fn call_sites(action: &str) -> Option<&'static [&'static str]> {
         "events:PutEvents" => &[".put_events()"],
         "iam:PutRolePolicy" => &[".put_role_policy()"],
         "iam:DeleteRolePolicy" => &[".delete_role_policy()"],
+        "s3:PutObject" => &[".put_object()"],
         _ => return None,
     })
 }
@@ -498,5 +531,63 @@ fn no_role_grants_an_action_its_functions_code_never_calls() {
                 "{role} grants {action} but none of its adapters calls it ({sites:?})"
             );
         }
+    }
+}
+
+/// The audit export: a bucket with Object Lock, versioning, encryption, a lifecycle and no public
+/// access; its stream on the audit table; only audit-export may write to it, under audit/v1/ only,
+/// and no role may delete from it or loosen its lock.
+#[test]
+fn the_audit_export_bucket_is_locked_and_only_appended_to() {
+    let t = template();
+    let r = resources(&t);
+    let bucket = &r["AuditExportBucket"]["Properties"];
+    assert_eq!(bucket["ObjectLockEnabled"].as_bool(), Some(true));
+    assert_eq!(
+        bucket["ObjectLockConfiguration"]["ObjectLockEnabled"].as_str(),
+        Some("Enabled")
+    );
+    let retention = &bucket["ObjectLockConfiguration"]["Rule"]["DefaultRetention"];
+    assert_eq!(reference(&retention["Mode"]).as_deref(), Some("AuditExportLockMode"));
+    assert_eq!(
+        reference(&retention["Days"]).as_deref(),
+        Some("AuditExportRetentionDays")
+    );
+    assert_eq!(bucket["VersioningConfiguration"]["Status"].as_str(), Some("Enabled"));
+    assert!(bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"].is_sequence());
+    assert!(bucket["LifecycleConfiguration"]["Rules"].is_sequence());
+    for flag in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(
+            bucket["PublicAccessBlockConfiguration"][flag].as_bool(),
+            Some(true),
+            "{flag}"
+        );
+    }
+    assert_eq!(
+        r["AuditTable"]["Properties"]["StreamSpecification"]["StreamViewType"].as_str(),
+        Some("NEW_AND_OLD_IMAGES")
+    );
+    for (role, st) in role_statements(&t) {
+        for action in strings(&st["Action"]).iter().filter(|a| a.starts_with("s3:")) {
+            assert_eq!((role.as_str(), action.as_str()), ("AuditExportRole", "s3:PutObject"));
+            let resource = format!("{:?}", st["Resource"]);
+            assert!(resource.contains("AuditExportBucket.Arn}/audit/v1/*"), "{resource}");
+        }
+    }
+    let policy = &r["AuditExportBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"];
+    let denied: Vec<String> = policy
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|st| st["Effect"].as_str() == Some("Deny"))
+        .flat_map(|st| strings(&st["Action"]))
+        .collect();
+    for action in ["s3:BypassGovernanceRetention", "s3:PutBucketObjectLockConfiguration"] {
+        assert!(denied.iter().any(|a| a == action), "{action} is not denied: {denied:?}");
     }
 }

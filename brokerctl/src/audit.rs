@@ -2,48 +2,83 @@
 
 use crate::{CliError, CliResult, Ctl, Report, attr, attr_num, table, time, to_json};
 use nhi_broker::audit::{self, GENESIS_HASH, link_hash};
-use nhi_broker::aws::dynamo::digest::{DIGEST_CHAIN, digest_from_item, digest_hash, digest_statement, time_shard};
-use nhi_broker::aws::dynamo::operator::AuditFilter;
+use nhi_broker::aws::dynamo::audit_query::AuditQuery;
+use nhi_broker::aws::dynamo::digest::{DIGEST_CHAIN, digest_from_item, digest_hash, digest_statement};
+use nhi_broker::aws::dynamo::index_attributes;
 use nhi_broker::aws::dynamo::{Item, from_item};
 use nhi_broker::domain::AuditEvent;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-impl Ctl {
-    /// Every audit item matching `filter`, page by page with progress.
-    async fn scan_audit(&self, filter: &AuditFilter<'_>) -> CliResult<Vec<Item>> {
-        let progress = &self.progress;
-        Ok(self
-            .reads
-            .audit(filter, |scanned, matching| {
-                progress(&format!("... {scanned} audit item(s) scanned, {matching} matching"))
-            })
-            .await?)
-    }
+/// What `brokerctl audit` looks for (see [`AuditQuery`]), and which page.
+pub struct AuditSearch {
+    pub query: AuditQuery,
+    pub limit: usize,
+    pub next_token: Option<String>,
+}
 
-    /// Audit events by secret (target), subject, grant and time window, oldest first.
-    pub async fn audit(
-        &self,
-        secret: Option<&str>,
-        subject: Option<&str>,
-        grant: Option<&str>,
-        since: Option<i64>,
-        until: Option<i64>,
-    ) -> CliResult<Report> {
-        let items = self
-            .scan_audit(&AuditFilter {
-                secret,
+impl AuditSearch {
+    /// `--secret ID` matches both ways a secret is recorded (`ID`, `secret:ID`); `--target` is exact.
+    pub fn new(
+        subject: Option<String>,
+        secret: Option<String>,
+        target: Option<String>,
+        grant: Option<String>,
+        (since, until): (Option<i64>, Option<i64>),
+    ) -> Self {
+        let mut targets: Vec<String> = target.into_iter().collect();
+        if let Some(secret) = secret {
+            targets.push(format!("secret:{secret}"));
+            targets.push(secret);
+        }
+        Self {
+            query: AuditQuery {
                 subject,
+                targets,
                 grant,
                 since,
                 until,
-            })
+            },
+            limit: 100,
+            next_token: None,
+        }
+    }
+}
+
+impl Ctl {
+    /// Every audit item (for verify), with progress.
+    async fn scan_audit(&self) -> CliResult<Vec<Item>> {
+        let progress = &self.progress;
+        Ok(self
+            .reads
+            .audit_all(|scanned| progress(&format!("... {scanned} audit item(s) read")))
+            .await?)
+    }
+
+    /// One page of audit events, oldest first, from the audit indexes (never a Scan). What the read
+    /// cost goes to stderr; a full page names the token for the next one.
+    pub async fn audit(&self, search: &AuditSearch) -> CliResult<Report> {
+        let started = std::time::Instant::now();
+        let page = self
+            .reads
+            .audit_page(&search.query, search.limit, search.next_token.as_deref(), self.now)
             .await?;
-        let mut events: Vec<AuditEvent> = items
+        (self.progress)(&format!(
+            "{} event(s); {} item(s) read by {} queries in {} ms{}",
+            page.items.len(),
+            page.items_read,
+            page.queries,
+            started.elapsed().as_millis(),
+            page.next_token
+                .as_deref()
+                .map(|t| format!("; next page: --next-token {t}"))
+                .unwrap_or_default()
+        ));
+        let events: Vec<AuditEvent> = page
+            .items
             .into_iter()
             .map(|i| from_item(i, "audit event"))
             .collect::<Result<_, _>>()?;
-        events.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
         let rows: Vec<Vec<String>> = events
             .iter()
             .map(|e| {
@@ -58,17 +93,23 @@ impl Ctl {
                 ]
             })
             .collect();
-        Ok(Report::new(
+        let mut report = Report::new(
             format!(
-                "{}\n{} event(s)",
+                "{}\n{} event(s){}",
                 table(
                     &["AT", "ACTION", "OUTCOME", "ACTOR", "TARGET", "LEASE", "REASON"],
                     &rows
                 ),
-                rows.len()
+                rows.len(),
+                page.next_token
+                    .as_deref()
+                    .map(|t| format!("; more: --next-token {t}"))
+                    .unwrap_or_default()
             ),
-            to_json(&events),
-        ))
+            json!({ "events": to_json(&events), "next_token": page.next_token }),
+        );
+        report.lines = Some(events.iter().map(to_json).collect());
+        Ok(report)
     }
 
     /// The audit key's public point (KMS GetPublicKey), to check chain certificates.
@@ -100,10 +141,19 @@ impl Ctl {
     /// over the chain id and chain key), every event signed by its chain's key over its hash, each
     /// hash over (chain, seq, previous hash, event), each link to the one before, sequence numbers
     /// from 0 without gaps, and no attribute that is not part of an audit event. Exits 5 on any
-    /// break, naming it.
-    pub async fn audit_verify(&self) -> CliResult<Report> {
+    /// break, naming it. With `export_grace`, the table is also compared with the export bucket
+    /// (items younger than the grace seconds may be missing from it).
+    pub async fn audit_verify(&self, export_grace: Option<i64>) -> CliResult<Report> {
         let (audit_key_id, audit_key) = self.audit_key().await?;
-        let items = self.scan_audit(&AuditFilter::default()).await?;
+        let exported = match export_grace {
+            Some(_) => Some(self.read_export().await?),
+            None => None,
+        };
+        let items = self.scan_audit().await?;
+        let export_check = exported
+            .as_ref()
+            .zip(export_grace)
+            .map(|(lines, grace)| crate::audit_export::check_export(&items, lines, self.now, grace));
         let mut chains: BTreeMap<String, Vec<(i64, Item)>> = BTreeMap::new();
         for item in items {
             let chain = attr(&item, "chain").to_string();
@@ -148,10 +198,12 @@ impl Ctl {
                 }
                 match from_item::<AuditEvent>(item.clone(), "audit event") {
                     Ok(event) => {
-                        if attr(item, "time_shard") != time_shard(event.at, &chain) {
+                        let misindexed = misindexed(item, &event, &chain);
+                        if !misindexed.is_empty() {
                             problems.push(format!(
-                                "chain {chain}: event {} (seq {seq}) is indexed under another time than its own",
-                                event.event_id
+                                "chain {chain}: event {} (seq {seq}) has index attributes that do not match it: {} (hidden from or misplaced in queries)",
+                                event.event_id,
+                                misindexed.join(", ")
                             ));
                         }
                         if link_hash(&chain, *seq, prev, &event) != stored {
@@ -180,6 +232,9 @@ impl Ctl {
         }
         let digest_count = digests.len();
         check_digests(digests, &chains, &audit_key_id, &audit_key, &mut problems);
+        if let Some(check) = &export_check {
+            problems.extend(check.problems.iter().cloned());
+        }
         let ok = problems.is_empty();
         let mut text = vec![format!(
             "{} chain(s), {events} event(s), {digest_count} digest(s): {}",
@@ -190,14 +245,25 @@ impl Ctl {
                 "TAMPERING DETECTED"
             }
         )];
+        if let Some(check) = &export_check {
+            text.push(format!(
+                "export: {} item(s) exported, {} newer than the grace period not exported yet",
+                check.exported, check.pending
+            ));
+        }
         text.extend(problems.iter().cloned());
-        text.push(
-            "(events newer than the last digest, and the newest digests themselves, could be removed without a trace: compare counts with an earlier verification)"
-                .into(),
-        );
+        if export_check.is_none() {
+            text.push(
+                "(events newer than the last digest, and the newest digests themselves, could be removed without a trace: add --export to compare with the append-only copy)"
+                    .into(),
+            );
+        }
         let mut report = Report::new(
             text.join("\n"),
-            json!({ "chains": chains.len(), "events": events, "digests": digest_count, "ok": ok, "problems": problems }),
+            json!({
+                "chains": chains.len(), "events": events, "digests": digest_count, "ok": ok, "problems": problems,
+                "export": export_check.as_ref().map(|c| json!({ "exported": c.exported, "pending": c.pending })),
+            }),
         );
         if !ok {
             report.exit = 5;
@@ -332,4 +398,16 @@ fn check_digests(
         }
         previous = digest.hash.clone();
     }
+}
+
+/// Index attributes of an audit item that differ from what its event and chain give (an edited
+/// index key hides an event from queries without touching its hash).
+fn misindexed(item: &Item, event: &AuditEvent, chain: &str) -> Vec<&'static str> {
+    let expected = index_attributes(event, chain);
+    let mut wrong: Vec<&'static str> = ["time_shard", "at_id", "subject_key", "target_key", "grant_key"]
+        .into_iter()
+        .filter(|name| item.get(*name) != expected.iter().find(|(k, _)| k == name).map(|(_, v)| v))
+        .collect();
+    wrong.sort();
+    wrong
 }

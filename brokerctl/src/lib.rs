@@ -12,6 +12,7 @@ use std::io::Write;
 
 pub mod apply;
 mod audit;
+mod audit_export;
 pub mod destinations;
 pub mod explain;
 mod inventory;
@@ -21,6 +22,7 @@ mod revoke;
 pub mod secrets;
 
 pub use apply::ApplyOptions;
+pub use audit::AuditSearch;
 pub use manifest::Manifest;
 pub use secrets::{RotationFlags, SecretPut, SecretValue};
 
@@ -43,6 +45,8 @@ impl CliError {
 impl From<BrokerError> for CliError {
     fn from(e: BrokerError) -> Self {
         let message = match &e {
+            // Input the command was given: a usage error.
+            BrokerError::InvalidRequest(m) => return Self::usage(*m),
             BrokerError::Aws {
                 service,
                 operation,
@@ -70,12 +74,27 @@ pub type CliResult<T> = Result<T, CliError>;
 pub struct Report {
     pub text: String,
     pub json: Value,
+    /// `--output jsonl`: one JSON document per line (records of a listing); `None`: `json` on one line.
+    pub lines: Option<Vec<Value>>,
     pub exit: i32,
 }
 
 impl Report {
     pub(crate) fn new(text: String, json: Value) -> Self {
-        Self { text, json, exit: 0 }
+        Self {
+            text,
+            json,
+            lines: None,
+            exit: 0,
+        }
+    }
+
+    /// The output in JSON Lines.
+    pub fn json_lines(&self) -> String {
+        match &self.lines {
+            Some(lines) => lines.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
+            None => self.json.to_string(),
+        }
     }
 }
 
@@ -92,10 +111,14 @@ pub struct Tables {
     pub audit_key_id: Option<String>,
     /// Event bus the on-demand rotation event is put on.
     pub event_bus: String,
+    /// The audit export bucket (`audit verify --export`).
+    pub export_bucket: Option<String>,
 }
 
 pub struct Ctl {
     pub tables: Tables,
+    /// The SDK configuration every client here is built from (the export bucket's client is made on use).
+    pub sdk: aws_config::SdkConfig,
     pub dynamo: aws_sdk_dynamodb::Client,
     pub kms: aws_sdk_kms::Client,
     pub eventbridge: aws_sdk_eventbridge::Client,
@@ -198,6 +221,7 @@ impl Ctl {
                 .with_registry_guard(&tables.registry),
             kms,
             eventbridge: aws_sdk_eventbridge::Client::new(&sdk),
+            sdk,
             dynamo,
             tables,
             operator,

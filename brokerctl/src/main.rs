@@ -2,7 +2,9 @@
 //! `AWS_ENDPOINT_URL`); table names and keys from the same `NHI_*` variables the functions use
 //! (`source .local/local.env` under `make local`), or flags.
 
-use brokerctl::{ApplyOptions, CliError, Ctl, Manifest, Report, RotationFlags, SecretPut, SecretValue, Tables};
+use brokerctl::{
+    ApplyOptions, AuditSearch, CliError, Ctl, Manifest, Report, RotationFlags, SecretPut, SecretValue, Tables,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use nhi_broker::domain::{Issuer, JwksSource, RevocationTarget, Target, TargetKind};
 use std::io::Write;
@@ -27,6 +29,9 @@ struct Cli {
     /// KMS key that certifies audit chains (template output AuditKeyId).
     #[arg(long, env = "NHI_AUDIT_KEY_ID")]
     audit_key_id: Option<String>,
+    /// The audit export bucket (template output AuditExportBucketName), for `audit verify --export`.
+    #[arg(long, env = "NHI_EXPORT_BUCKET")]
+    export_bucket: Option<String>,
     /// Event bus for on-demand rotation requests.
     #[arg(long, env = "NHI_EVENT_BUS", default_value = "default")]
     event_bus: String,
@@ -47,6 +52,8 @@ fn default_operator() -> String {
 enum Output {
     Table,
     Json,
+    /// JSON Lines: one record per line (audit events), for jq and log pipelines.
+    Jsonl,
 }
 
 #[derive(Subcommand)]
@@ -112,21 +119,34 @@ enum Command {
     /// Where secrets are active: leases, destinations (confirmed version, delivery state), grants.
     /// Exits 3 when a destination is unconfirmed.
     Inventory { secret: Option<String> },
-    /// Query the audit trail, or `audit verify` its hash chains (exit 5 on tampering).
+    /// Query the audit trail from its indexes (oldest first, one page), or `audit verify` its hash
+    /// chains and digests (exit 5 on tampering). Without --subject, --secret, --target or --grant
+    /// the window is at most 400 days and defaults to the last day.
     Audit {
         #[command(subcommand)]
         verify: Option<AuditAction>,
-        #[arg(long)]
-        secret: Option<String>,
+        /// Events of one subject (the token's `sub`).
         #[arg(long)]
         subject: Option<String>,
+        /// Events of one secret (recorded as `ID` or `secret:ID`).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Events of one target, exactly as recorded (`destination:billing`, an audience, a role ARN).
+        #[arg(long)]
+        target: Option<String>,
         #[arg(long)]
         grant: Option<String>,
-        /// RFC 3339 or epoch seconds.
+        /// RFC 3339 or epoch seconds (inclusive).
         #[arg(long)]
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// Events per page (1-1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        /// The token a full page printed (stderr), for the page after it.
+        #[arg(long)]
+        next_token: Option<String>,
     },
     /// Rotate one secret now (an EventBridge event the template routes to rotate). Refused when
     /// rotate would skip it. With --wait: exit 0 rotated, 1 failed, 6 not finished in time.
@@ -157,7 +177,15 @@ enum DestinationAction {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    Verify,
+    /// Verify every chain and digest (exit 5 on tampering); with --export, also compare the table
+    /// with its append-only copy in the export bucket.
+    Verify {
+        #[arg(long)]
+        export: bool,
+        /// Seconds an item may take to reach the export before its absence is tampering.
+        #[arg(long, default_value_t = 900, requires = "export")]
+        export_grace: i64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -319,10 +347,10 @@ async fn main() {
     let output = cli.output;
     match run(cli).await {
         Ok(report) => {
-            let text = if output == Output::Json {
-                serde_json::to_string_pretty(&report.json).unwrap_or_default()
-            } else {
-                report.text
+            let text = match output {
+                Output::Json => serde_json::to_string_pretty(&report.json).unwrap_or_default(),
+                Output::Jsonl => report.json_lines(),
+                Output::Table => report.text,
             };
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = writeln!(std::io::stdout().lock(), "{text}");
@@ -352,6 +380,7 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
             secrets_key_id: cli.secrets_key_id,
             audit_key_id: cli.audit_key_id.filter(|k| !k.trim().is_empty()),
             event_bus: cli.event_bus,
+            export_bucket: cli.export_bucket.filter(|b| !b.trim().is_empty()),
         },
         cli.operator,
     )
@@ -529,21 +558,26 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
         } => ctl.unrevoke_subject(&id, &reason).await,
         Command::Inventory { secret } => ctl.inventory(secret.as_deref()).await,
         Command::Audit {
-            verify: Some(AuditAction::Verify),
+            verify: Some(AuditAction::Verify { export, export_grace }),
             ..
-        } => ctl.audit_verify().await,
+        } => ctl.audit_verify(export.then_some(export_grace)).await,
         Command::Audit {
             verify: None,
-            secret,
             subject,
+            secret,
+            target,
             grant,
             since,
             until,
+            limit,
+            next_token,
         } => {
             let since = since.as_deref().map(brokerctl::parse_time).transpose()?;
             let until = until.as_deref().map(brokerctl::parse_time).transpose()?;
-            ctl.audit(secret.as_deref(), subject.as_deref(), grant.as_deref(), since, until)
-                .await
+            let mut search = AuditSearch::new(subject, secret, target, grant, (since, until));
+            search.limit = limit as usize;
+            search.next_token = next_token;
+            ctl.audit(&search).await
         }
         Command::Rotate { secret, wait, timeout } => {
             ctl.rotate(&secret, wait.then(|| std::time::Duration::from_secs(timeout)))

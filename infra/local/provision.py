@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Provision the local AWS emulator from template.yaml, the one source of truth.
 
-Creates every AWS::DynamoDB::Table (keys, GSIs, streams, TTL, PITR) and AWS::KMS::Key (spec and
-usage) the template declares, then resolves each function's Environment.Variables against what it
-created and writes them, with the emulator's endpoint and dummy credentials, as a shell env file.
+Creates every AWS::DynamoDB::Table (keys, GSIs, streams, TTL, PITR), AWS::S3::Bucket (versioning,
+Object Lock) and AWS::KMS::Key (spec and usage) the template declares, then resolves each
+function's Environment.Variables against what it created and writes them, with the emulator's endpoint and dummy credentials, as a shell env file.
 
 Usage: provision.py --endpoint http://127.0.0.1:PORT --prefix NAME --env-file PATH
                     [--param Name=Value ...]
@@ -71,6 +71,7 @@ def provision(template, endpoint, prefix, region, params):
     dynamodb = session.client("dynamodb", endpoint_url=endpoint)
     kms = session.client("kms", endpoint_url=endpoint)
     events = session.client("events", endpoint_url=endpoint)
+    s3 = session.client("s3", endpoint_url=endpoint)
     refs = {}
     for logical_id, resource in template["Resources"].items():
         kind, props = resource["Type"], resource.get("Properties", {})
@@ -98,6 +99,28 @@ def provision(template, endpoint, prefix, region, params):
                 KeyUsage=props.get("KeyUsage", "ENCRYPT_DECRYPT"),
             )["KeyMetadata"]
             refs[logical_id] = key["KeyId"]
+        elif kind == "AWS::S3::Bucket":
+            # Bucket names are global and lower case.
+            name = f"{prefix}-{logical_id}".lower()
+            s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=bool(props.get("ObjectLockEnabled")))
+            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+            lock = props.get("ObjectLockConfiguration")
+            if lock:
+                retention = lock["Rule"]["DefaultRetention"]
+                s3.put_object_lock_configuration(
+                    Bucket=name,
+                    ObjectLockConfiguration={
+                        "ObjectLockEnabled": "Enabled",
+                        "Rule": {
+                            "DefaultRetention": {
+                                "Mode": resolve(retention["Mode"], refs, params, logical_id, "Mode", template),
+                                "Days": int(resolve(retention["Days"], refs, params, logical_id, "Days", template)),
+                            }
+                        },
+                    },
+                )
+            refs[logical_id] = name
         elif kind == "AWS::Events::EventBus":
             name = resolve(props["Name"], refs, params, logical_id, "Name", template)
             events.create_event_bus(Name=name)

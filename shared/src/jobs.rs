@@ -328,3 +328,37 @@ pub async fn handle_sweep(service: &SweepService, event: EventBridgeEvent<Value>
     );
     serde_json::to_value(&report).map_err(|e| crate::BrokerError::Internal(e.to_string()))
 }
+
+/// audit-export from raw JSON (the local runner's stream poller).
+pub async fn handle_export_event(
+    service: &crate::export::ExportService,
+    payload: Value,
+) -> Result<Value, crate::BrokerError> {
+    let event: StreamEvent = serde_json::from_value(payload).map_err(|e| {
+        tracing::warn!(problem = %e, "audit-export event refused");
+        crate::BrokerError::InvalidRequest("not a DynamoDB stream event")
+    })?;
+    handle_export(service, &event).await
+}
+
+/// audit-export's entry point: one stream batch, written whole or failed whole.
+pub async fn handle_export(
+    service: &crate::export::ExportService,
+    event: &StreamEvent,
+) -> Result<Value, crate::BrokerError> {
+    let report = service.export(event).await?;
+    tracing::info!(
+        records = report.records,
+        objects = report.objects,
+        changes_after_the_fact = report.changes_after_the_fact,
+        "audit batch exported"
+    );
+    crate::telemetry::emit_metrics(
+        "audit-export",
+        &[
+            ("AuditEventsExported", report.records as u64),
+            ("AuditChangesAfterTheFact", report.changes_after_the_fact as u64),
+        ],
+    );
+    serde_json::to_value(&report).map_err(|e| crate::BrokerError::Internal(e.to_string()))
+}

@@ -16,6 +16,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod exchange;
+pub mod export;
 pub mod fanout;
 pub mod http;
 pub mod https;

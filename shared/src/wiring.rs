@@ -277,6 +277,22 @@ pub fn broker_api_with(config: &Config, clients: impl Into<ExchangeClients>) -> 
     .with_deadline(config.request_deadline))
 }
 
+/// audit-export: the export bucket from `NHI_EXPORT_BUCKET`, deadlines from `NHI_AWS_*`. It needs
+/// nothing else of the broker's configuration (and its role grants nothing else).
+pub async fn export_service_from_env() -> Result<crate::export::ExportService> {
+    let bucket = std::env::var("NHI_EXPORT_BUCKET")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| crate::BrokerError::Config("NHI_EXPORT_BUCKET is required".into()))?;
+    let settings = crate::config::AwsCallSettings::from_env()?;
+    Ok(export_service(&aws::sdk_config_with(&settings, None).await, &bucket))
+}
+
+/// The export service writing to `bucket`.
+pub fn export_service(sdk: &aws_config::SdkConfig, bucket: &str) -> crate::export::ExportService {
+    crate::export::ExportService::new(Arc::new(aws::s3::S3ExportStore::new(aws::s3::client(sdk), bucket)))
+}
+
 #[cfg(test)]
 mod tests {
     /// Each function runs in its own process, so each service builder must install the audit

@@ -321,3 +321,62 @@ fn sample_events_deserialize_as_the_functions_typed_events() {
         FanoutInvocation::Scheduled(_)
     ));
 }
+
+/// audit-export on its sample: one object under the event's day, its line the stored item exactly
+/// (numbers as numbers, every attribute kept); a redelivered batch writes the same key and bytes;
+/// a store failure fails the batch (the stream retries it); anything else is refused.
+#[tokio::test]
+async fn the_export_sample_becomes_one_line_of_one_object_and_a_redelivery_repeats_it() {
+    use nhi_broker::export::{ExportService, ExportStore};
+    #[derive(Default)]
+    struct Memory {
+        puts: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+    #[async_trait::async_trait]
+    impl ExportStore for Memory {
+        async fn put(&self, key: &str, body: Vec<u8>) -> nhi_broker::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(nhi_broker::BrokerError::Internal("the bucket is unreachable".into()));
+            }
+            self.puts.lock().unwrap().push((key.to_string(), body));
+            Ok(())
+        }
+    }
+    let store = Arc::new(Memory::default());
+    let service = ExportService::new(store.clone());
+    let event: serde_json::Value = serde_json::from_str(include_str!("../../events/audit-export-stream.json")).unwrap();
+    for _ in 0..2 {
+        let report = nhi_broker::jobs::handle_export_event(&service, event.clone())
+            .await
+            .unwrap();
+        assert_eq!(report["records"], 1);
+    }
+    let puts = store.puts.lock().unwrap().clone();
+    assert_eq!(puts.len(), 2);
+    assert_eq!(puts[0], puts[1], "a redelivery writes the same key and bytes");
+    assert_eq!(
+        puts[0].0,
+        "audit/v1/events/dt=2026-11-24/a87ff679a2f3e71d9181a67b7542122c-1.jsonl"
+    );
+    let line: serde_json::Value = serde_json::from_slice(&puts[0].1).unwrap();
+    assert_eq!(line["schema"], "nhi-broker.audit.v1");
+    assert_eq!(line["change"], "INSERT");
+    assert_eq!(line["item"]["seq"], 1);
+    assert_eq!(line["item"]["at"], 1_795_514_400);
+    assert_eq!(line["item"]["actor_subject"], "repo:acme/app:ref:refs/heads/main");
+    let image = &event["Records"][0]["dynamodb"]["NewImage"];
+    assert_eq!(
+        line["item"].as_object().unwrap().len(),
+        image.as_object().unwrap().len(),
+        "every attribute"
+    );
+
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(nhi_broker::jobs::handle_export_event(&service, event).await.is_err());
+    assert!(
+        nhi_broker::jobs::handle_export_event(&service, serde_json::json!({ "detail-type": "Scheduled Event" }))
+            .await
+            .is_err()
+    );
+}

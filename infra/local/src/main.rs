@@ -104,6 +104,17 @@ async fn run(args: Args) -> Result<(), String> {
     let sweeper = Arc::new(nhi_broker::wiring::sweep_service(&config, &clients));
     let mut poller =
         nhi_local::stream::StreamPoller::from_env(nhi_local::stream::StartingPosition::TrimHorizon).await?;
+    let exporter = Arc::new(
+        nhi_broker::wiring::export_service_from_env()
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let mut audit_poller = nhi_local::stream::StreamPoller::for_table_in_env(
+        "NHI_AUDIT_TABLE",
+        nhi_local::stream::StartingPosition::TrimHorizon,
+    )
+    .await?;
+    audit_poller.batch_size = 1000;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let issuer_task = tokio::spawn(nhi_local::serve_demo_issuer(issuer, issuer_listener, stopped.clone()));
@@ -170,6 +181,32 @@ async fn run(args: Args) -> Result<(), String> {
             }
         })
     };
+    // audit-export, driven by the audit table's stream.
+    let export_task = {
+        let mut stop = stopped.clone();
+        let every = std::time::Duration::from_millis(args.stream_poll_ms.max(100));
+        tokio::spawn(async move {
+            loop {
+                let polled = audit_poller
+                    .poll_once(|event| {
+                        let exporter = exporter.clone();
+                        async move {
+                            nhi_broker::jobs::handle_export_event(&exporter, event)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                    })
+                    .await;
+                if let Err(e) = polled {
+                    eprintln!("audit-export: stream poll failed: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
     // The template's on-demand rotation rule (brokerctl rotate), as EventBridge delivers it.
     let on_demand_task = {
         let rotation = rotation.clone();
@@ -215,6 +252,7 @@ demo issuer: {issuer_url}  (JWKS: {issuer_url}/jwks.json, workload tokens: {issu
 rotate every {rotate_every} s, expire-sweeper every {sweep_every} s, delivery retries every {retry_every} s
   (the template's schedules unless --schedule-every / NHI_LOCAL_SCHEDULE_EVERY)
 revoke-fanout: driven by the revocations table's stream (polled like Lambda's event source mapping)
+audit-export: driven by the audit table's stream, into the export bucket
 
 Try it (README.md has every endpoint):
   TOKEN=$(curl -s {issuer_url}/token)
@@ -238,6 +276,7 @@ Ctrl-C stops everything.
         sweep_task,
         retry_task,
         stream_task,
+        export_task,
         on_demand_task
     );
     println!("nhi-local stopped");

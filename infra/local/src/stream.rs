@@ -164,9 +164,14 @@ impl StreamPoller {
 
     /// Poller for the revocations table named by the environment (`make local`, tests).
     pub async fn from_env(start: StartingPosition) -> Result<Self, String> {
+        Self::for_table_in_env("NHI_REVOCATIONS_TABLE", start).await
+    }
+
+    /// Poller for the table the environment variable `table_var` names (e.g. `NHI_AUDIT_TABLE`).
+    pub async fn for_table_in_env(table_var: &str, start: StartingPosition) -> Result<Self, String> {
         let endpoint = std::env::var("AWS_ENDPOINT_URL").map_err(|_| "AWS_ENDPOINT_URL is not set")?;
         let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-        let table = std::env::var("NHI_REVOCATIONS_TABLE").map_err(|_| "NHI_REVOCATIONS_TABLE is not set")?;
+        let table = std::env::var(table_var).map_err(|_| format!("{table_var} is not set"))?;
         Self::new(&endpoint, &region, &table, start).await
     }
 

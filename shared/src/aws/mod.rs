@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod eventbridge;
 pub mod iam;
 pub mod kms;
+pub mod s3;
 pub mod sts;
 
 use call_counter::CallCounter;

@@ -18,7 +18,26 @@ pub const LINK_ATTRIBUTES: &[&str] = &[
     "chain_cert",
     "chain_cert_key",
     "time_shard",
+    "at_id",
+    "subject_key",
+    "target_key",
+    "grant_key",
 ];
+
+/// The attributes that index an event of `chain` (see [`super::audit_query`]).
+pub fn index_attributes(
+    event: &AuditEvent,
+    chain: &str,
+) -> Vec<(&'static str, aws_sdk_dynamodb::types::AttributeValue)> {
+    super::audit_query::index_attributes(
+        chain,
+        event.at,
+        &event.event_id,
+        event.actor_subject.as_deref(),
+        event.target.as_deref(),
+        event.grant_id.as_deref(),
+    )
+}
 
 pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
     let mut attributes = vec![
@@ -27,8 +46,8 @@ pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
         ("prev_hash", s(&link.prev_hash)),
         ("hash", s(&link.hash)),
         ("sig", s(&link.signature)),
-        ("time_shard", s(super::digest::time_shard(event.at, &link.chain))),
     ];
+    attributes.extend(index_attributes(event, &link.chain));
     if let Some(opening) = &link.opening {
         attributes.push(("chain_key", s(&opening.public_key)));
         if !opening.certificate.is_empty() {

@@ -3,7 +3,7 @@
 //!
 //! Every audit event carries `time_shard` = `<day>#<shard>` (days since the epoch; the shard from
 //! the chain id, 16 of them, so no index partition takes a whole day's writes) and is indexed by
-//! it and `at` (`by-time`, keys and `hash` only). Each digest run reads the events of its window
+//! it and `at_id` (`by-time`; see [`super::audit_query`]). Each digest run reads the events of its window
 //! from that index, keeps the newest (seq, hash) per chain, and writes digest `n` into the audit
 //! table under `chain = #DIGEST`, `seq = n`: its window, the heads, the previous digest's hash,
 //! its own hash over all of these, and the audit key's KMS signature over that hash. The put is
@@ -14,6 +14,7 @@
 //! long; the first digest looks back [`FIRST_LOOKBACK`]. Events older than that when the first
 //! digest is written are not covered by any digest.
 
+use super::audit_query::{at_id_from, at_id_until};
 use super::{Item, is_conditional_check_failed, n, s};
 use crate::audit::{ChainCertifier, certifier};
 use crate::error::{BrokerError, Result};
@@ -24,8 +25,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 pub const DIGEST_CHAIN: &str = "#DIGEST";
-pub const BY_TIME_INDEX: &str = "by-time";
-pub const TIME_SHARDS: u8 = 16;
+pub use super::audit_query::{BY_TIME_INDEX, TIME_SHARDS, time_shard};
 /// How far a window reaches back into the previous one.
 pub const OVERLAP: i64 = 300;
 /// Events younger than this are left to the next digest (index lag, writer clocks).
@@ -36,12 +36,6 @@ pub const FIRST_LOOKBACK: i64 = 86_400;
 pub const MAX_WINDOW: i64 = 86_400;
 /// Heads one digest lists at most (about 150 bytes each; an item holds 400 KB). More is reported.
 pub const MAX_HEADS: usize = 2_000;
-
-/// The index partition of an event of `chain` at `at`.
-pub fn time_shard(at: i64, chain: &str) -> String {
-    let shard = Sha256::digest(chain.as_bytes())[0] % TIME_SHARDS;
-    format!("{}#{shard:02}", at.div_euclid(86_400))
-}
 
 /// The newest event of a chain a digest saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,11 +149,10 @@ impl DynamoAuditDigests {
                     .query()
                     .table_name(&self.table)
                     .index_name(BY_TIME_INDEX)
-                    .key_condition_expression("time_shard = :p AND #at BETWEEN :from AND :until")
-                    .expression_attribute_names("#at", "at")
+                    .key_condition_expression("time_shard = :p AND at_id BETWEEN :from AND :until")
                     .expression_attribute_values(":p", s(format!("{day}#{shard:02}")))
-                    .expression_attribute_values(":from", n(from))
-                    .expression_attribute_values(":until", n(until))
+                    .expression_attribute_values(":from", s(at_id_from(from)))
+                    .expression_attribute_values(":until", s(at_id_until(until)))
                     .into_paginator()
                     .items()
                     .send();

@@ -10,6 +10,7 @@
 //!   digest        #DIGEST            n           + window, heads, prev_hash, hash, digest_sig
 
 mod audit;
+pub mod audit_query;
 mod deliveries;
 pub mod digest;
 mod expiry;
@@ -24,7 +25,7 @@ mod secret_writes;
 #[cfg(test)]
 mod tests;
 
-pub use audit::{AuditWriter, LINK_ATTRIBUTES};
+pub use audit::{AuditWriter, LINK_ATTRIBUTES, index_attributes};
 pub use deliveries::DynamoDeliveryLedger;
 pub use digest::DynamoAuditDigests;
 pub use expiry::DynamoExpiryStore;

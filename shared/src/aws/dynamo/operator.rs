@@ -5,7 +5,6 @@
 use super::{Item, keys, n, s};
 use crate::domain::Lease;
 use crate::error::{BrokerError, Result};
-use aws_sdk_dynamodb::types::AttributeValue;
 
 /// Reads across the tables, for operators.
 pub struct OperatorReads {
@@ -13,17 +12,7 @@ pub struct OperatorReads {
     registry: super::DynamoRegistry,
     leases_table: String,
     audit_table: String,
-}
-
-/// An audit query: every given condition must hold.
-#[derive(Debug, Default, Clone)]
-pub struct AuditFilter<'a> {
-    /// `target` is the secret id or `secret:<id>`.
-    pub secret: Option<&'a str>,
-    pub subject: Option<&'a str>,
-    pub grant: Option<&'a str>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
+    audit_queries: super::audit_query::AuditQueries,
 }
 
 /// A destination's item and its delivery records.
@@ -36,6 +25,7 @@ impl OperatorReads {
     pub fn new(client: aws_sdk_dynamodb::Client, registry_table: &str, leases_table: &str, audit_table: &str) -> Self {
         Self {
             registry: super::DynamoRegistry::new(client.clone(), registry_table),
+            audit_queries: super::audit_query::AuditQueries::new(client.clone(), audit_table),
             client,
             leases_table: leases_table.into(),
             audit_table: audit_table.into(),
@@ -115,49 +105,26 @@ impl OperatorReads {
         Ok(leases)
     }
 
-    /// Every audit item matching `filter`, page by page; `progress` gets (scanned, matching).
-    /// (A scan: the audit trail has no secondary index yet.)
-    pub async fn audit(&self, filter: &AuditFilter<'_>, mut progress: impl FnMut(usize, usize)) -> Result<Vec<Item>> {
-        let mut clauses: Vec<&str> = Vec::new();
-        let mut values: Vec<(&str, AttributeValue)> = Vec::new();
-        if let Some(secret) = filter.secret {
-            clauses.push("(target = :secret OR target = :secret_ref)");
-            values.push((":secret", s(secret)));
-            values.push((":secret_ref", s(format!("secret:{secret}"))));
-        }
-        if let Some(subject) = filter.subject {
-            clauses.push("actor_subject = :subject");
-            values.push((":subject", s(subject)));
-        }
-        if let Some(grant) = filter.grant {
-            clauses.push("grant_id = :grant");
-            values.push((":grant", s(grant)));
-        }
-        if let Some(since) = filter.since {
-            clauses.push("#at >= :since");
-            values.push((":since", n(since)));
-        }
-        if let Some(until) = filter.until {
-            clauses.push("#at <= :until");
-            values.push((":until", n(until)));
-        }
-        let mut request = self.client.scan().table_name(&self.audit_table);
-        if !clauses.is_empty() {
-            request = request.filter_expression(clauses.join(" AND "));
-        }
-        if filter.since.is_some() || filter.until.is_some() {
-            request = request.expression_attribute_names("#at", "at");
-        }
-        for (k, v) in values {
-            request = request.expression_attribute_values(k, v);
-        }
-        let mut pages = request.into_paginator().send();
-        let (mut items, mut scanned) = (Vec::new(), 0usize);
+    /// One page of audit events matching `query`, oldest first, read from the audit indexes.
+    pub async fn audit_page(
+        &self,
+        query: &super::audit_query::AuditQuery,
+        limit: usize,
+        next_token: Option<&str>,
+        now: i64,
+    ) -> Result<super::audit_query::AuditPage> {
+        self.audit_queries.page(query, limit, next_token, now).await
+    }
+
+    /// Every audit item (for `audit verify`, which must read them all), page by page; `progress`
+    /// gets the count so far.
+    pub async fn audit_all(&self, mut progress: impl FnMut(usize)) -> Result<Vec<Item>> {
+        let mut pages = self.client.scan().table_name(&self.audit_table).into_paginator().send();
+        let mut items = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| BrokerError::aws("dynamodb", "Scan", &e))?;
-            scanned += page.scanned_count() as usize;
             items.extend(page.items.unwrap_or_default());
-            progress(scanned, items.len());
+            progress(items.len());
         }
         Ok(items)
     }
