@@ -102,8 +102,7 @@ async fn run(args: Args) -> Result<(), String> {
     let rotation = Arc::new(nhi_broker::wiring::rotation_service(&config, &clients).map_err(|e| e.to_string())?);
     let fanout = Arc::new(nhi_broker::wiring::fanout_service(&config, &clients).map_err(|e| e.to_string())?);
     let sweeper = Arc::new(nhi_broker::wiring::sweep_service(&config, &clients));
-    let mut poller =
-        nhi_local::stream::StreamPoller::from_env(nhi_local::stream::StartingPosition::TrimHorizon).await?;
+    let poller = nhi_local::stream::StreamPoller::from_env(nhi_local::stream::StartingPosition::TrimHorizon).await?;
     let exporter = Arc::new(
         nhi_broker::wiring::export_service_from_env()
             .await
@@ -149,64 +148,38 @@ async fn run(args: Args) -> Result<(), String> {
             },
         ))
     };
-    let stream_task = {
-        let mut stop = stopped.clone();
-        let every = std::time::Duration::from_millis(args.stream_poll_ms.max(100));
-        tokio::spawn(async move {
-            loop {
-                let polled = poller
-                    .poll_once(|event| {
-                        let fanout = fanout.clone();
-                        async move {
-                            // Lambda's timeout for the function (template: 300 s).
-                            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-                            nhi_broker::jobs::handle_fanout_event(&fanout, event, Some(deadline))
-                                .await
-                                .map_err(|e| e.to_string())
-                        }
-                    })
-                    .await;
-                match polled {
-                    Ok(outcome) if outcome.invocations > 0 => println!(
-                        "revoke-fanout: {} invocation(s), {} record(s) done, {} failure(s) reported, dead-lettered {:?}",
-                        outcome.invocations, outcome.records_done, outcome.failures_reported, outcome.dead_lettered
-                    ),
-                    Ok(_) => {}
-                    Err(e) => eprintln!("revoke-fanout: stream poll failed: {e}"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.changed() => return,
-                }
+    let every = std::time::Duration::from_millis(args.stream_poll_ms.max(100));
+    let stream_task = tokio::spawn(poll_stream(
+        "revoke-fanout",
+        poller,
+        every,
+        stopped.clone(),
+        move |event| {
+            let fanout = fanout.clone();
+            async move {
+                // Lambda's timeout for the function (template: 300 s).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+                nhi_broker::jobs::handle_fanout_event(&fanout, event, Some(deadline))
+                    .await
+                    .map_err(|e| e.to_string())
             }
-        })
-    };
+        },
+    ));
     // audit-export, driven by the audit table's stream.
-    let export_task = {
-        let mut stop = stopped.clone();
-        let every = std::time::Duration::from_millis(args.stream_poll_ms.max(100));
-        tokio::spawn(async move {
-            loop {
-                let polled = audit_poller
-                    .poll_once(|event| {
-                        let exporter = exporter.clone();
-                        async move {
-                            nhi_broker::jobs::handle_export_event(&exporter, event)
-                                .await
-                                .map_err(|e| e.to_string())
-                        }
-                    })
-                    .await;
-                if let Err(e) = polled {
-                    eprintln!("audit-export: stream poll failed: {e}");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.changed() => return,
-                }
+    let export_task = tokio::spawn(poll_stream(
+        "audit-export",
+        audit_poller,
+        every,
+        stopped.clone(),
+        move |event| {
+            let exporter = exporter.clone();
+            async move {
+                nhi_broker::jobs::handle_export_event(&exporter, event)
+                    .await
+                    .map_err(|e| e.to_string())
             }
-        })
-    };
+        },
+    ));
     // The template's on-demand rotation rule (brokerctl rotate), as EventBridge delivers it.
     let on_demand_task = {
         let rotation = rotation.clone();
@@ -281,6 +254,34 @@ Ctrl-C stops everything.
     );
     println!("nhi-local stopped");
     Ok(())
+}
+
+/// A stream-driven function, as its event source mapping would invoke it: poll, invoke per batch,
+/// wait `every`, until stopped.
+async fn poll_stream<F, Fut>(
+    name: &'static str,
+    mut poller: nhi_local::stream::StreamPoller,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(serde_json::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, String>>,
+{
+    loop {
+        match poller.poll_once(&handler).await {
+            Ok(outcome) if outcome.invocations > 0 => println!(
+                "{name}: {} invocation(s), {} record(s) done, {} failure(s) reported, dead-lettered {:?}",
+                outcome.invocations, outcome.records_done, outcome.failures_reported, outcome.dead_lettered
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("{name}: stream poll failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// A scheduled function, as EventBridge would invoke it: a run now, then one every `every`
