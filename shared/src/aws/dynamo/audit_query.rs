@@ -11,9 +11,10 @@
 //! `<day>#<shard>`) serves queries with only a time window, and the audit digests.
 //!
 //! A query reads the shards of the most selective index the filter names (subject, then grant,
-//! then target, else the days of the window), each shard up to the page's size, in time order,
-//! and merges them: items read are at most shards x page size, whatever the table holds. Other
-//! conditions of the filter are a `FilterExpression` on those reads.
+//! then target, else the days of the window) and merges them in time order, reading each shard in
+//! small chunks and only when its next item could be the page's next: items read stay near the
+//! page size plus one chunk per shard, whatever the table holds. Other conditions of the filter
+//! are a `FilterExpression` on those reads.
 
 use super::{Item, s};
 use crate::error::{BrokerError, Result};
@@ -253,17 +254,8 @@ impl AuditQueries {
                 continue;
             }
             let want = limit - page.items.len();
-            let reads = partitions
-                .iter()
-                .map(|partition| self.partition(&plan, partition, &lower, &upper, want));
-            for result in futures::future::join_all(reads).await {
-                let (items, read, queries) = result?;
-                page.items.extend(items);
-                page.items_read += read;
-                page.queries += queries;
-            }
-            page.items.sort_by(|a, b| at_id_of(a).cmp(at_id_of(b)));
-            page.items.truncate(limit);
+            let merged = self.merge(&plan, partitions, &lower, &upper, want, &mut page).await?;
+            page.items.extend(merged);
             if page.items.len() == limit {
                 break;
             }
@@ -274,25 +266,67 @@ impl AuditQueries {
         Ok(page)
     }
 
-    /// Up to `want` matching items of one index partition in [lower, upper], oldest first.
-    async fn partition(
+    /// The first `want` items of `partitions` in time order: a k-way merge that reads each partition
+    /// in small chunks, refilling one only when its next item could be the next in order. Items read
+    /// stay near `want` + one chunk per partition, however the events spread over the shards.
+    async fn merge(
         &self,
         plan: &Plan,
-        partition: &str,
+        partitions: &[String],
         lower: &str,
         upper: &str,
         want: usize,
-    ) -> Result<(Vec<Item>, usize, usize)> {
+        page: &mut AuditPage,
+    ) -> Result<Vec<Item>> {
+        let chunk = (want.div_ceil(partitions.len()) + 1).clamp(2, 1_000);
+        let mut cursors: Vec<Partition> = partitions.iter().map(|p| Partition::new(p)).collect();
+        let mut merged = Vec::new();
+        while merged.len() < want {
+            // A partition with nothing buffered and more to read could hold the next item.
+            if cursors.iter().any(|c| c.buffer.is_empty() && !c.done) {
+                let refills = cursors
+                    .iter_mut()
+                    .filter(|c| c.buffer.is_empty() && !c.done)
+                    .map(|c| self.read_chunk(plan, c, lower, upper, chunk));
+                for result in futures::future::join_all(refills).await {
+                    page.items_read += result?;
+                    page.queries += 1;
+                }
+                continue;
+            }
+            let next = cursors
+                .iter_mut()
+                .filter(|c| !c.buffer.is_empty())
+                .min_by(|a, b| at_id_of(&a.buffer[0]).cmp(at_id_of(&b.buffer[0])));
+            match next.and_then(|c| c.buffer.pop_front()) {
+                Some(item) => merged.push(item),
+                None => break, // every partition read to its end
+            }
+        }
+        Ok(merged)
+    }
+
+    /// One Query of a partition: up to `chunk` items after its last read, in [lower, upper].
+    /// Returns the items DynamoDB read.
+    async fn read_chunk(
+        &self,
+        plan: &Plan,
+        cursor: &mut Partition,
+        lower: &str,
+        upper: &str,
+        chunk: usize,
+    ) -> Result<usize> {
         let mut request = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(plan.index)
             .key_condition_expression(format!("{} = :p AND at_id BETWEEN :lower AND :upper", plan.key))
-            .expression_attribute_values(":p", s(partition))
+            .expression_attribute_values(":p", s(&cursor.key))
             .expression_attribute_values(":lower", s(lower))
             .expression_attribute_values(":upper", s(upper))
-            .limit(want.min(1_000) as i32);
+            .limit(chunk as i32)
+            .set_exclusive_start_key(cursor.start.take());
         let mut clauses = Vec::new();
         for (attribute, placeholder, values) in &plan.filter {
             let mut options = Vec::new();
@@ -306,25 +340,34 @@ impl AuditQueries {
         if !clauses.is_empty() {
             request = request.filter_expression(clauses.join(" AND "));
         }
-        let (mut items, mut read, mut queries) = (Vec::new(), 0, 0);
-        let mut start = None;
-        loop {
-            let output = request
-                .clone()
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
-            queries += 1;
-            read += output.scanned_count() as usize;
-            items.extend(output.items.unwrap_or_default());
-            start = output.last_evaluated_key;
-            if items.len() >= want || start.is_none() {
-                break;
-            }
+        let output = request
+            .send()
+            .await
+            .map_err(|e| BrokerError::aws("dynamodb", "Query", &e))?;
+        let read = output.scanned_count() as usize;
+        cursor.buffer.extend(output.items.unwrap_or_default());
+        cursor.start = output.last_evaluated_key;
+        cursor.done = cursor.start.is_none();
+        Ok(read)
+    }
+}
+
+/// Where the merge is in one index partition.
+struct Partition {
+    key: String,
+    buffer: std::collections::VecDeque<Item>,
+    start: Option<std::collections::HashMap<String, AttributeValue>>,
+    done: bool,
+}
+
+impl Partition {
+    fn new(key: &str) -> Self {
+        Self {
+            key: key.to_string(),
+            buffer: Default::default(),
+            start: None,
+            done: false,
         }
-        items.truncate(want);
-        Ok((items, read, queries))
     }
 }
 
