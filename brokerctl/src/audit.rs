@@ -296,7 +296,12 @@ fn allowed_attributes() -> std::collections::BTreeSet<String> {
         .as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default();
-    allowed.extend(nhi_broker::aws::dynamo::LINK_ATTRIBUTES.iter().map(|a| a.to_string()));
+    allowed.extend(
+        nhi_broker::aws::dynamo::LINK_ATTRIBUTES
+            .iter()
+            .chain(nhi_broker::aws::dynamo::INDEX_ATTRIBUTES)
+            .map(|a| a.to_string()),
+    );
     allowed
 }
 
@@ -404,8 +409,9 @@ fn check_digests(
 /// index key hides an event from queries without touching its hash).
 fn misindexed(item: &Item, event: &AuditEvent, chain: &str) -> Vec<&'static str> {
     let expected = index_attributes(event, chain);
-    let mut wrong: Vec<&'static str> = ["time_shard", "at_id", "subject_key", "target_key", "grant_key"]
-        .into_iter()
+    let mut wrong: Vec<&'static str> = nhi_broker::aws::dynamo::INDEX_ATTRIBUTES
+        .iter()
+        .copied()
         .filter(|name| item.get(*name) != expected.iter().find(|(k, _)| k == name).map(|(_, v)| v))
         .collect();
     wrong.sort();

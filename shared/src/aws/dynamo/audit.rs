@@ -7,7 +7,8 @@ use crate::domain::AuditEvent;
 use crate::error::{BrokerError, Result};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 
-/// Attributes of an audit item besides the event's own fields: position, hashes and proofs.
+/// Attributes of an audit item besides the event's own fields and its index keys
+/// ([`super::audit_query::INDEX_ATTRIBUTES`]): position, hashes and proofs.
 pub const LINK_ATTRIBUTES: &[&str] = &[
     "chain",
     "seq",
@@ -17,27 +18,7 @@ pub const LINK_ATTRIBUTES: &[&str] = &[
     "chain_key",
     "chain_cert",
     "chain_cert_key",
-    "time_shard",
-    "at_id",
-    "subject_key",
-    "target_key",
-    "grant_key",
 ];
-
-/// The attributes that index an event of `chain` (see [`super::audit_query`]).
-pub fn index_attributes(
-    event: &AuditEvent,
-    chain: &str,
-) -> Vec<(&'static str, aws_sdk_dynamodb::types::AttributeValue)> {
-    super::audit_query::index_attributes(
-        chain,
-        event.at,
-        &event.event_id,
-        event.actor_subject.as_deref(),
-        event.target.as_deref(),
-        event.grant_id.as_deref(),
-    )
-}
 
 pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
     let mut attributes = vec![
@@ -47,7 +28,7 @@ pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
         ("hash", s(&link.hash)),
         ("sig", s(&link.signature)),
     ];
-    attributes.extend(index_attributes(event, &link.chain));
+    attributes.extend(super::audit_query::index_attributes(event, &link.chain));
     if let Some(opening) = &link.opening {
         attributes.push(("chain_key", s(&opening.public_key)));
         if !opening.certificate.is_empty() {

@@ -17,6 +17,7 @@
 //! are a `FilterExpression` on those reads.
 
 use super::{Item, s};
+use crate::domain::AuditEvent;
 use crate::error::{BrokerError, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
@@ -78,21 +79,21 @@ fn sharded(value: &str, shard: u8) -> String {
     format!("{}#{shard}", index_value(value))
 }
 
+/// The attributes [`index_attributes`] may set.
+pub const INDEX_ATTRIBUTES: &[&str] = &["time_shard", "at_id", "subject_key", "target_key", "grant_key"];
+
 /// The index attributes of an event of `chain` (stored beside the event, checked by `audit verify`).
-pub fn index_attributes(
-    chain: &str,
-    at: i64,
-    event_id: &str,
-    subject: Option<&str>,
-    target: Option<&str>,
-    grant: Option<&str>,
-) -> Vec<(&'static str, AttributeValue)> {
+pub fn index_attributes(event: &AuditEvent, chain: &str) -> Vec<(&'static str, AttributeValue)> {
     let shard = chain_byte(chain) % QUERY_SHARDS;
     let mut attributes = vec![
-        ("time_shard", s(time_shard(at, chain))),
-        ("at_id", s(at_id(at, event_id))),
+        ("time_shard", s(time_shard(event.at, chain))),
+        ("at_id", s(at_id(event.at, &event.event_id))),
     ];
-    for (name, value) in [("subject_key", subject), ("target_key", target), ("grant_key", grant)] {
+    for (name, value) in [
+        ("subject_key", event.actor_subject.as_deref()),
+        ("target_key", event.target.as_deref()),
+        ("grant_key", event.grant_id.as_deref()),
+    ] {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             attributes.push((name, s(sharded(value, shard))));
         }
@@ -430,7 +431,17 @@ mod tests {
     #[test]
     fn long_values_are_indexed_by_their_hash_and_shards_follow_the_chain() {
         let long = "x".repeat(5_000);
-        let attributes = index_attributes("chain-a", 86_400, "id", Some(&long), Some("t"), None);
+        let event = AuditEvent {
+            event_id: "id".into(),
+            actor_subject: Some(long.clone()),
+            target: Some("t".into()),
+            ..AuditEvent::new(
+                crate::domain::AuditAction::TokenExchange,
+                crate::domain::AuditOutcome::Released,
+                86_400,
+            )
+        };
+        let attributes = index_attributes(&event, "chain-a");
         let subject = attributes
             .iter()
             .find(|(k, _)| *k == "subject_key")

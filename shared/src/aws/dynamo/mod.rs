@@ -25,7 +25,8 @@ mod secret_writes;
 #[cfg(test)]
 mod tests;
 
-pub use audit::{AuditWriter, LINK_ATTRIBUTES, index_attributes};
+pub use audit::{AuditWriter, LINK_ATTRIBUTES};
+pub use audit_query::{INDEX_ATTRIBUTES, index_attributes};
 pub use deliveries::DynamoDeliveryLedger;
 pub use digest::DynamoAuditDigests;
 pub use expiry::DynamoExpiryStore;
