@@ -55,7 +55,7 @@ fn world() -> FakeBroker {
 }
 
 /// The sample token event with its form body replaced (API Gateway base64-encodes form bodies).
-fn token_event_with_subject_token(token: &str) -> lambda_http::Request {
+fn token_event_with_subject_token(token: &str) -> String {
     let mut event: serde_json::Value = serde_json::from_str(TOKEN_EVENT).unwrap();
     let form = serde_urlencoded::to_string([
         ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
@@ -66,25 +66,29 @@ fn token_event_with_subject_token(token: &str) -> lambda_http::Request {
     ])
     .unwrap();
     event["body"] = STANDARD.encode(form).into();
-    lambda_http::request::from_str(&event.to_string()).unwrap()
+    event.to_string()
 }
 
-async fn respond(api: &BrokerApi, request: lambda_http::Request) -> (u16, serde_json::Value, http::HeaderMap) {
-    let response = api.handle(request).await;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = match response.body() {
-        lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
-        other => panic!("unexpected body {other:?}"),
-    };
-    (status, body, headers)
+/// An event through the exchange's Lambda entry point, as the runtime passes it: the event JSON
+/// read, `gateway::handle_event`, the response written as JSON for API Gateway.
+async fn respond(api: &BrokerApi, event: &str) -> (u16, serde_json::Value, serde_json::Value) {
+    let event = serde_json::from_str(event).expect("an HTTP API (payload 2.0) event");
+    let response = nhi_broker::http::gateway::handle_event(api, event).await;
+    let response: serde_json::Value = serde_json::to_value(&response).unwrap();
+    assert_eq!(response["isBase64Encoded"], false);
+    assert_eq!(response["cookies"], serde_json::json!([]));
+    let body = serde_json::from_str(response["body"].as_str().expect("a text body")).unwrap();
+    (
+        response["statusCode"].as_u64().unwrap() as u16,
+        body,
+        response["headers"].clone(),
+    )
 }
 
 #[tokio::test]
 async fn sample_token_event_is_refused_as_from_an_untrusted_issuer_and_audited() {
     let w = world();
-    let request = lambda_http::request::from_str(TOKEN_EVENT).unwrap();
-    let (status, body, headers) = respond(&w.api, request).await;
+    let (status, body, headers) = respond(&w.api, TOKEN_EVENT).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_request");
     assert_eq!(body["error_description"], "subject_token issuer is not trusted");
@@ -102,7 +106,7 @@ async fn sample_token_event_with_a_fresh_token_releases_one_lease_capped_by_appr
         .issuer
         .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
         .unwrap();
-    let (status, body, headers) = respond(&w.api, token_event_with_subject_token(token.expose())).await;
+    let (status, body, headers) = respond(&w.api, &token_event_with_subject_token(token.expose())).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(headers["pragma"], "no-cache");
@@ -120,7 +124,7 @@ async fn a_failed_ledger_write_releases_nothing_and_asks_the_client_to_retry() {
         .issuer
         .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
         .unwrap();
-    let (status, body, _) = respond(&w.api, token_event_with_subject_token(token.expose())).await;
+    let (status, body, _) = respond(&w.api, &token_event_with_subject_token(token.expose())).await;
     assert_eq!(status, 503);
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(body.get("access_token").is_none());
@@ -138,7 +142,8 @@ async fn a_jwt_is_signed_while_its_release_is_recorded_not_after() {
         .issuer
         .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
         .unwrap();
-    let exchange = respond(&w.api, token_event_with_subject_token(token.expose()));
+    let event = token_event_with_subject_token(token.expose());
+    let exchange = respond(&w.api, &event);
     let (status, body, _) = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
         .await
         .expect("signature and release transaction overlap");
@@ -162,7 +167,7 @@ async fn a_signature_that_fails_after_the_release_was_recorded_returns_no_token_
         .issuer
         .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
         .unwrap();
-    let (status, body, _) = respond(&w.api, token_event_with_subject_token(token.expose())).await;
+    let (status, body, _) = respond(&w.api, &token_event_with_subject_token(token.expose())).await;
     assert_eq!(status, 500, "{body}");
     assert!(body.get("access_token").is_none());
     let events = w.ledger.events.lock().unwrap();
@@ -190,7 +195,7 @@ async fn a_signature_that_fails_after_the_release_was_recorded_returns_no_token_
 #[tokio::test]
 async fn sample_jwks_event_serves_the_signing_key() {
     let w = world();
-    let (status, body, headers) = respond(&w.api, lambda_http::request::from_str(JWKS_EVENT).unwrap()).await;
+    let (status, body, headers) = respond(&w.api, JWKS_EVENT).await;
     assert_eq!(status, 200);
     assert_eq!(body["keys"][0]["kid"], "test-key");
     assert_eq!(body["keys"][0]["alg"], "ES256");
@@ -204,12 +209,12 @@ async fn unknown_paths_and_methods_get_the_standard_error_shape() {
     let mut event: serde_json::Value = serde_json::from_str(JWKS_EVENT).unwrap();
     event["rawPath"] = "/admin".into();
     event["requestContext"]["http"]["path"] = "/admin".into();
-    let (status, body, _) = respond(&w.api, lambda_http::request::from_str(&event.to_string()).unwrap()).await;
+    let (status, body, _) = respond(&w.api, &event.to_string()).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let mut event: serde_json::Value = serde_json::from_str(JWKS_EVENT).unwrap();
     event["rawPath"] = "/token".into();
     event["requestContext"]["http"]["path"] = "/token".into();
-    let (status, body, headers) = respond(&w.api, lambda_http::request::from_str(&event.to_string()).unwrap()).await;
+    let (status, body, headers) = respond(&w.api, &event.to_string()).await;
     assert_eq!((status, body["error"].as_str()), (405, Some("invalid_request")));
     assert_eq!(headers["allow"], "POST, GET");
 }

@@ -4,6 +4,8 @@
 //! shape (RFC 6749 5.2 / RFC 8693 2.2.2 for the token endpoint), and no response or log line
 //! carries a token.
 
+pub mod gateway;
+
 use crate::aws::call_counter::CallCounter;
 use crate::domain::{
     GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET,
