@@ -25,6 +25,8 @@ pub async fn run(api: &BrokerApi) -> Result<(), lambda_http::Error> {
 
 /// One API Gateway event to its response (what the runtime serializes back to API Gateway).
 pub async fn handle_event(api: &BrokerApi, event: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+    // lambda_http's own conversion (its `LambdaRequest` is doc-hidden in 1.3), so `handle` gets
+    // the request, with its request context, that `lambda_http::run` would have given it.
     let request: lambda_http::Request = LambdaRequest::ApiGatewayV2(event).into();
     to_gateway_response(api.handle(request).await)
 }
