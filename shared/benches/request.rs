@@ -384,15 +384,7 @@ async fn case(idp: Arc<IdpKey>, envelope_mode: bool, aws: CannedAws, envelope_pa
         calls,
     };
     let mut ring = KeyRing::bootstrap(KMS_KEY, now - 1000);
-    let envelope_spki = {
-        use p256::pkcs8::EncodePublicKey;
-        p256::PublicKey::from_sec1_bytes(envelope_pair.public_key().as_ref())
-            .unwrap()
-            .to_public_key_der()
-            .unwrap()
-            .as_bytes()
-            .to_vec()
-    };
+    let envelope_spki = nhi_broker::crypto::p256_point_to_spki(envelope_pair.public_key().as_ref()).unwrap();
     ring.keys.push(SigningKey {
         key_id: ENVELOPE_KID.into(),
         state: SigningKeyState::Active,
@@ -580,7 +572,10 @@ fn main() {
                 cases.push(case(idp.clone(), envelope, aws.clone(), envelope_pair.clone()).await);
             }
         }
-        for case in &cases {
+        // For `perf`: NHI_BENCH_PROFILE=full:N or floor:N runs only that path of case N, 20,000
+        // times, and measures nothing.
+        let profile = std::env::var("NHI_BENCH_PROFILE").ok();
+        for (index, case) in cases.iter().enumerate() {
             // Cold: the JWKS fetch, the policy load, the envelope key's decrypt. Not measured.
             full(case).await;
             case.api.calls.reset();
@@ -590,6 +585,18 @@ fn main() {
             let transaction = case.captured.transaction.lock().unwrap().clone().unwrap();
             // Envelope mode signs in-process: the same signing input length as a KMS request's.
             let sign_message = case.captured.sign_message.lock().unwrap().clone().unwrap_or_else(|| vec![b'x'; 700]);
+            if let Some(profile) = &profile {
+                let (path, wanted) = profile.split_once(':').expect("NHI_BENCH_PROFILE=full:N or floor:N");
+                if wanted.parse::<usize>().expect("a case number") == index {
+                    for _ in 0..10 * REQUESTS {
+                        match path {
+                            "full" => full(case).await,
+                            _ => floor(case, &sign_message, &transaction).await,
+                        }
+                    }
+                }
+                continue;
+            }
             let mut full_us = Vec::new();
             let mut floor_us = Vec::new();
             for _ in 0..ROUNDS {

@@ -21,7 +21,6 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNIN
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -86,10 +85,9 @@ pub fn decode_chain_key(b64: &str) -> Option<Vec<u8>> {
 
 /// The uncompressed P-256 point of a DER SubjectPublicKeyInfo (KMS `GetPublicKey`).
 pub fn spki_to_point(spki_der: &[u8]) -> Result<Vec<u8>> {
-    use p256::pkcs8::DecodePublicKey;
-    let key = p256::PublicKey::from_public_key_der(spki_der)
-        .map_err(|_| BrokerError::Internal("the audit key is not a P-256 public key".into()))?;
-    Ok(p256::EncodedPoint::from(key).as_bytes().to_vec())
+    crate::crypto::p256_spki_to_point(spki_der)
+        .map(|point| point.to_vec())
+        .ok_or_else(|| BrokerError::Internal("the audit key is not a P-256 public key".into()))
 }
 
 /// Does `signature_b64` (DER) verify over `message` with the P-256 public key `public_key`
@@ -121,7 +119,7 @@ pub fn link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> 
         event,
     })
     .expect("audit events serialize: plain strings and integers");
-    hex::encode(Sha256::digest(canonical))
+    crate::crypto::sha256_hex(&canonical)
 }
 
 pub struct ChainState {

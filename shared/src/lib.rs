@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod aws;
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod exchange;

@@ -4,14 +4,13 @@
 //! [`SecretString`] from the moment it enters the process. Its `Debug`/`Display` print only a
 //! SHA-256 fingerprint, and its memory is zeroed on drop.
 
-use sha2::{Digest, Sha256};
 use std::fmt;
 use zeroize::Zeroizing;
 
 /// Short, stable SHA-256 fingerprint for correlating a credential across logs and audit without
 /// revealing it: `sha256:` followed by the first 16 hex digits (64 bits) of the digest.
 pub fn fingerprint(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    let digest = crate::crypto::sha256(bytes);
     format!("sha256:{}", hex::encode(&digest[..8]))
 }
 

@@ -14,7 +14,6 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPai
 use aws_sdk_kms::primitives::Blob;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use p256::pkcs8::DecodePublicKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
@@ -105,21 +104,19 @@ fn published_point(material: &EnvelopeKey) -> Result<Vec<u8>> {
     let der = STANDARD
         .decode(&material.public_key)
         .map_err(|_| BrokerError::CorruptRecord("envelope public key".into()))?;
-    let key = p256::PublicKey::from_public_key_der(&der)
-        .map_err(|_| BrokerError::CorruptRecord("envelope public key is not P-256".into()))?;
-    Ok(p256::EncodedPoint::from(key).as_bytes().to_vec())
+    crate::crypto::p256_spki_to_point(&der)
+        .map(|point| point.to_vec())
+        .ok_or_else(|| BrokerError::CorruptRecord("envelope public key is not P-256".into()))
 }
 
 /// An envelope key made locally, as KMS would (tests and the bench; production keys come from
 /// `GenerateDataKeyPairWithoutPlaintext`): its public key and its PKCS#8 private key.
 #[cfg(any(test, feature = "test-util"))]
 pub fn generate_envelope_key_pair() -> (Vec<u8>, Zeroizing<Vec<u8>>) {
-    use p256::pkcs8::EncodePublicKey;
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).expect("key generation");
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("pkcs8");
-    let public = p256::PublicKey::from_sec1_bytes(pair.public_key().as_ref()).expect("p256 point");
-    let spki = public.to_public_key_der().expect("spki").as_bytes().to_vec();
+    let spki = crate::crypto::p256_point_to_spki(pair.public_key().as_ref()).expect("a P-256 point");
     (spki, Zeroizing::new(pkcs8.as_ref().to_vec()))
 }
 

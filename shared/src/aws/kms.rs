@@ -14,7 +14,6 @@ use aws_sdk_kms::types::{DataKeyPairSpec, KeySpec, KeyUsageType, MessageType, Si
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::JwkSet;
-use p256::pkcs8::DecodePublicKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -139,21 +138,15 @@ impl KmsSigner {
 
 /// DER ECDSA signature to JWS `r || s` (RFC 7518 3.4).
 pub fn der_to_jws_signature(der: &[u8]) -> Result<[u8; 64]> {
-    let sig = p256::ecdsa::Signature::from_der(der)
-        .map_err(|_| BrokerError::Internal("KMS returned a malformed ECDSA signature".into()))?;
-    let mut out = [0u8; 64];
-    out.copy_from_slice(&sig.to_bytes());
-    Ok(out)
+    crate::crypto::p256_der_signature_to_fixed(der)
+        .ok_or_else(|| BrokerError::Internal("KMS returned a malformed ECDSA signature".into()))
 }
 
 /// SubjectPublicKeyInfo DER of a P-256 key to a JWK for `kid`.
 pub fn spki_to_jwk(spki_der: &[u8], kid: &str) -> Result<serde_json::Value> {
-    let key = p256::PublicKey::from_public_key_der(spki_der)
-        .map_err(|_| BrokerError::Internal("signing key is not a P-256 public key".into()))?;
-    let point = p256::EncodedPoint::from(key);
-    let (Some(x), Some(y)) = (point.x(), point.y()) else {
-        return Err(BrokerError::Internal("public key point is not uncompressed".into()));
-    };
+    let point = crate::crypto::p256_spki_to_point(spki_der)
+        .ok_or_else(|| BrokerError::Internal("signing key is not an uncompressed P-256 public key".into()))?;
+    let (x, y) = (&point[1..33], &point[33..]);
     Ok(serde_json::json!({
         "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
         "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),

@@ -91,8 +91,7 @@ pub struct Delivery {
 impl Delivery {
     /// The SET `jti`: the same for every attempt, so receivers drop duplicates (RFC 8417 2.2).
     pub fn jti(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(format!("{}\n{}", self.event.event_id(), self.destination_id));
+        let digest = crate::crypto::sha256(format!("{}\n{}", self.event.event_id(), self.destination_id).as_bytes());
         hex::encode(&digest[..16])
     }
 }

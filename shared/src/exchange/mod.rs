@@ -22,7 +22,6 @@ use broker_token::{ActorClaim, BrokerClaims};
 use policy::PolicyRequest;
 use policy::catalog::{IssuerPolicy, PolicyCatalog};
 use policy::compiled::CompiledGrant;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// A syntactically valid exchange request.
@@ -424,7 +423,7 @@ fn replay_guard(subject: &VerifiedSubject, leeway: i64) -> Result<Option<ReplayG
         .and_then(|v| v.as_str())
         .filter(|j| !j.is_empty())
         .ok_or(BrokerError::TokenRejected(TokenRejection::MissingJti))?;
-    let digest = Sha256::digest(format!("{}\n{jti}", subject.issuer.issuer));
+    let digest = crate::crypto::sha256(format!("{}\n{jti}", subject.issuer.issuer).as_bytes());
     Ok(Some(ReplayGuard {
         key: hex::encode(digest),
         expires_at: subject.expires_at.saturating_add(leeway),

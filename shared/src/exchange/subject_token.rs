@@ -113,18 +113,17 @@ impl SubjectTokenVerifier<'_> {
         }
 
         let kid = header.kid.ok_or(reject(TokenRejection::UnknownKey))?;
-        let jwk = match self.keys.jwks(&issuer, false).await?.find(&kid) {
-            Some(jwk) => jwk.clone(),
-            None => self
-                .keys
-                .jwks(&issuer, true)
-                .await?
-                .find(&kid)
-                .cloned()
-                .ok_or(reject(TokenRejection::UnknownKey))?,
+        let cached = self.keys.jwks(&issuer, false).await?;
+        let refreshed;
+        let jwk = match cached.find(&kid) {
+            Some(jwk) => jwk,
+            None => {
+                refreshed = self.keys.jwks(&issuer, true).await?;
+                refreshed.find(&kid).ok_or(reject(TokenRejection::UnknownKey))?
+            }
         };
-        check_key_fits_algorithm(&jwk, alg)?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|_| reject(TokenRejection::KeyAlgorithmMismatch))?;
+        check_key_fits_algorithm(jwk, alg)?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| reject(TokenRejection::KeyAlgorithmMismatch))?;
 
         // Signature only, over the very bytes parsed above (`unverified` becomes the verified
         // claims: no second parse); claim checks below use our clock and give precise reasons.

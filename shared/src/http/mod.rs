@@ -4,6 +4,7 @@
 //! shape (RFC 6749 5.2 / RFC 8693 2.2.2 for the token endpoint), and no response or log line
 //! carries a token.
 
+mod form;
 pub mod gateway;
 
 use crate::aws::call_counter::CallCounter;
@@ -13,9 +14,9 @@ use crate::domain::{
 use crate::error::{BrokerError, RequestRejection, Result};
 use crate::exchange::{ExchangeRequest, ExchangeService, RequestedCredential};
 use crate::redact::SecretString;
+use form::Form;
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Bodies above this are refused before parsing.
@@ -290,69 +291,6 @@ fn bearer_token(request: &Request) -> Option<SecretString> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| SecretString::new(token.to_string()))
 }
 
-fn body_bytes(body: &Body) -> &[u8] {
-    match body {
-        Body::Empty => &[],
-        Body::Text(text) => text.as_bytes(),
-        Body::Binary(bytes) => bytes,
-        _ => &[],
-    }
-}
-
-/// Parse and validate an RFC 8693 token request. Repeated parameters are refused (RFC 6749 3.2
-/// forbids them); unknown parameters are ignored as RFC 6749 requires.
-/// A form body (RFC 6749 conventions): checked content type and size, parameters by name.
-struct Form(BTreeMap<String, Vec<String>>);
-
-impl Form {
-    fn read(request: &Request) -> Result<Self> {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let media_type = content_type.split(';').next().unwrap_or_default().trim();
-        if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            return Err(BrokerError::BadRequest(RequestRejection::WrongContentType));
-        }
-        let bytes = body_bytes(request.body());
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(BrokerError::BadRequest(RequestRejection::TooLarge));
-        }
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
-            .map_err(|_| BrokerError::BadRequest(RequestRejection::NotFormEncoded))?;
-        let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, value) in pairs {
-            params.entry(name).or_default().push(value);
-        }
-        Ok(Self(params))
-    }
-
-    /// A parameter that may appear at most once (RFC 6749 3.2); empty counts as absent.
-    fn single(&mut self, name: &str) -> Result<Option<String>> {
-        match self.0.remove(name) {
-            None => Ok(None),
-            Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
-            Some(_) => Err(BrokerError::BadRequest(RequestRejection::RepeatedParameter)),
-        }
-    }
-
-    /// `token` (required) and `token_type_hint` (optional, validated only for repetition), as
-    /// RFC 7009 and RFC 7662 define them.
-    fn presented_token(&mut self) -> Result<SecretString> {
-        let token = self
-            .single("token")?
-            .map(SecretString::new)
-            .ok_or(BrokerError::BadRequest(RequestRejection::MissingToken))?;
-        self.single("token_type_hint")?;
-        Ok(token)
-    }
-
-    fn all(&mut self, name: &str) -> Vec<String> {
-        self.0.remove(name).unwrap_or_default()
-    }
-}
-
 /// A token request refused while parsing, with the subject token if one was presented (its
 /// fingerprint goes into the refusal's audit event).
 #[derive(Debug)]
@@ -361,21 +299,27 @@ pub struct RefusedRequest {
     pub subject_token: Option<SecretString>,
 }
 
+/// Parse and validate an RFC 8693 token request. Repeated parameters are refused (RFC 6749 3.2
+/// forbids them); unknown parameters are ignored as RFC 6749 requires.
 pub fn parse_token_request(request: &Request) -> std::result::Result<ExchangeRequest, RefusedRequest> {
     let mut form = Form::read(request).map_err(|error| RefusedRequest {
         error,
         subject_token: None,
     })?;
-    // Read first, so every later refusal can name the token it refused (by fingerprint).
-    let subject_token = form.single("subject_token");
-    let presented = subject_token.as_ref().ok().cloned().flatten().map(SecretString::new);
-    parse_form(form, subject_token).map_err(|error| RefusedRequest {
-        error,
-        subject_token: presented,
-    })
+    // Read first, so every later refusal can name the token it refused (by fingerprint). Held
+    // once: the request takes it only when the whole form is valid.
+    let (mut subject_token, repeated) = match form.single("subject_token") {
+        Ok(token) => (token.map(SecretString::new), None),
+        Err(error) => (None, Some(error)),
+    };
+    parse_form(form, repeated, &mut subject_token).map_err(|error| RefusedRequest { error, subject_token })
 }
 
-fn parse_form(mut form: Form, subject_token: Result<Option<String>>) -> Result<ExchangeRequest> {
+fn parse_form(
+    mut form: Form,
+    subject_token_repeated: Option<BrokerError>,
+    subject_token: &mut Option<SecretString>,
+) -> Result<ExchangeRequest> {
     use RequestRejection as R;
     let bad = |r: RequestRejection| BrokerError::BadRequest(r);
     let mut single = |name: &str| form.single(name);
@@ -385,9 +329,12 @@ fn parse_form(mut form: Form, subject_token: Result<Option<String>>) -> Result<E
         Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
         Some(_) => return Err(bad(R::UnsupportedGrantType)),
     }
-    let subject_token = subject_token?
-        .map(SecretString::new)
-        .ok_or(bad(R::MissingSubjectToken))?;
+    if let Some(error) = subject_token_repeated {
+        return Err(error);
+    }
+    if subject_token.is_none() {
+        return Err(bad(R::MissingSubjectToken));
+    }
     match single("subject_token_type")?.as_deref() {
         None => return Err(bad(R::MissingSubjectTokenType)),
         Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN) => {}
@@ -420,6 +367,9 @@ fn parse_form(mut form: Form, subject_token: Result<Option<String>>) -> Result<E
         [one] if !one.is_empty() && one.len() <= MAX_TARGET_BYTES => one.clone(),
         [_] => return Err(bad(R::BadTarget)),
         _ => return Err(bad(R::SeveralTargets)),
+    };
+    let Some(subject_token) = subject_token.take() else {
+        return Err(bad(R::MissingSubjectToken));
     };
     Ok(ExchangeRequest {
         subject_token,

@@ -24,7 +24,6 @@ use crate::ports::{
 use crate::redact::SecretString;
 use futures::StreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -103,7 +102,7 @@ pub struct RunReport {
 
 /// The id of the version that replaces `current` (see the module docs for why it is derived).
 pub fn next_version_id(secret_id: &str, current: Option<&str>) -> String {
-    let digest = Sha256::digest(format!("{secret_id}\n{}", current.unwrap_or("")));
+    let digest = crate::crypto::sha256(format!("{secret_id}\n{}", current.unwrap_or("")).as_bytes());
     format!("v-{}", hex::encode(&digest[..8]))
 }
 

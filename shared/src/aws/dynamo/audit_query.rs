@@ -22,7 +22,6 @@ use crate::error::{BrokerError, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 
 pub const BY_SUBJECT_INDEX: &str = "by-subject";
 pub const BY_TARGET_INDEX: &str = "by-target";
@@ -39,7 +38,7 @@ const MAX_RAW_KEY: usize = 1_024;
 
 /// The first byte of the SHA-256 of a chain id: which shard its events go to.
 fn chain_byte(chain: &str) -> u8 {
-    Sha256::digest(chain.as_bytes())[0]
+    crate::crypto::sha256(chain.as_bytes())[0]
 }
 
 /// The `by-time` partition of an event of `chain` at `at`.
@@ -71,7 +70,7 @@ fn index_value(value: &str) -> String {
     if value.len() <= MAX_RAW_KEY {
         value.to_string()
     } else {
-        format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())))
+        format!("sha256:{}", crate::crypto::sha256_hex(value.as_bytes()))
     }
 }
 

@@ -21,7 +21,6 @@ use crate::error::{BrokerError, Result};
 use crate::ports::AuditDigestWriter;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 pub const DIGEST_CHAIN: &str = "#DIGEST";
@@ -78,7 +77,7 @@ pub fn digest_hash(seq: i64, from: i64, until: i64, prev_hash: &str, heads: &[He
         heads,
     })
     .expect("digests serialize: strings and integers");
-    hex::encode(Sha256::digest(canonical))
+    crate::crypto::sha256_hex(&canonical)
 }
 
 /// The bytes the audit key signs for a digest.

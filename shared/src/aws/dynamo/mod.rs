@@ -127,8 +127,7 @@ pub mod keys {
         }
     }
     pub fn exact_policy_key(iss: &str, sub: &str) -> String {
-        use sha2::Digest;
-        format!("SUB#{}", hex::encode(sha2::Sha256::digest(format!("{iss}\n{sub}"))))
+        format!("SUB#{}", crate::crypto::sha256_hex(format!("{iss}\n{sub}").as_bytes()))
     }
     pub fn pattern_policy_key(iss: &str) -> String {
         format!("PATTERNS#{iss}")
@@ -249,6 +248,8 @@ pub fn to_item<T: Serialize>(
         serde_dynamo::to_item(value).map_err(|e| BrokerError::Internal(format!("item encoding: {e}")))?;
     // Absent, not NULL: index key attributes must be missing or typed.
     item.retain(|_, v| !matches!(v, AttributeValue::Null(_)));
+    let extra = extra.into_iter();
+    item.reserve(extra.size_hint().0);
     for (k, v) in extra {
         item.insert(k.to_string(), v);
     }
