@@ -350,6 +350,8 @@ async fn a_hook_secret_is_made_by_its_owner_through_every_step_authenticated_by_
     assert_eq!(status, 200, "{body}");
     let value = format!("hook-made-credential-{new}");
     assert_eq!(body["access_token"], value.as_str());
+    // Neither the rotation nor the release logs the new value's fingerprint.
+    logs.assert_no_fingerprint_of(std::slice::from_ref(&value));
     logs.assert_free_of(&[value]);
 
     // A hook that refuses the broker's request fails the step, and nothing moves.

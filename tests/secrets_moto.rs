@@ -101,6 +101,7 @@ async fn a_granted_secret_is_released_with_its_version_and_leased() {
     );
     assert_eq!(attr(&leases[0], "subject"), h.subject);
 
+    logs.assert_no_fingerprint_of(std::slice::from_ref(&value));
     logs.assert_free_of(&[value]);
 }
 

@@ -385,6 +385,19 @@ impl LogCapture {
             }
         }
     }
+
+    /// Fail if the fingerprint of any of these values was logged. Tokens are logged by
+    /// fingerprint; a secret value must not be: 64 bits of its unsalted SHA-256 would let anyone
+    /// who reads the logs test guesses of a weak secret offline.
+    pub fn assert_no_fingerprint_of(&self, values: &[String]) {
+        let logs = self.text();
+        for value in values {
+            assert!(
+                !logs.contains(&nhi_broker::redact::fingerprint(value.as_bytes())),
+                "a secret value's fingerprint reached the logs"
+            );
+        }
+    }
 }
 
 impl std::io::Write for LogCapture {

@@ -350,6 +350,10 @@ impl ExchangeService {
                 }
             }
         };
+        // A JWT is named by its fingerprint (random and signed: nothing to guess). A secret value
+        // or AWS session never is: 64 bits of an unsalted hash of a weak secret, in every log
+        // reader's hands, could be tested against guesses offline.
+        let issued = (issued_token_type == TOKEN_TYPE_JWT).then(|| credential.fingerprint());
         tracing::info!(
             lease_id = %lease_id,
             kind = lease.kind.as_str(),
@@ -359,7 +363,7 @@ impl ExchangeService {
             subject = %lease.subject,
             expires_in = decision.ttl_seconds,
             subject_token = %subject.fingerprint,
-            issued = %credential.fingerprint(),
+            issued = issued.as_deref(),
             request_id = %request.request_id,
             "credential released"
         );

@@ -333,7 +333,8 @@ impl RotationService {
             .store
             .stage_pending(&secret.id, state.current_version.as_deref(), &version, ciphertext, now)
             .await?;
-        tracing::info!(secret_id = %secret.id, version = %version, staged, value = %value.fingerprint(), "pending version created");
+        // Not the value's fingerprint: a short or hook-made value could be guessed against it.
+        tracing::info!(secret_id = %secret.id, version = %version, staged, "pending version created");
         Ok(staged.then_some(version))
     }
 
