@@ -13,7 +13,6 @@ use std::borrow::Cow;
 pub enum RequestRejection {
     WrongContentType,
     TooLarge,
-    NotFormEncoded,
     RepeatedParameter,
     MissingGrantType,
     UnsupportedGrantType,
@@ -46,7 +45,6 @@ impl RequestRejection {
                 "invalid_request",
                 "request body is too large",
             ),
-            Self::NotFormEncoded => (bad, "invalid_request", "request body is not valid form encoding"),
             Self::RepeatedParameter => (bad, "invalid_request", "a request parameter was repeated"),
             Self::MissingGrantType => (bad, "invalid_request", "grant_type is required"),
             Self::UnsupportedGrantType => (
@@ -78,7 +76,6 @@ impl RequestRejection {
         match self {
             Self::WrongContentType => "request_wrong_content_type",
             Self::TooLarge => "request_too_large",
-            Self::NotFormEncoded => "request_not_form_encoded",
             Self::RepeatedParameter => "request_repeated_parameter",
             Self::MissingGrantType => "request_missing_grant_type",
             Self::UnsupportedGrantType => "request_unsupported_grant_type",

@@ -427,9 +427,8 @@ fn replay_guard(subject: &VerifiedSubject, leeway: i64) -> Result<Option<ReplayG
         .and_then(|v| v.as_str())
         .filter(|j| !j.is_empty())
         .ok_or(BrokerError::TokenRejected(TokenRejection::MissingJti))?;
-    let digest = crate::crypto::sha256(format!("{}\n{jti}", subject.issuer.issuer).as_bytes());
     Ok(Some(ReplayGuard {
-        key: hex::encode(digest),
+        key: crate::crypto::sha256_hex(format!("{}\n{jti}", subject.issuer.issuer).as_bytes()),
         expires_at: subject.expires_at.saturating_add(leeway),
     }))
 }

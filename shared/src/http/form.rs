@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use super::MAX_BODY_BYTES;
 
-pub(super) fn body_bytes(body: &Body) -> &[u8] {
+fn body_bytes(body: &Body) -> &[u8] {
     match body {
         Body::Empty => &[],
         Body::Text(text) => text.as_bytes(),
