@@ -91,7 +91,7 @@ case "$mode" in
     done
     "$venv/bin/python" infra/bench/coldstart.py .aws-sam/build/ExchangeFunction/bootstrap "$state/bench-exchange-event.json" "$n"
     for pair in RotateFunction:rotate-scheduled RevokeFanoutFunction:revoke-fanout-retry-scheduled \
-      ExpireSweeperFunction:expire-sweeper-scheduled; do
+      ExpireSweeperFunction:expire-sweeper-scheduled AuditExportFunction:audit-export-stream; do
       "$venv/bin/python" infra/bench/coldstart.py ".aws-sam/build/${pair%%:*}/bootstrap" "events/${pair#*:}.json" "$n"
     done
     ;;

@@ -191,15 +191,19 @@ async fn sign_raw_es256(
     key_id: &str,
     message: &[u8],
 ) -> Result<(Vec<u8>, Option<String>)> {
-    let output = client
-        .sign()
-        .key_id(key_id)
-        .message(Blob::new(message))
-        .message_type(MessageType::Raw)
-        .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
-        .send()
-        .await
-        .map_err(|e| BrokerError::aws("kms", "Sign", &e))?;
+    // Boxed, as the release transaction is (`AuditWriter::transact`): the envelope signer's
+    // future would otherwise be as large as this SDK call's.
+    let output = Box::pin(
+        client
+            .sign()
+            .key_id(key_id)
+            .message(Blob::new(message))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+            .send(),
+    )
+    .await
+    .map_err(|e| BrokerError::aws("kms", "Sign", &e))?;
     let der = output
         .signature
         .ok_or_else(|| BrokerError::Internal("KMS Sign returned no signature".into()))?;

@@ -40,6 +40,39 @@ pub enum AuditOutcome {
     Resolved,
 }
 
+impl AuditAction {
+    /// The stored name (as serde names it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenExchange => "token_exchange",
+            Self::Introspect => "introspect",
+            Self::Revoke => "revoke",
+            Self::Rotate => "rotate",
+            Self::Expire => "expire",
+            Self::Deliver => "deliver",
+            Self::Unrevoke => "unrevoke",
+            Self::Register => "register",
+        }
+    }
+}
+
+impl AuditOutcome {
+    /// The stored name (as serde names it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Released => "released",
+            Self::Denied => "denied",
+            Self::Revoked => "revoked",
+            Self::Rotated => "rotated",
+            Self::Expired => "expired",
+            Self::Unconfirmed => "unconfirmed",
+            Self::Lifted => "lifted",
+            Self::Applied => "applied",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
 /// The reserved target a grant must list to let its subject call the introspection endpoint.
 pub const INTROSPECTION_TARGET: &str = "urn:nhi-broker:introspection";
 

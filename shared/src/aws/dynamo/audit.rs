@@ -1,6 +1,7 @@
 //! Audit chains in the audit table: every audited change is written in the same transaction as
 //! its event.
 
+use super::audit_query::INDEX_ATTRIBUTES;
 use super::*;
 use crate::audit::{AuditChain, ChainLink};
 use crate::domain::AuditEvent;
@@ -21,22 +22,26 @@ pub const LINK_ATTRIBUTES: &[&str] = &[
 ];
 
 pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
-    let mut attributes = vec![
-        ("chain", s(&link.chain)),
-        ("seq", n(link.seq)),
-        ("prev_hash", s(&link.prev_hash)),
-        ("hash", s(&link.hash)),
-        ("sig", s(&link.signature)),
-    ];
-    attributes.extend(super::audit_query::index_attributes(event, &link.chain));
+    let mut item = super::release_items::event_attributes(event, LINK_ATTRIBUTES.len() + INDEX_ATTRIBUTES.len());
+    let mut put = |name: &str, value| {
+        item.insert(name.to_string(), value);
+    };
+    put("chain", s(&link.chain));
+    put("seq", n(link.seq));
+    put("prev_hash", s(&link.prev_hash));
+    put("hash", s(&link.hash));
+    put("sig", s(&link.signature));
+    for (name, value) in super::audit_query::index_attributes(event, &link.chain) {
+        put(name, value);
+    }
     if let Some(opening) = &link.opening {
-        attributes.push(("chain_key", s(&opening.public_key)));
+        put("chain_key", s(&opening.public_key));
         if !opening.certificate.is_empty() {
-            attributes.push(("chain_cert", s(&opening.certificate)));
-            attributes.push(("chain_cert_key", s(&opening.certificate_key_id)));
+            put("chain_cert", s(&opening.certificate));
+            put("chain_cert_key", s(&opening.certificate_key_id));
         }
     }
-    to_item(event, attributes)
+    Ok(item)
 }
 
 /// One writer's audit chain in the audit table (one per execution environment and adapter).
@@ -74,14 +79,17 @@ impl AuditWriter {
         // never a second application that fails its own conditions.
         let token = idempotency_token(&link);
         let mut pending = PendingAppend::new(&mut chain);
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .transact_items(audit)
-            .client_request_token(token)
-            .send()
-            .await;
+        // Boxed: the SDK's operation future is several kB, and every future awaiting it inline
+        // would carry all of it (and copy it whenever it is moved, as `join!` does).
+        let result = Box::pin(
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .transact_items(audit)
+                .client_request_token(token)
+                .send(),
+        )
+        .await;
         match result {
             Ok(_) => {
                 pending.landed(link);

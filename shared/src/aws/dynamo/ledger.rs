@@ -105,16 +105,18 @@ impl DynamoLedger {
     }
 
     pub(super) fn lease_item(lease: &Lease) -> Result<Item> {
-        let mut extra = vec![
-            ("pk", s(keys::lease_pk(&lease.lease_id))),
-            ("sk", s(keys::LEASE_SK)),
-            ("subject_key", s(keys::subject_key(&lease.issuer, &lease.subject))),
-            ("ttl", n(lease.expires_at + LEASE_RETENTION_SECONDS)),
-        ];
+        let mut item = super::release_items::lease_attributes(lease, 5);
+        let mut put = |name: &str, value| {
+            item.insert(name.to_string(), value);
+        };
+        put("pk", s(keys::lease_pk(&lease.lease_id)));
+        put("sk", s(keys::LEASE_SK));
+        put("subject_key", s(keys::subject_key(&lease.issuer, &lease.subject)));
+        put("ttl", n(lease.expires_at + LEASE_RETENTION_SECONDS));
         if lease.status == LeaseStatus::Active {
-            extra.push(("active_shard", s(keys::active_shard(&lease.lease_id))));
+            put("active_shard", s(keys::active_shard(&lease.lease_id)));
         }
-        to_item(lease, extra)
+        Ok(item)
     }
 }
 

@@ -20,6 +20,7 @@ mod ledger;
 pub mod operator;
 mod registry;
 pub mod registry_writes;
+mod release_items;
 pub mod rotation;
 mod secret_writes;
 #[cfg(test)]
