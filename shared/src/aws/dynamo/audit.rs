@@ -21,7 +21,7 @@ pub const LINK_ATTRIBUTES: &[&str] = &[
     "chain_cert_key",
 ];
 
-pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
+pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Item {
     let mut item = super::release_items::event_attributes(event, LINK_ATTRIBUTES.len() + INDEX_ATTRIBUTES.len());
     let mut put = |name: &str, value| {
         item.insert(name.to_string(), value);
@@ -41,7 +41,7 @@ pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Result<Item> {
             put("chain_cert_key", s(&opening.certificate_key_id));
         }
     }
-    Ok(item)
+    item
 }
 
 /// One writer's audit chain in the audit table (one per execution environment and adapter).
@@ -73,7 +73,7 @@ impl AuditWriter {
         let mut chain = self.chain.lock().await;
         chain.ensure_certified().await?;
         let link = chain.next_link(event)?;
-        let audit = put_new(&self.table, audit_item(event, &link)?, "chain")?;
+        let audit = put_new(&self.table, audit_item(event, &link), "chain")?;
         // The token names this exact transaction (its audit link hashes the event, which names
         // what changes): a retry of it after a lost response is a no-op success in DynamoDB,
         // never a second application that fails its own conditions.
@@ -109,7 +109,7 @@ impl AuditWriter {
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(audit_item(event, &link)?))
+            .set_item(Some(audit_item(event, &link)))
             .condition_expression("attribute_not_exists(chain)")
             .send()
             .await;

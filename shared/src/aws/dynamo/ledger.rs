@@ -104,7 +104,7 @@ impl DynamoLedger {
             .ok_or_else(|| BrokerError::Config("the ledger needs the registry table for fences".into()))
     }
 
-    pub(super) fn lease_item(lease: &Lease) -> Result<Item> {
+    pub(super) fn lease_item(lease: &Lease) -> Item {
         let mut item = super::release_items::lease_attributes(lease, 5);
         let mut put = |name: &str, value| {
             item.insert(name.to_string(), value);
@@ -116,7 +116,7 @@ impl DynamoLedger {
         if lease.status == LeaseStatus::Active {
             put("active_shard", s(keys::active_shard(&lease.lease_id)));
         }
-        Ok(item)
+        item
     }
 }
 
@@ -280,7 +280,7 @@ impl DynamoLedger {
         lease: &Lease,
         replay: Option<&ReplayGuard>,
     ) -> Result<(Vec<TransactWriteItem>, Vec<ReleaseItem>)> {
-        let mut items = vec![put_new(&self.leases_table, Self::lease_item(lease)?, "pk")?];
+        let mut items = vec![put_new(&self.leases_table, Self::lease_item(lease), "pk")?];
         let mut roles = vec![ReleaseItem::Lease];
         if let Some(guard) = replay {
             let item = Item::from([
