@@ -355,16 +355,16 @@ impl ExchangeService {
         // reader's hands, could be tested against guesses offline.
         let issued = (issued_token_type == TOKEN_TYPE_JWT).then(|| credential.fingerprint());
         tracing::info!(
-            lease_id = %lease_id,
+            lease_id = lease_id.as_str(),
             kind = lease.kind.as_str(),
-            grant_id = %lease.grant_id,
-            target = %lease.target,
+            grant_id = lease.grant_id.as_str(),
+            target = lease.target.as_str(),
             secret_version = lease.secret_version.as_deref().unwrap_or_default(),
-            subject = %lease.subject,
+            subject = lease.subject.as_str(),
             expires_in = decision.ttl_seconds,
-            subject_token = %subject.fingerprint,
+            subject_token = subject.fingerprint.as_str(),
             issued = issued.as_deref(),
-            request_id = %request.request_id,
+            request_id = request.request_id.as_str(),
             "credential released"
         );
         Ok(IssuedToken {
@@ -410,7 +410,12 @@ impl ExchangeService {
             request_id: Some(request.request_id.clone()),
             ..AuditEvent::new(AuditAction::TokenExchange, AuditOutcome::Denied, now)
         };
-        tracing::info!(reason, subject_token = %fingerprint, request_id = %request.request_id, "token exchange denied");
+        tracing::info!(
+            reason,
+            subject_token = fingerprint.as_str(),
+            request_id = request.request_id.as_str(),
+            "token exchange denied"
+        );
         self.record_refusal(&event).await;
     }
 }

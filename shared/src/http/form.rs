@@ -23,12 +23,13 @@ fn body_bytes(body: &Body) -> &[u8] {
     }
 }
 
-/// The name-value pairs of a form body, in order.
+/// The name-value pairs of a form body, in order. Scans use `memchr` (vectorised): a byte-by-byte
+/// scan of a kilobyte subject token cost a few microseconds of every token request.
 fn pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    body.split(|b| *b == b'&')
+    split_at_ampersands(body)
         .filter(|piece| !piece.is_empty())
         .map(|piece| {
-            let (name, value) = match piece.iter().position(|b| *b == b'=') {
+            let (name, value) = match memchr::memchr(b'=', piece) {
                 Some(at) => (&piece[..at], &piece[at + 1..]),
                 None => (piece, &[][..]),
             };
@@ -36,9 +37,27 @@ fn pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
         })
 }
 
+/// `body.split(|b| *b == b'&')`, found with `memchr`.
+fn split_at_ampersands(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(body);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match memchr::memchr(b'&', current) {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
 /// One name or value: `+` is a space, `%XX` its byte; the bytes as UTF-8, lossily.
 fn decode(raw: &[u8]) -> String {
-    if !raw.iter().any(|b| matches!(b, b'+' | b'%')) {
+    if memchr::memchr2(b'+', b'%', raw).is_none() {
         return utf8_lossy(raw.to_vec());
     }
     let mut out = Vec::with_capacity(raw.len());
