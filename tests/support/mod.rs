@@ -371,7 +371,8 @@ impl LogCapture {
         );
     }
 
-    /// Fail if any secret, or its signature segment alone, appears in the captured logs.
+    /// Fail if any secret, or its signature segment alone, appears in the captured logs, as it
+    /// is or in one of the encodings the SDK and KMS carry bytes in (base64, hex).
     pub fn assert_free_of(&self, secrets: &[String]) {
         let logs = self.text();
         for secret in secrets.iter().filter(|s| s.len() >= 16) {
@@ -380,6 +381,13 @@ impl LogCapture {
                 "a secret reached the logs: {}",
                 nhi_broker::redact::fingerprint(secret.as_bytes())
             );
+            for encoded in encodings(secret.as_bytes()) {
+                assert!(
+                    !logs.contains(&encoded),
+                    "a secret reached the logs encoded: {}",
+                    nhi_broker::redact::fingerprint(secret.as_bytes())
+                );
+            }
             if let Some(signature) = secret.rsplit('.').next().filter(|s| s.len() >= 16) {
                 assert!(!logs.contains(signature), "a token signature reached the logs");
             }
@@ -389,15 +397,37 @@ impl LogCapture {
     /// Fail if the fingerprint of any of these values was logged. Tokens are logged by
     /// fingerprint; a secret value must not be: 64 bits of its unsalted SHA-256 would let anyone
     /// who reads the logs test guesses of a weak secret offline.
+    /// Any form counts: the leading 64 bits of the digest in hex (which a `sha256:` fingerprint
+    /// and a full hex digest both contain, in either case) or the digest in base64.
     pub fn assert_no_fingerprint_of(&self, values: &[String]) {
-        let logs = self.text();
+        let logs = self.text().to_ascii_lowercase();
+        let raw_logs = self.text();
         for value in values {
+            let digest = nhi_broker::crypto::sha256(value.as_bytes());
+            let hex_prefix = nhi_broker::crypto::sha256_hex(value.as_bytes())[..16].to_string();
             assert!(
-                !logs.contains(&nhi_broker::redact::fingerprint(value.as_bytes())),
-                "a secret value's fingerprint reached the logs"
+                !logs.contains(&hex_prefix),
+                "a secret value's digest reached the logs (hex)"
             );
+            for encoded in encodings(&digest) {
+                assert!(
+                    !raw_logs.contains(&encoded),
+                    "a secret value's digest reached the logs (base64)"
+                );
+            }
         }
     }
+}
+
+/// Encodings of `bytes` that would carry them whole into a log line: base64 (standard and
+/// URL-safe, as a field of its own: whole 3-byte groups only, so padding and what follows do not
+/// matter) and lowercase hex.
+fn encodings(bytes: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let whole = &bytes[..bytes.len() / 3 * 3];
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    vec![STANDARD_NO_PAD.encode(whole), URL_SAFE_NO_PAD.encode(whole), hex]
 }
 
 impl std::io::Write for LogCapture {
