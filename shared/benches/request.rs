@@ -493,8 +493,8 @@ async fn floor_with_plumbing(
     std::hint::black_box(&request);
     floor(case, sign_message, transaction).await;
     tracing::info!(
-        method = %request.method(),
-        path = %request.uri().path(),
+        method = request.method().as_str(),
+        path = request.uri().path(),
         request_id = "0193b7c2-a1d0-7b8e-9f0a-1b2c3d4e5f60",
         status = 200u16,
         latency_ms = 0u64,

@@ -191,8 +191,8 @@ async fn sign_raw_es256(
     key_id: &str,
     message: &[u8],
 ) -> Result<(Vec<u8>, Option<String>)> {
-    // Boxed, as the release transaction is (`AuditWriter::transact`): the envelope signer's
-    // future would otherwise be as large as this SDK call's.
+    // Boxed, as the release transaction is (`AuditWriter::transact`): `sign_es256`'s future holds
+    // this call even when it signs in process (envelope mode), and would be as large as the SDK's.
     let output = Box::pin(
         client
             .sign()
