@@ -489,7 +489,7 @@ async fn floor_with_plumbing(
     response: &ApiGatewayV2httpResponse,
 ) {
     let event: ApiGatewayV2httpRequest = serde_json::from_str(&case.event).unwrap();
-    let request: lambda_http::Request = lambda_http::request::LambdaRequest::ApiGatewayV2(event).into();
+    let request = nhi_broker::http::gateway::to_request(event).unwrap();
     std::hint::black_box(&request);
     floor(case, sign_message, transaction).await;
     tracing::info!(

@@ -85,6 +85,32 @@ async fn respond(api: &BrokerApi, event: &str) -> (u16, serde_json::Value, serde
     )
 }
 
+/// lambda_http's conversion panics on a body that is not base64 and re-parses the path through
+/// `url`; a malformed event is a 400 like any other bad input, and nothing is released.
+#[tokio::test]
+async fn a_malformed_event_is_a_400_not_a_panic() {
+    let w = world();
+    let token = w
+        .issuer
+        .mint(&w.issuer.workload_claims(SUBJECT, "nhi-broker", NOW, 300))
+        .unwrap();
+    let event = token_event_with_subject_token(token.expose());
+    for (what, field, value) in [
+        ("body not base64", "body", serde_json::json!("not base64!")),
+        ("path not a URI path", "rawPath", serde_json::json!("/to ken")),
+    ] {
+        let mut malformed: serde_json::Value = serde_json::from_str(&event).unwrap();
+        malformed[field] = value;
+        let (status, body, _) = respond(&w.api, &malformed.to_string()).await;
+        assert_eq!(status, 400, "{what}");
+        assert_eq!(body["error"], "invalid_request", "{what}");
+    }
+    assert_eq!(w.ledger.leases.lock().unwrap().len(), 0, "nothing released");
+    // The same event, well formed, is released: the refusals above were the malformation's.
+    let (status, body, _) = respond(&w.api, &event).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn sample_token_event_is_refused_as_from_an_untrusted_issuer_and_audited() {
     let w = world();

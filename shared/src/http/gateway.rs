@@ -8,9 +8,12 @@
 //! one type and the response is built directly.
 
 use super::BrokerApi;
+use crate::error::BrokerError;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use lambda_http::request::LambdaRequest;
-use lambda_http::{Body, Response};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, Response};
 use std::convert::Infallible;
 
 /// Serves `api` until the Lambda runtime stops.
@@ -25,10 +28,44 @@ pub async fn run(api: &BrokerApi) -> Result<(), lambda_http::Error> {
 
 /// One API Gateway event to its response (what the runtime serializes back to API Gateway).
 pub async fn handle_event(api: &BrokerApi, event: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-    // lambda_http's own conversion (its `LambdaRequest` is doc-hidden in 1.3), so `handle` gets
-    // the request, with its request context, that `lambda_http::run` would have given it.
-    let request: lambda_http::Request = LambdaRequest::ApiGatewayV2(event).into();
-    to_gateway_response(api.handle(request).await)
+    let response = match to_request(event) {
+        Ok(request) => api.handle(request).await,
+        Err(err) => {
+            let request_id = uuid::Uuid::now_v7().to_string();
+            tracing::info!(request_id = request_id.as_str(), status = 400u16, "unreadable event");
+            super::error_response(&err, &request_id)
+        }
+    };
+    to_gateway_response(response)
+}
+
+/// The event as the request `BrokerApi::handle` reads: method, the raw path and query (the
+/// template's `$default` stage adds no prefix), headers, the body (base64-decoded when the event
+/// says so) and the request context (for API Gateway's request id). Not lambda_http's conversion:
+/// it re-parses an absolute URL through the `url` crate (a fifth of the conversion's CPU) and
+/// panics on a body that is not valid base64; here a malformed event is a 400, never a panic.
+/// Cookies, path parameters and stage variables are not carried: the broker reads none.
+pub fn to_request(event: ApiGatewayV2httpRequest) -> Result<Request, BrokerError> {
+    let unreadable = || BrokerError::InvalidRequest("the request could not be read");
+    let path = event.raw_path.as_deref().filter(|p| p.starts_with('/')).unwrap_or("/");
+    let uri = match event.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
+        Some(query) => http::Uri::try_from(format!("{path}?{query}")),
+        None => http::Uri::try_from(path),
+    }
+    .map_err(|_| unreadable())?;
+    let body = match event.body {
+        None => Body::Empty,
+        Some(body) if event.is_base64_encoded => Body::Binary(STANDARD.decode(body).map_err(|_| unreadable())?),
+        Some(body) => Body::Text(body),
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = event.request_context.http.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = event.headers;
+    request
+        .extensions_mut()
+        .insert(RequestContext::ApiGatewayV2(event.request_context));
+    Ok(request)
 }
 
 /// The HTTP API's response shape: headers as they are (the API sends none twice), a text body
@@ -51,6 +88,44 @@ pub fn to_gateway_response(response: Response<Body>) -> ApiGatewayV2httpResponse
 mod tests {
     use super::*;
     use http::StatusCode;
+
+    const TOKEN_EVENT: &str = include_str!("../../../events/exchange-token-request.json");
+
+    fn sample_event() -> ApiGatewayV2httpRequest {
+        serde_json::from_str(TOKEN_EVENT).unwrap()
+    }
+
+    #[test]
+    fn an_event_becomes_the_request_handle_reads() {
+        let mut event = sample_event();
+        event.raw_query_string = Some("a=1&b=%20".into());
+        event.request_context.request_id = Some("gw-request-1".into());
+        let body = event.body.clone().unwrap();
+        let request = to_request(event).unwrap();
+        assert_eq!(request.method(), http::Method::POST);
+        assert_eq!(request.uri().path(), "/token");
+        assert_eq!(request.uri().query(), Some("a=1&b=%20"));
+        assert_eq!(request.headers()["content-type"], "application/x-www-form-urlencoded");
+        match request.body() {
+            Body::Binary(bytes) => assert_eq!(bytes, &STANDARD.decode(body).unwrap()),
+            other => panic!("a decoded body, not {other:?}"),
+        }
+        use lambda_http::RequestExt;
+        match request.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => {
+                assert_eq!(context.request_id.as_deref(), Some("gw-request-1"))
+            }
+            _ => panic!("the gateway's request context is carried"),
+        }
+
+        let mut plain = sample_event();
+        plain.is_base64_encoded = false;
+        plain.body = Some("grant_type=x".into());
+        plain.raw_query_string = None;
+        let request = to_request(plain).unwrap();
+        assert!(matches!(request.body(), Body::Text(text) if text == "grant_type=x"));
+        assert_eq!(request.uri().query(), None);
+    }
 
     #[test]
     fn text_bodies_stay_text_binary_ones_are_base64_and_headers_pass_through() {
