@@ -1,6 +1,9 @@
 //! Structured JSON logs to stdout (CloudWatch on Lambda; level from `RUST_LOG`, default `info`),
 //! and metrics as Embedded Metric Format lines on the same stream.
 
+mod json_lines;
+
+pub use json_lines::JsonLines;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -40,17 +43,9 @@ pub fn init() {
 }
 
 /// As `init`, writing somewhere else (the bench formats every line as deployed, into a sink).
-pub fn init_with_writer<W>(writer: W)
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
+pub fn init_with_writer<W: std::io::Write + 'static>(make_writer: fn() -> W) {
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
-    let json = tracing_subscriber::fmt::layer()
-        .json()
-        .with_writer(writer)
-        .with_target(false)
-        .with_current_span(false)
-        .with_ansi(false);
+    let json = JsonLines::new(make_writer);
     // try_init: a second call (tests, local runner) is harmless.
     let wire = tracing_subscriber::filter::filter_fn(|meta| !is_wire_level(meta.target(), meta.level()));
     let _ = tracing_subscriber::registry()
