@@ -101,9 +101,12 @@ async fn a_malformed_event_is_a_400_not_a_panic() {
     ] {
         let mut malformed: serde_json::Value = serde_json::from_str(&event).unwrap();
         malformed[field] = value;
-        let (status, body, _) = respond(&w.api, &malformed.to_string()).await;
+        let (status, body, headers) = respond(&w.api, &malformed.to_string()).await;
         assert_eq!(status, 400, "{what}");
         assert_eq!(body["error"], "invalid_request", "{what}");
+        // Under API Gateway's id, as every other answer.
+        assert_eq!(body["request_id"], "JKJaXmPLvHcESHA=", "{what}");
+        assert_eq!(headers["x-request-id"], "JKJaXmPLvHcESHA=", "{what}");
     }
     assert_eq!(w.ledger.leases.lock().unwrap().len(), 0, "nothing released");
     // The same event, well formed, is released: the refusals above were the malformation's.

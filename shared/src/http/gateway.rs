@@ -30,13 +30,25 @@ pub async fn run(api: &BrokerApi) -> Result<(), lambda_http::Error> {
 pub async fn handle_event(api: &BrokerApi, event: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
     let response = match to_request(event) {
         Ok(request) => api.handle(request).await,
-        Err(err) => {
-            let request_id = uuid::Uuid::now_v7().to_string();
-            tracing::info!(request_id = request_id.as_str(), status = 400u16, "unreadable event");
-            super::error_response(&err, &request_id)
+        // Refused as `handle` refuses a request (`error_response` logs it), under the same id.
+        Err(Unreadable {
+            error,
+            gateway_request_id,
+        }) => {
+            let request_id = super::request_id_or_new(gateway_request_id.as_deref());
+            let mut response = super::error_response(&error, &request_id);
+            super::set_request_id_header(&mut response, &request_id);
+            response
         }
     };
     to_gateway_response(response)
+}
+
+/// An event that is not a readable request, with API Gateway's id for it.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub error: BrokerError,
+    pub gateway_request_id: Option<String>,
 }
 
 /// The event as the request `BrokerApi::handle` reads: method, the raw path and query (the
@@ -45,17 +57,25 @@ pub async fn handle_event(api: &BrokerApi, event: ApiGatewayV2httpRequest) -> Ap
 /// it re-parses an absolute URL through the `url` crate (a fifth of the conversion's CPU) and
 /// panics on a body that is not valid base64; here a malformed event is a 400, never a panic.
 /// Cookies, path parameters and stage variables are not carried: the broker reads none.
-pub fn to_request(event: ApiGatewayV2httpRequest) -> Result<Request, BrokerError> {
-    let unreadable = || BrokerError::InvalidRequest("the request could not be read");
+pub fn to_request(mut event: ApiGatewayV2httpRequest) -> Result<Request, Unreadable> {
+    let unreadable = |event: &mut ApiGatewayV2httpRequest| Unreadable {
+        error: BrokerError::InvalidRequest("the request could not be read"),
+        gateway_request_id: event.request_context.request_id.take(),
+    };
     let path = event.raw_path.as_deref().filter(|p| p.starts_with('/')).unwrap_or("/");
     let uri = match event.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
         Some(query) => http::Uri::try_from(format!("{path}?{query}")),
         None => http::Uri::try_from(path),
-    }
-    .map_err(|_| unreadable())?;
-    let body = match event.body {
+    };
+    let Ok(uri) = uri else {
+        return Err(unreadable(&mut event));
+    };
+    let body = match event.body.take() {
         None => Body::Empty,
-        Some(body) if event.is_base64_encoded => Body::Binary(STANDARD.decode(body).map_err(|_| unreadable())?),
+        Some(body) if event.is_base64_encoded => match STANDARD.decode(body) {
+            Ok(bytes) => Body::Binary(bytes),
+            Err(_) => return Err(unreadable(&mut event)),
+        },
         Some(body) => Body::Text(body),
     };
     let mut request = Request::new(body);

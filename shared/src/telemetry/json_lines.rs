@@ -234,38 +234,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use std::time::Duration;
     use tracing_subscriber::layer::SubscriberExt;
 
     static OURS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+    static REFERENCE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
     static OTHER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-    struct Other;
-    impl Write for Other {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            OTHER.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    struct Ours;
-    impl Write for Ours {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            OURS.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[derive(Clone, Default)]
-    struct Reference(Arc<Mutex<Vec<u8>>>);
-    impl Write for Reference {
+    /// Appends what is written to one of the buffers above (a static: `JsonLines` takes a `fn`).
+    struct Captured(&'static Mutex<Vec<u8>>);
+    impl Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(bytes);
             Ok(bytes.len())
@@ -333,14 +312,12 @@ mod tests {
 
     #[test]
     fn lines_are_what_tracing_subscribers_json_formatter_writes() {
-        let ours = tracing_subscriber::registry().with(JsonLines::new(|| Ours));
+        let ours = tracing_subscriber::registry().with(JsonLines::new(|| Captured(&OURS)));
         tracing::subscriber::with_default(ours, emit);
-        let reference_sink = Reference::default();
-        let sink = reference_sink.clone();
         let reference = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
                 .json()
-                .with_writer(move || sink.clone())
+                .with_writer(|| Captured(&REFERENCE))
                 .with_target(false)
                 .with_current_span(false)
                 .with_ansi(false),
@@ -348,7 +325,7 @@ mod tests {
         tracing::subscriber::with_default(reference, emit);
 
         let ours = lines(&OURS.lock().unwrap());
-        let reference = lines(&reference_sink.0.lock().unwrap());
+        let reference = lines(&REFERENCE.lock().unwrap());
         // tracing does not dispatch an event logged while another is being formatted (with a
         // scoped subscriber, as here), so 7 lines in both.
         assert_eq!(ours.len(), 7, "{ours:#?}");
@@ -369,7 +346,7 @@ mod tests {
     #[test]
     fn a_line_logged_while_another_is_written_is_written_too() {
         OTHER.lock().unwrap().clear();
-        let subscriber = tracing_subscriber::registry().with(JsonLines::new(|| Other));
+        let subscriber = tracing_subscriber::registry().with(JsonLines::new(|| Captured(&OTHER)));
         tracing::subscriber::with_default(subscriber, || {
             LINE.with(|line| {
                 let _busy = line.borrow_mut();
