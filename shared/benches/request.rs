@@ -14,7 +14,7 @@
 //! `http::gateway::handle_event`, the response written back as JSON.
 //!
 //! The floor is the unavoidable part of the same request: the subject token's signature verified
-//! with aws-lc, the broker token signed (the same SDK Sign call, same message, in kms mode; aws-lc
+//! with aws-lc (the issuer's key parsed once, as the broker keeps it), the broker token signed (the same SDK Sign call, same message, in kms mode; aws-lc
 //! in envelope mode), the audit event's chain signature (aws-lc, ES256 over a 64-byte hash) and
 //! the very TransactWriteItems the request sent (its items captured by an interceptor, sent again
 //! through the same SDK client), without any of the broker's logic. The bench prints full / floor
@@ -43,6 +43,52 @@ use nhi_broker::ports::KeyRingStore;
 use nhi_broker::testing::{FixedClock, InMemoryPolicy, InMemorySecrets, RecordingRoleAssumer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Counts this thread's allocations: a figure that, unlike CPU time, does not move with the
+/// machine's load, so a change's effect on the request's allocations reads exactly.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn count_allocation(bytes: usize) {
+    // `try_with`: an allocation during the thread's teardown is not counted rather than a panic.
+    let _ = ALLOCATIONS.try_with(|a| {
+        let (count, total) = a.get();
+        a.set((count + 1, total + bytes as u64));
+    });
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; counting allocates nothing.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation(layout.size());
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation(layout.size());
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count_allocation(new_size);
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// This thread's allocations (and their bytes) while `work` runs.
+async fn allocations_of(work: impl std::future::Future<Output = ()>) -> (u64, u64) {
+    let (count, bytes) = ALLOCATIONS.with(|a| a.get());
+    work.await;
+    let (count_after, bytes_after) = ALLOCATIONS.with(|a| a.get());
+    (count_after - count, bytes_after - bytes)
+}
 
 const REQUESTS: usize = 2000;
 const ROUNDS: usize = 5;
@@ -205,25 +251,21 @@ impl IdpKey {
         }
     }
 
-    /// Verify as the floor does: aws-lc on the raw key, nothing else.
-    fn verify(&self, token: &str) {
-        let (input, sig) = token.rsplit_once('.').unwrap();
-        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    /// The issuer's public key as the floor verifies with it: parsed once, as the broker keeps
+    /// it (`exchange::key_set`).
+    fn verification_key(&self) -> signature::ParsedPublicKey {
         match self {
             IdpKey::Rsa(pair) => {
                 let public = pair.public_key();
-                let components = signature::RsaPublicKeyComponents {
+                signature::RsaPublicKeyComponents {
                     n: public.modulus().big_endian_without_leading_zero(),
                     e: public.exponent().big_endian_without_leading_zero(),
-                };
-                components
-                    .verify(&signature::RSA_PKCS1_2048_8192_SHA256, input.as_bytes(), &sig)
-                    .unwrap()
+                }
+                .to_parsed_public_key(&signature::RSA_PKCS1_2048_8192_SHA256)
+                .unwrap()
             }
             IdpKey::Ec(pair) => {
-                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, pair.public_key())
-                    .verify(input.as_bytes(), &sig)
-                    .unwrap()
+                signature::ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, pair.public_key()).unwrap()
             }
         }
     }
@@ -313,7 +355,8 @@ struct Case {
     name: String,
     api: BrokerApi,
     event: String,
-    idp: Arc<IdpKey>,
+    /// The floor's verification key.
+    idp_key: signature::ParsedPublicKey,
     token: String,
     envelope: Option<Arc<EcdsaKeyPair>>,
     kms: aws_sdk_kms::Client,
@@ -456,7 +499,7 @@ async fn case(idp: Arc<IdpKey>, envelope_mode: bool, aws: CannedAws, envelope_pa
         ),
         api,
         event: event.to_string(),
-        idp,
+        idp_key: idp.verification_key(),
         token,
         envelope: envelope_mode.then_some(envelope_pair),
         kms: clients.kms,
@@ -507,7 +550,11 @@ async fn floor_with_plumbing(
 /// The floor: verify, sign, sign the audit record, and the same transaction through the same SDK
 /// client, no logic.
 async fn floor(case: &Case, sign_message: &[u8], transaction: &[aws_sdk_dynamodb::types::TransactWriteItem]) {
-    case.idp.verify(&case.token);
+    // Verify as the floor does: aws-lc with the parsed key, nothing else.
+    let (input, sig) = case.token.rsplit_once('.').unwrap();
+    case.idp_key
+        .verify_sig(input.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).unwrap())
+        .unwrap();
     // Every release's audit event is signed by its chain's key (ES256 over the 64-hex-digit link
     // hash, audit::ChainState::next_link): crypto the request cannot do without.
     std::hint::black_box(case.audit_key.sign(&SystemRandom::new(), &[b'a'; 64]).unwrap());
@@ -628,6 +675,8 @@ fn main() {
                 continue;
             }
             let reference_response = response_of(case).await;
+            let full_allocations = allocations_of(full(case)).await;
+            let floor_allocations = allocations_of(floor(case, &sign_message, &transaction)).await;
             let mut full_us = Vec::new();
             let mut floor_us = Vec::new();
             let mut plumbing_us = Vec::new();
@@ -663,6 +712,13 @@ fn main() {
             println!(
                 "  informational: floor + Lambda HTTP plumbing (event JSON, one log line, response JSON) p50 {plumbing_p50:.1} µs; full = {:.2}x of it",
                 full_p50 / plumbing_p50
+            );
+            println!(
+                "  allocations per request (memory allocated, kB): full {} ({:.1}), floor {} ({:.1})",
+                full_allocations.0,
+                full_allocations.1 as f64 / 1e3,
+                floor_allocations.0,
+                floor_allocations.1 as f64 / 1e3
             );
             if ratio > LIMIT {
                 failed = true;

@@ -6,6 +6,7 @@ use crate::domain::{
     RotationStep, Secret, SecretRotationState, Target, UnixTime, VersionStage,
 };
 use crate::error::Result;
+use crate::exchange::key_set::IssuerKeySet;
 use crate::redact::SecretString;
 use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
@@ -393,7 +394,7 @@ pub trait ExpiryStore: Send + Sync {
 pub trait IssuerKeys: Send + Sync {
     /// The issuer's JWK Set; `refresh` asks for a fresh copy (rate-limited by the implementation)
     /// because the token names a `kid` the cached copy lacks.
-    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<std::sync::Arc<JwkSet>>;
+    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<std::sync::Arc<IssuerKeySet>>;
 }
 
 /// Time, injectable so tests can move it.

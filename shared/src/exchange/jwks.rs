@@ -3,6 +3,7 @@
 
 use crate::domain::{Issuer, JwksSource};
 use crate::error::{BrokerError, Result};
+use crate::exchange::key_set::IssuerKeySet;
 use crate::ports::IssuerKeys;
 use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
@@ -39,7 +40,7 @@ impl Default for JwksSettings {
 #[derive(Default)]
 struct Entry {
     /// The last successfully fetched set, and when.
-    keys: Option<(Arc<JwkSet>, Instant)>,
+    keys: Option<(Arc<IssuerKeySet>, Instant)>,
     last_attempt: Option<Instant>,
     last_attempt_failed: bool,
 }
@@ -50,7 +51,7 @@ pub struct HttpIssuerKeys {
     /// One lock per URL, held across that URL's fetch: concurrent misses for one issuer cause one
     /// request, and a slow issuer never delays another's.
     entries: std::sync::Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
-    static_sets: std::sync::Mutex<HashMap<String, Arc<JwkSet>>>,
+    static_sets: std::sync::Mutex<HashMap<String, Arc<IssuerKeySet>>>,
 }
 
 const MAX_STATIC_SETS: usize = 1024;
@@ -68,12 +69,13 @@ impl HttpIssuerKeys {
 
     /// A static JWKS, parsed once per distinct document (registrations are bounded; the map is
     /// emptied if it ever holds more than `MAX_STATIC_SETS`).
-    fn static_set(&self, jwks: &str) -> Result<Arc<JwkSet>> {
+    fn static_set(&self, jwks: &str) -> Result<Arc<IssuerKeySet>> {
         if let Some(set) = self.static_sets.lock().ok().and_then(|sets| sets.get(jwks).cloned()) {
             return Ok(set);
         }
-        let set: Arc<JwkSet> =
-            Arc::new(serde_json::from_str(jwks).map_err(|_| BrokerError::CorruptRecord("issuer static jwks".into()))?);
+        let set: JwkSet =
+            serde_json::from_str(jwks).map_err(|_| BrokerError::CorruptRecord("issuer static jwks".into()))?;
+        let set = Arc::new(IssuerKeySet::from(set));
         if let Ok(mut sets) = self.static_sets.lock() {
             if sets.len() >= MAX_STATIC_SETS {
                 sets.clear();
@@ -124,7 +126,7 @@ pub fn check_jwks_url(url: &str) -> Result<()> {
 ///   serves known `kid`s.
 #[async_trait]
 impl IssuerKeys for HttpIssuerKeys {
-    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<Arc<JwkSet>> {
+    async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<Arc<IssuerKeySet>> {
         let url = match &issuer.jwks {
             JwksSource::Static { jwks } => return self.static_set(jwks),
             JwksSource::Url { url } => url,
@@ -156,7 +158,7 @@ impl IssuerKeys for HttpIssuerKeys {
         entry.last_attempt = Some(now);
         match self.fetch(url).await {
             Ok(keys) => {
-                let keys = Arc::new(keys);
+                let keys = Arc::new(IssuerKeySet::from(keys));
                 entry.keys = Some((keys.clone(), now));
                 entry.last_attempt_failed = false;
                 Ok(keys)
@@ -251,8 +253,12 @@ mod tests {
         }
     }
 
-    fn kids(set: &JwkSet) -> Vec<String> {
-        set.keys.iter().filter_map(|k| k.common.key_id.clone()).collect()
+    fn kids(set: &IssuerKeySet) -> Vec<String> {
+        set.jwk_set()
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect()
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 
 pub mod broker_token;
 pub mod jwks;
+pub mod key_set;
 pub mod policy;
 pub mod subject_token;
 pub mod token_admin;
