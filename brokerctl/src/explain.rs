@@ -155,7 +155,7 @@ impl Ctl {
                     return Err(CliError::usage(format!("no issuer {iss:?} is registered")));
                 };
                 let subject = VerifiedSubject {
-                    issuer,
+                    issuer: Arc::new(issuer),
                     subject: sub,
                     expires_at: claims.get("exp").and_then(Value::as_i64).unwrap_or(self.now + 300),
                     claims,

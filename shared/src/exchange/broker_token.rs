@@ -7,35 +7,36 @@ use crate::ports::TokenSigner;
 use crate::redact::SecretString;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// KMS signs at most 4096 bytes with `MessageType=RAW`; larger inputs are refused up front.
 pub const MAX_SIGNING_INPUT_BYTES: usize = 4096;
 
 /// Who the token was issued for, by which identity provider (RFC 8693 section 4.1 `act`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActorClaim {
-    pub iss: String,
-    pub sub: String,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActorClaim<'a> {
+    pub iss: &'a str,
+    pub sub: &'a str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BrokerClaims {
-    pub iss: String,
-    pub sub: String,
-    pub aud: String,
+/// The claims of a broker access token, borrowed from the lease they are written for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerClaims<'a> {
+    pub iss: &'a str,
+    pub sub: &'a str,
+    pub aud: &'a str,
     pub exp: UnixTime,
     pub iat: UnixTime,
     pub nbf: UnixTime,
     /// Equals the lease id.
-    pub jti: String,
-    #[serde(skip_serializing_if = "String::is_empty", default)]
-    pub scope: String,
+    pub jti: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub scope: &'a str,
     /// The grant the token was issued under.
-    pub client_id: String,
-    pub act: ActorClaim,
+    pub client_id: &'a str,
+    pub act: ActorClaim<'a>,
     /// Environment of the target, so relying parties can refuse cross-environment use.
-    pub env: String,
+    pub env: &'a str,
 }
 
 #[derive(Serialize)]
@@ -56,7 +57,7 @@ pub struct Signed {
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 /// Sign a broker access token (`typ: at+jwt`) with the active key.
-pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims) -> Result<Signed> {
+pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims<'_>) -> Result<Signed> {
     sign_jwt(signer, ACCESS_TOKEN_TYP, claims).await
 }
 

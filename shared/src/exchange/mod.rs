@@ -286,21 +286,22 @@ impl ExchangeService {
                 )
             }
             None => {
+                let scope = decision.scope.join(" ");
                 let claims = BrokerClaims {
-                    iss: self.settings.broker_issuer.clone(),
-                    sub: subject.subject.clone(),
-                    aud: target.id.clone(),
+                    iss: &self.settings.broker_issuer,
+                    sub: &subject.subject,
+                    aud: &target.id,
                     exp: expires_at,
                     iat: now,
                     nbf: now,
-                    jti: lease_id.clone(),
-                    scope: decision.scope.join(" "),
-                    client_id: decision.grant.id.clone(),
+                    jti: &lease_id,
+                    scope: &scope,
+                    client_id: &decision.grant.id,
                     act: ActorClaim {
-                        iss: subject.issuer.issuer.clone(),
-                        sub: subject.subject.clone(),
+                        iss: &subject.issuer.issuer,
+                        sub: &subject.subject,
                     },
-                    env: target.environment.clone(),
+                    env: &target.environment,
                 };
                 let unsigned =
                     broker_token::prepare(self.signer.as_ref(), broker_token::ACCESS_TOKEN_TYP, &claims).await?;

@@ -30,7 +30,7 @@ pub const ALLOWED_ALGS: &[&str] = &[
 /// A subject token that passed every check.
 #[derive(Debug, Clone)]
 pub struct VerifiedSubject {
-    pub issuer: Issuer,
+    pub issuer: Arc<Issuer>,
     pub subject: String,
     /// The token's `exp`, validated (range-checked integer).
     pub expires_at: UnixTime,

@@ -37,7 +37,8 @@ type ExactGrants = Arc<Mutex<HashMap<String, Arc<[Arc<CompiledGrant>]>>>>;
 
 /// One issuer's compiled policy at one generation.
 pub struct IssuerPolicy {
-    pub issuer: Issuer,
+    /// Shared with every subject verified against it (no copy per request).
+    pub issuer: Arc<Issuer>,
     generation: String,
     patterns: Arc<PatternIndex>,
     exact: ExactGrants,
@@ -98,7 +99,7 @@ impl PolicyCatalog {
         let policy = match previous {
             // Same generation, already settled: keep what was compiled, with the fresh issuer record.
             Some((p, true)) if p.generation == generation => Arc::new(IssuerPolicy {
-                issuer,
+                issuer: Arc::new(issuer),
                 generation,
                 patterns: p.patterns.clone(),
                 exact: p.exact.clone(),
@@ -106,7 +107,7 @@ impl PolicyCatalog {
             _ => {
                 let patterns = PatternIndex::new(self.store.pattern_grants(iss).await?);
                 Arc::new(IssuerPolicy {
-                    issuer,
+                    issuer: Arc::new(issuer),
                     generation,
                     patterns: Arc::new(patterns),
                     exact: Arc::new(Mutex::new(HashMap::new())),

@@ -28,10 +28,10 @@ use compiled::CompiledGrant;
 use expression::ConditionInput;
 use std::sync::Arc;
 
-/// What policy allows for one request.
+/// What policy allows for one request: the winning grant is borrowed from the candidates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub grant: Grant,
+pub struct Decision<'a> {
+    pub grant: &'a Grant,
     pub ttl_seconds: i64,
     pub scope: Vec<String>,
 }
@@ -157,14 +157,14 @@ pub fn check(
 }
 
 /// Find the grant among `candidates` that lets `subject` obtain `target`, or say why none does.
-pub fn evaluate(
-    candidates: &[Arc<CompiledGrant>],
+pub fn evaluate<'a>(
+    candidates: &'a [Arc<CompiledGrant>],
     subject: &VerifiedSubject,
     target: &Target,
     request: &PolicyRequest<'_>,
     now: UnixTime,
     ttl_cap_seconds: i64,
-) -> Result<Decision, BrokerError> {
+) -> Result<Decision<'a>, BrokerError> {
     let mut winner: Option<&Grant> = None;
     let mut furthest: Option<(RuledOut, &str)> = None;
     for candidate in candidates {
@@ -208,7 +208,7 @@ pub fn evaluate(
         request.scope.to_vec()
     };
     Ok(Decision {
-        grant: grant.clone(),
+        grant,
         ttl_seconds: ttl,
         scope,
     })
@@ -276,7 +276,7 @@ mod tests {
 
     fn subject(claims: serde_json::Value) -> VerifiedSubject {
         VerifiedSubject {
-            issuer: Issuer {
+            issuer: Arc::new(Issuer {
                 issuer: "https://idp.example".into(),
                 name: "idp".into(),
                 audiences: vec!["nhi-broker".into()],
@@ -287,7 +287,7 @@ mod tests {
                 enabled: true,
                 one_time_jti: false,
                 pattern_prefix_segments: 1,
-            },
+            }),
             subject: "repo:org/app:ref:refs/heads/main".into(),
             expires_at: NOW + 300,
             claims: claims.as_object().cloned().unwrap_or_default(),
@@ -330,32 +330,42 @@ mod tests {
         grants.iter().map(|g| Arc::new(CompiledGrant::new(g.clone()))).collect()
     }
 
-    fn eval_for(grants: &[Grant], claims: serde_json::Value, scope: &[String]) -> Result<Decision, BrokerError> {
-        let req = PolicyRequest {
-            scope,
-            requested_ttl_seconds: None,
-            requested_token_type: crate::domain::TOKEN_TYPE_JWT,
-        };
-        evaluate(&compiled(grants), &subject(claims), &target(), &req, NOW, 3600)
+    /// A decision, owned (the tests' candidates do not outlive the call).
+    #[derive(Debug)]
+    struct Decided {
+        grant: Grant,
+        ttl_seconds: i64,
+        scope: Vec<String>,
     }
 
-    fn eval(grants: &[Grant], scope: &[String], ttl: Option<i64>) -> Result<Decision, BrokerError> {
+    fn eval_with(
+        grants: &[Grant],
+        claims: serde_json::Value,
+        scope: &[String],
+        ttl: Option<i64>,
+    ) -> Result<Decided, BrokerError> {
         let req = PolicyRequest {
             scope,
             requested_ttl_seconds: ttl,
             requested_token_type: crate::domain::TOKEN_TYPE_JWT,
         };
-        evaluate(
-            &compiled(grants),
-            &subject(serde_json::json!({})),
-            &target(),
-            &req,
-            NOW,
-            3600,
-        )
+        let candidates = compiled(grants);
+        evaluate(&candidates, &subject(claims), &target(), &req, NOW, 3600).map(|d| Decided {
+            grant: d.grant.clone(),
+            ttl_seconds: d.ttl_seconds,
+            scope: d.scope,
+        })
     }
 
-    fn denial(result: Result<Decision, BrokerError>) -> String {
+    fn eval_for(grants: &[Grant], claims: serde_json::Value, scope: &[String]) -> Result<Decided, BrokerError> {
+        eval_with(grants, claims, scope, None)
+    }
+
+    fn eval(grants: &[Grant], scope: &[String], ttl: Option<i64>) -> Result<Decided, BrokerError> {
+        eval_with(grants, serde_json::json!({}), scope, ttl)
+    }
+
+    fn denial(result: Result<Decided, BrokerError>) -> String {
         result.unwrap_err().reason_code().to_string()
     }
 
