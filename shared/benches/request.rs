@@ -14,8 +14,9 @@
 //! `http::gateway::handle_event`, the response written back as JSON.
 //!
 //! The floor is the unavoidable part of the same request: the subject token's signature verified
-//! with aws-lc (the issuer's key parsed once, as the broker keeps it), the broker token signed (the same SDK Sign call, same message, in kms mode; aws-lc
-//! in envelope mode), the audit event's chain signature (aws-lc, ES256 over a 64-byte hash) and
+//! with aws-lc (the issuer's key parsed once, as the broker keeps it), the broker token signed
+//! (the same SDK Sign call, same message, in kms mode; aws-lc in envelope mode), the audit
+//! event's chain signature (aws-lc, ES256 over a 64-byte hash) and
 //! the very TransactWriteItems the request sent (its items captured by an interceptor, sent again
 //! through the same SDK client), without any of the broker's logic. The bench prints full / floor
 //! per case and exits 1 above 1.3x. For information it also prints the full request against the
@@ -550,7 +551,7 @@ async fn floor_with_plumbing(
 /// The floor: verify, sign, sign the audit record, and the same transaction through the same SDK
 /// client, no logic.
 async fn floor(case: &Case, sign_message: &[u8], transaction: &[aws_sdk_dynamodb::types::TransactWriteItem]) {
-    // Verify as the floor does: aws-lc with the parsed key, nothing else.
+    // aws-lc with the parsed key, nothing else.
     let (input, sig) = case.token.rsplit_once('.').unwrap();
     case.idp_key
         .verify_sig(input.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).unwrap())

@@ -392,8 +392,9 @@ pub trait ExpiryStore: Send + Sync {
 /// Public keys of subject-token issuers.
 #[async_trait]
 pub trait IssuerKeys: Send + Sync {
-    /// The issuer's JWK Set; `refresh` asks for a fresh copy (rate-limited by the implementation)
-    /// because the token names a `kid` the cached copy lacks.
+    /// The issuer's JWK Set, with the verification keys built from it; `refresh` asks for a fresh
+    /// copy (rate-limited by the implementation) because the token names a `kid` the cached copy
+    /// lacks.
     async fn jwks(&self, issuer: &Issuer, refresh: bool) -> Result<std::sync::Arc<IssuerKeySet>>;
 }
 

@@ -11,19 +11,12 @@ use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use std::sync::{Arc, Mutex};
 
+#[derive(Debug)]
 pub struct IssuerKeySet {
     set: JwkSet,
-    /// Keys built so far: (index in `set.keys`, algorithm, key). Bounded by the set's keys times
-    /// the allowed algorithms.
-    built: Mutex<Vec<(usize, Algorithm, Arc<ParsedPublicKey>)>>,
-}
-
-impl std::fmt::Debug for IssuerKeySet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerKeySet")
-            .field("keys", &self.set.keys.len())
-            .finish_non_exhaustive()
-    }
+    /// Keys built so far: (`kid`, algorithm, key). Bounded by the set's keys times the allowed
+    /// algorithms.
+    built: Mutex<Vec<(String, Algorithm, Arc<ParsedPublicKey>)>>,
 }
 
 impl From<JwkSet> for IssuerKeySet {
@@ -47,24 +40,19 @@ impl IssuerKeySet {
     /// signature check with it would end. (An RSA modulus under 2048 bits is refused by aws-lc
     /// when it verifies.)
     pub fn verification_key(&self, kid: &str, alg: Algorithm) -> Option<Result<Arc<ParsedPublicKey>>> {
-        let index = self
-            .set
-            .keys
-            .iter()
-            .position(|k| k.common.key_id.as_deref() == Some(kid))?;
-        let jwk = &self.set.keys[index];
+        let jwk = self.set.find(kid)?;
         if let Err(e) = check_key_fits_algorithm(jwk, alg) {
             return Some(Err(e));
         }
         let mut built = self.built.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, _, key)) = built.iter().find(|(i, a, _)| *i == index && *a == alg) {
+        if let Some((_, _, key)) = built.iter().find(|(k, a, _)| k == kid && *a == alg) {
             return Some(Ok(key.clone()));
         }
         let key = match build(jwk, alg) {
             Ok(key) => Arc::new(key),
             Err(e) => return Some(Err(e)),
         };
-        built.push((index, alg, key.clone()));
+        built.push((kid.to_string(), alg, key.clone()));
         Some(Ok(key))
     }
 }
@@ -98,9 +86,8 @@ fn check_key_fits_algorithm(jwk: &Jwk, alg: Algorithm) -> Result<()> {
     }
 }
 
-/// JWS algorithms as aws-lc verifies them: RSA moduli of 2048 to 8192 bits; ECDSA signatures as
-/// JWS writes them (r || s, RFC 7518 3.4).
-fn verification_algorithm(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
+/// JWS's RSA algorithms as aws-lc verifies them: moduli of 2048 to 8192 bits.
+fn rsa_parameters(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
     Some(match alg {
         Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
         Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
@@ -119,12 +106,13 @@ fn build(jwk: &Jwk, alg: Algorithm) -> Result<ParsedPublicKey> {
     let decode = |b64: &str| URL_SAFE_NO_PAD.decode(b64).map_err(|_| mismatch());
     match &jwk.algorithm {
         AlgorithmParameters::RSA(rsa) => {
-            let params = verification_algorithm(alg).ok_or_else(mismatch)?;
+            let params = rsa_parameters(alg).ok_or_else(mismatch)?;
             let (n, e) = (decode(&rsa.n)?, decode(&rsa.e)?);
             RsaPublicKeyComponents { n: &n[..], e: &e[..] }
                 .to_parsed_public_key(params)
                 .map_err(refused)
         }
+        // ECDSA signatures as JWS writes them: r || s (RFC 7518 3.4).
         AlgorithmParameters::EllipticCurve(ec) => {
             let algorithm: &'static dyn VerificationAlgorithm = match alg {
                 Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
