@@ -12,6 +12,7 @@ use nhi_broker::domain::{
     Grant, Secret, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, Target,
     TargetKind,
 };
+use nhi_broker::exchange::claim_set::ClaimSet;
 use nhi_broker::exchange::jwks::{HttpIssuerKeys, JwksSettings};
 use nhi_broker::exchange::policy::catalog::PolicyCatalog;
 use nhi_broker::exchange::policy::compiled::CompiledGrant;
@@ -19,7 +20,8 @@ use nhi_broker::exchange::policy::{self, PolicyRequest};
 use nhi_broker::exchange::subject_token::{SubjectTokenVerifier, UnverifiedContext, VerifiedSubject};
 use nhi_broker::ports::PolicyStore;
 use nhi_broker::redact::SecretString;
-use serde_json::{Map, Value, json};
+use serde_json::json;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Where the subject comes from.
@@ -141,13 +143,12 @@ impl Ctl {
                 Ok((subject, true))
             }
             SubjectSource::UnverifiedClaimsFile(path) => {
-                let claims: Map<String, Value> = serde_json::from_str(&read(path)?)
-                    .map_err(|_| CliError::usage(format!("{path} is not a JSON object of claims")))?;
+                let claims = ClaimSet::parse(read(path)?)
+                    .ok_or_else(|| CliError::usage(format!("{path} is not a JSON object of claims")))?;
                 let field = |name: &str| {
                     claims
-                        .get(name)
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
+                        .get_str(name)
+                        .map(Cow::into_owned)
                         .ok_or_else(|| CliError::usage(format!("{path}: the claims need a string {name}")))
                 };
                 let (iss, sub) = (field("iss")?, field("sub")?);
@@ -157,7 +158,7 @@ impl Ctl {
                 let subject = VerifiedSubject {
                     issuer: Arc::new(issuer),
                     subject: sub,
-                    expires_at: claims.get("exp").and_then(Value::as_i64).unwrap_or(self.now + 300),
+                    expires_at: claims.get("exp").and_then(|exp| exp.as_i64()).unwrap_or(self.now + 300),
                     claims,
                     fingerprint: "unverified".into(),
                 };

@@ -651,7 +651,7 @@ fn main() {
             }
         }
         // For `perf`: NHI_BENCH_PROFILE=full:N or floor:N runs only that path of case N, 20,000
-        // times, and measures nothing.
+        // times (or `full:N:COUNT` times), and measures nothing.
         let profile = std::env::var("NHI_BENCH_PROFILE").ok();
         for (index, case) in cases.iter().enumerate() {
             // Cold: the JWKS fetch, the policy load, the envelope key's decrypt. Not measured.
@@ -664,9 +664,11 @@ fn main() {
             // Envelope mode signs in-process: the same signing input length as a KMS request's.
             let sign_message = case.captured.sign_message.lock().unwrap().clone().unwrap_or_else(|| vec![b'x'; 700]);
             if let Some(profile) = &profile {
-                let (path, wanted) = profile.split_once(':').expect("NHI_BENCH_PROFILE=full:N or floor:N");
-                if wanted.parse::<usize>().expect("a case number") == index {
-                    for _ in 0..10 * REQUESTS {
+                let mut parts = profile.split(':');
+                let (path, wanted) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                let count = parts.next().map_or(10 * REQUESTS, |c| c.parse().expect("a request count"));
+                if wanted.parse::<usize>().expect("NHI_BENCH_PROFILE=full:N or floor:N") == index {
+                    for _ in 0..count {
                         match path {
                             "full" => full(case).await,
                             _ => floor(case, &sign_message, &transaction).await,

@@ -1,6 +1,7 @@
 //! The token exchange use case (RFC 8693), independent of HTTP and AWS.
 
 pub mod broker_token;
+pub mod claim_set;
 pub mod jwks;
 pub mod key_set;
 pub mod policy;
@@ -132,8 +133,8 @@ impl ExchangeService {
         };
         let (subject, issuer_policy) = verifier.verify(token, now, context).await?;
         if subject.issuer.issuer == self.settings.broker_issuer
-            && let Some(jti) = subject.claims.get("jti").and_then(serde_json::Value::as_str)
-            && self.ledger.is_denied(jti).await?
+            && let Some(jti) = subject.claims.get_str("jti")
+            && self.ledger.is_denied(&jti).await?
         {
             return Err(BrokerError::TokenRejected(TokenRejection::Revoked));
         }
@@ -430,8 +431,7 @@ fn replay_guard(subject: &VerifiedSubject, leeway: i64) -> Result<Option<ReplayG
     }
     let jti = subject
         .claims
-        .get("jti")
-        .and_then(|v| v.as_str())
+        .get_str("jti")
         .filter(|j| !j.is_empty())
         .ok_or(BrokerError::TokenRejected(TokenRejection::MissingJti))?;
     Ok(Some(ReplayGuard {

@@ -8,6 +8,7 @@
 
 use crate::domain::{Issuer, UnixTime};
 use crate::error::{BrokerError, Result, TokenRejection};
+use crate::exchange::claim_set::ClaimSet;
 use crate::exchange::policy::catalog::{IssuerPolicy, PolicyCatalog};
 use crate::ports::IssuerKeys;
 use crate::redact::SecretString;
@@ -15,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -34,7 +35,7 @@ pub struct VerifiedSubject {
     pub subject: String,
     /// The token's `exp`, validated (range-checked integer).
     pub expires_at: UnixTime,
-    pub claims: Map<String, Value>,
+    pub claims: ClaimSet,
     pub fingerprint: String,
 }
 
@@ -94,15 +95,11 @@ impl SubjectTokenVerifier<'_> {
         let alg = Algorithm::from_str(&alg_name).map_err(|_| reject(TokenRejection::UnsupportedAlgorithm))?;
 
         // The unverified `iss` only selects which registration (and keys) to verify against.
-        let unverified: Map<String, Value> =
-            decode_json_segment(payload_b64).ok_or(reject(TokenRejection::Malformed))?;
-        let iss = unverified
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or(reject(TokenRejection::MissingClaim))?;
+        let unverified = decode_claims(payload_b64).ok_or(reject(TokenRejection::Malformed))?;
+        let iss = unverified.get_str("iss").ok_or(reject(TokenRejection::MissingClaim))?;
         context.issuer = Some(iss.to_string());
 
-        let policy = match self.policy.issuer(iss).await? {
+        let policy = match self.policy.issuer(&iss).await? {
             Some(policy) if policy.issuer.enabled => policy,
             _ => return Err(reject(TokenRejection::UntrustedIssuer)),
         };
@@ -149,6 +146,12 @@ impl SubjectTokenVerifier<'_> {
     }
 }
 
+/// The payload's claims: base64url, UTF-8, a JSON object (read in place, `claim_set`).
+fn decode_claims(segment: &str) -> Option<ClaimSet> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()?;
+    ClaimSet::parse(String::from_utf8(bytes).ok()?)
+}
+
 fn decode_json_segment<T: serde::de::DeserializeOwned>(segment: &str) -> Option<T> {
     let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()?;
     // UTF-8 checked once for the whole segment, then parsed as a str: from bytes, serde_json
@@ -157,11 +160,13 @@ fn decode_json_segment<T: serde::de::DeserializeOwned>(segment: &str) -> Option<
 }
 
 /// A NumericDate claim (RFC 7519 2) as whole seconds: absent is `None`; present but not a number,
-/// fractional beyond representation, negative or past year 9999 is refused.
-fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
-    let Some(value) = claims.get(name) else {
+/// fractional beyond representation, negative or past year 9999 is refused (so is a value no
+/// JSON number holds).
+fn time_claim(claims: &ClaimSet, name: &str) -> Result<Option<i64>> {
+    if !claims.contains(name) {
         return Ok(None);
-    };
+    }
+    let value = claims.get(name).unwrap_or(Value::Null);
     let seconds = match value {
         Value::Number(n) => n.as_i64().or_else(|| {
             // Fractional seconds are allowed by RFC 7519; only finite, in-range values are kept.
@@ -179,30 +184,24 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
 
 /// Registered claims: exact `iss`, an accepted `aud`, a `sub`, and `exp`/`nbf`/`iat` with leeway.
 /// Returns the subject and the token's expiry.
-fn check_claims(
-    claims: &Map<String, Value>,
-    issuer: &Issuer,
-    now: UnixTime,
-    leeway: i64,
-) -> Result<(String, UnixTime)> {
+fn check_claims(claims: &ClaimSet, issuer: &Issuer, now: UnixTime, leeway: i64) -> Result<(String, UnixTime)> {
     let reject = |r: TokenRejection| BrokerError::TokenRejected(r);
-    if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
+    if claims.get_str("iss").as_deref() != Some(issuer.issuer.as_str()) {
         return Err(reject(TokenRejection::WrongIssuer));
     }
     let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
+        .get_str("sub")
         .filter(|s| !s.is_empty())
         .ok_or(reject(TokenRejection::MissingClaim))?;
-    let audiences: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(a)) => vec![a.as_str()],
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-        _ => return Err(reject(TokenRejection::MissingClaim)),
+    let accepted = |a: &str| issuer.audiences.iter().any(|accepted| accepted == a);
+    let audience_accepted = match claims.get_str("aud") {
+        Some(a) => accepted(&a),
+        None => match claims.get("aud") {
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
+            _ => return Err(reject(TokenRejection::MissingClaim)),
+        },
     };
-    if !audiences
-        .iter()
-        .any(|a| issuer.audiences.iter().any(|accepted| accepted == a))
-    {
+    if !audience_accepted {
         return Err(reject(TokenRejection::WrongAudience));
     }
     let exp = time_claim(claims, "exp")?.ok_or(reject(TokenRejection::MissingClaim))?;
@@ -220,7 +219,7 @@ fn check_claims(
     if iat.is_some_and(|iat| iat > horizon) {
         return Err(reject(TokenRejection::IssuedInFuture));
     }
-    Ok((sub.to_string(), exp))
+    Ok((sub.into_owned(), exp))
 }
 
 #[cfg(test)]
@@ -357,6 +356,27 @@ mod tests {
                 "{claim} = {value}"
             );
         }
+        // A number no JSON value holds: the time claim is refused; elsewhere, unread, it is not
+        // the token's business (`claim_set`).
+        let iss = demo.issuer.as_str();
+        let payload =
+            |exp: &str, extra: &str| format!(r#"{{"iss":"{iss}","sub":"s","aud":"nhi-broker","exp":{exp}{extra}}}"#);
+        let beyond = demo.mint_with_raw_payload(&payload("1e400", "")).unwrap();
+        assert_eq!(
+            rejection(verify_with(&demo, &beyond).await),
+            TokenRejection::InvalidTimeClaim
+        );
+        let unread = demo
+            .mint_with_raw_payload(&payload(&(NOW + 60).to_string(), r#","x":1e400"#))
+            .unwrap();
+        let (subject, _) = verify_with(&demo, &unread).await.unwrap();
+        assert!(subject.claims.contains("x") && subject.claims.get("x").is_none());
+        // A claim given twice means its last value (RFC 7519 4), as before.
+        let twice = demo
+            .mint_with_raw_payload(&payload(&(NOW + 60).to_string(), r#","sub":"second""#))
+            .unwrap();
+        assert_eq!(verify_with(&demo, &twice).await.unwrap().0.subject, "second");
+
         // Far but representable values are judged, not refused as malformed.
         let mut claims = base.clone();
         claims["exp"] = json!(MAX_TIME_CLAIM);

@@ -104,10 +104,21 @@ impl DemoIssuer {
     /// An ES256 token over any header JSON (e.g. with `crit`, which `Header` cannot express), signed
     /// with this issuer's key: tests of header checks that must run on a validly signed token.
     pub fn mint_with_raw_header(&self, header: &serde_json::Value, claims: &serde_json::Value) -> Result<SecretString> {
+        self.mint_raw(header, &claims.to_string())
+    }
+
+    /// An ES256 token with this issuer's `kid` over any payload text (e.g. a number no JSON value
+    /// holds, or a claim given twice).
+    pub fn mint_with_raw_payload(&self, payload: &str) -> Result<SecretString> {
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
+        self.mint_raw(&header, payload)
+    }
+
+    fn mint_raw(&self, header: &serde_json::Value, payload: &str) -> Result<SecretString> {
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
+            URL_SAFE_NO_PAD.encode(payload)
         );
         let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding_key(), Algorithm::ES256)
             .map_err(|_| BrokerError::Internal("token signing failed".into()))?;

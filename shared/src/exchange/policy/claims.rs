@@ -3,6 +3,7 @@
 
 use super::glob::Glob;
 use crate::domain::ClaimCondition;
+use crate::exchange::claim_set::ClaimSet;
 use serde_json::Value;
 
 /// A claim condition ready to evaluate (globs parsed once).
@@ -28,6 +29,17 @@ impl From<&ClaimCondition> for CompiledCondition {
 }
 
 impl CompiledCondition {
+    /// `holds` for the claim `name` of a token: a string condition reads the claim in place.
+    pub fn holds_in(&self, claims: &ClaimSet, name: &str) -> bool {
+        match self {
+            Self::OneOf(values) => claims
+                .get_str(name)
+                .is_some_and(|v| values.iter().any(|a| a == v.as_ref())),
+            Self::Glob(glob) => claims.get_str(name).is_some_and(|v| glob.matches(&v)),
+            _ => self.holds(claims.get(name).as_ref()),
+        }
+    }
+
     pub fn holds(&self, claim: Option<&Value>) -> bool {
         let Some(claim) = claim else { return false };
         match self {
@@ -65,8 +77,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Whether the condition holds for this claim, asserting that reading it in place from a
+    /// token's claims answers the same, and that a missing claim never satisfies it.
     fn holds(condition: ClaimCondition, claim: Value) -> bool {
-        CompiledCondition::from(&condition).holds(Some(&claim))
+        let compiled = CompiledCondition::from(&condition);
+        let answer = compiled.holds(Some(&claim));
+        let claims = ClaimSet::from_json(&json!({ "c": claim })).unwrap();
+        assert_eq!(compiled.holds_in(&claims, "c"), answer, "{condition:?} of {claim}");
+        assert!(!compiled.holds_in(&claims, "absent") && !compiled.holds(None));
+        answer
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub fn check(
     if let Some((name, _)) = grant
         .claims
         .iter()
-        .find(|(name, condition)| !condition.holds(subject.claims.get(name)))
+        .find(|(name, condition)| !condition.holds_in(&subject.claims, name))
     {
         return Err(RuledOut {
             stage: Stage::Claim,
@@ -128,8 +128,12 @@ pub fn check(
         });
     }
     if let Some(condition) = &grant.condition {
+        // A condition sees every claim; one it cannot read (see `claim_set`) fails it.
+        let Some(claims) = subject.claims.to_map() else {
+            return Err(RuledOut::at(Stage::Condition));
+        };
         let input = ConditionInput {
-            claims: &subject.claims,
+            claims: &claims,
             target_id: &target.id,
             target_kind: target.kind.as_str(),
             target_environment: &target.environment,
@@ -290,7 +294,7 @@ mod tests {
             }),
             subject: "repo:org/app:ref:refs/heads/main".into(),
             expires_at: NOW + 300,
-            claims: claims.as_object().cloned().unwrap_or_default(),
+            claims: crate::exchange::claim_set::ClaimSet::from_json(&claims).unwrap_or_default(),
             fingerprint: "sha256:00".into(),
         }
     }
