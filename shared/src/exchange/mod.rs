@@ -211,7 +211,7 @@ impl ExchangeService {
                 }
             },
             RequestedCredential::Secret => match self.secrets.current(&request.target).await? {
-                Some(current) if current.secret.enabled => (current.secret.as_target(), Some(current)),
+                Some(current) if current.secret.enabled => (Arc::new(current.secret.as_target()), Some(current)),
                 Some(_) => return Err(BrokerError::InvalidTarget("the secret is disabled")),
                 None => {
                     return Err(BrokerError::InvalidTarget(
@@ -353,10 +353,10 @@ impl ExchangeService {
                 }
             }
         };
-        // A JWT is named by its fingerprint (random and signed: nothing to guess). A secret value
-        // or AWS session never is: 64 bits of an unsalted hash of a weak secret, in every log
-        // reader's hands, could be tested against guesses offline.
-        let issued = (issued_token_type == TOKEN_TYPE_JWT).then(|| credential.fingerprint());
+        // What was released is named by its lease id, which a JWT carries as its `jti`: anyone
+        // holding a leaked token finds its line. Never by a hash of the credential: for a secret
+        // value or AWS session, 64 bits of an unsalted hash in every log reader's hands could be
+        // tested against guesses offline (and for a JWT it would only repeat the lease id).
         tracing::info!(
             lease_id = lease_id.as_str(),
             kind = lease.kind.as_str(),
@@ -366,7 +366,6 @@ impl ExchangeService {
             subject = lease.subject.as_str(),
             expires_in = decision.ttl_seconds,
             subject_token = subject.fingerprint.as_str(),
-            issued = issued.as_deref(),
             request_id = request.request_id.as_str(),
             "credential released"
         );

@@ -65,7 +65,7 @@ pub struct PolicyCatalog {
     store: Arc<dyn PolicyStore>,
     ttl: Duration,
     issuers: Mutex<HashMap<String, IssuerEntry>>,
-    targets: Mutex<HashMap<String, (Instant, Option<Target>)>>,
+    targets: Mutex<HashMap<String, (Instant, Option<Arc<Target>>)>>,
 }
 
 impl PolicyCatalog {
@@ -144,13 +144,14 @@ impl PolicyCatalog {
         Ok(candidates)
     }
 
-    pub async fn target(&self, id: &str) -> Result<Option<Target>> {
+    /// A target by id, shared with the cache (read on every request: not copied).
+    pub async fn target(&self, id: &str) -> Result<Option<Arc<Target>>> {
         if let Some((at, target)) = self.targets.lock().unwrap_or_else(|e| e.into_inner()).get(id)
             && at.elapsed() < self.ttl
         {
             return Ok(target.clone());
         }
-        let target = self.store.target(id).await?;
+        let target = self.store.target(id).await?.map(Arc::new);
         if !self.ttl.is_zero() {
             let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
             if targets.len() >= MAX_TARGETS {
