@@ -12,7 +12,11 @@ use zeroize::Zeroizing;
 /// Short, stable SHA-256 fingerprint for correlating a credential across logs and audit without
 /// revealing it: `sha256:` followed by the first 16 hex digits (64 bits) of the digest.
 pub fn fingerprint(bytes: &[u8]) -> String {
-    let digest = crate::crypto::sha256(bytes);
+    fingerprint_of_sha256(&crate::crypto::sha256(bytes))
+}
+
+/// The fingerprint of bytes whose SHA-256 is `digest` (for a caller that hashed them anyway).
+pub fn fingerprint_of_sha256(digest: &[u8]) -> String {
     format!("sha256:{}", hex::encode(&digest[..8]))
 }
 

@@ -12,6 +12,8 @@ use crate::exchange::claim_set::ClaimSet;
 use crate::exchange::policy::catalog::{IssuerPolicy, PolicyCatalog};
 use crate::ports::IssuerKeys;
 use crate::redact::SecretString;
+use aws_lc_rs::digest;
+use aws_lc_rs::signature::ParsedPublicKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
@@ -126,9 +128,7 @@ impl SubjectTokenVerifier<'_> {
         let signature = URL_SAFE_NO_PAD
             .decode(signature_b64)
             .map_err(|_| reject(TokenRejection::Malformed))?;
-        if key.verify_sig(signing_input.as_bytes(), &signature).is_err() {
-            return Err(reject(TokenRejection::BadSignature));
-        }
+        let fingerprint = verify_signature(&key, alg, raw, signing_input, &signature)?;
         let claims = unverified;
 
         let (subject, expires_at) = check_claims(&claims, &issuer, now, self.leeway_seconds)?;
@@ -139,11 +139,36 @@ impl SubjectTokenVerifier<'_> {
                 subject,
                 expires_at,
                 claims,
-                fingerprint: token.fingerprint(),
+                fingerprint,
             },
             policy,
         ))
     }
+}
+
+/// Verify the signature over `signing_input` (the start of `token`) and return the token's
+/// fingerprint, SHA-256 over all of it. For the SHA-256 algorithms the two share one pass: the
+/// signed part is hashed once, its digest verified, and the hash carried on over the rest (a
+/// second pass over a GitHub token's kilobyte and a half was the largest hash of a request).
+fn verify_signature(
+    key: &ParsedPublicKey,
+    alg: Algorithm,
+    token: &str,
+    signing_input: &str,
+    signature: &[u8],
+) -> Result<String> {
+    let bad_signature = || BrokerError::TokenRejected(TokenRejection::BadSignature);
+    if !matches!(alg, Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256) {
+        key.verify_sig(signing_input.as_bytes(), signature)
+            .map_err(|_| bad_signature())?;
+        return Ok(crate::redact::fingerprint(token.as_bytes()));
+    }
+    let mut hash = digest::Context::new(&digest::SHA256);
+    hash.update(signing_input.as_bytes());
+    key.verify_digest_sig(&hash.clone().finish(), signature)
+        .map_err(|_| bad_signature())?;
+    hash.update(&token.as_bytes()[signing_input.len()..]);
+    Ok(crate::redact::fingerprint_of_sha256(hash.finish().as_ref()))
 }
 
 /// The payload's claims: base64url, UTF-8, a JSON object (read in place, `claim_set`).
@@ -239,23 +264,23 @@ mod tests {
         (demo, policy, HttpIssuerKeys::new(JwksSettings::default()).unwrap())
     }
 
+    fn registered_issuer(demo: &DemoIssuer) -> Issuer {
+        Issuer {
+            issuer: demo.issuer.clone(),
+            name: "idp".into(),
+            audiences: vec!["nhi-broker".into()],
+            jwks: crate::domain::JwksSource::Static {
+                jwks: demo.jwks_json().to_string(),
+            },
+            algorithms: vec!["ES256".into()],
+            enabled: true,
+            one_time_jti: false,
+            pattern_prefix_segments: 1,
+        }
+    }
+
     fn registered(demo: &DemoIssuer) -> PolicyCatalog {
-        let store = InMemoryPolicy::with(
-            vec![Issuer {
-                issuer: demo.issuer.clone(),
-                name: "idp".into(),
-                audiences: vec!["nhi-broker".into()],
-                jwks: crate::domain::JwksSource::Static {
-                    jwks: demo.jwks_json().to_string(),
-                },
-                algorithms: vec!["ES256".into()],
-                enabled: true,
-                one_time_jti: false,
-                pattern_prefix_segments: 1,
-            }],
-            vec![],
-            vec![],
-        );
+        let store = InMemoryPolicy::with(vec![registered_issuer(demo)], vec![], vec![]);
         PolicyCatalog::new(Arc::new(store), std::time::Duration::ZERO)
     }
 
@@ -326,6 +351,85 @@ mod tests {
         let result = verifier.verify(&token, NOW, &mut context).await;
         assert_eq!(rejection(result), TokenRejection::BadSignature);
         assert_eq!(context.issuer.as_deref(), Some("https://idp.test"));
+    }
+
+    /// RS256, PS256 and ES256 verify a digest shared with the fingerprint: a verified token's
+    /// fingerprint is that of its whole text, and another signature or payload is refused.
+    #[tokio::test]
+    async fn the_shared_hash_verifies_and_fingerprints_as_two_passes_would() {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair};
+        let demo = DemoIssuer::generate("https://idp.test").unwrap();
+        let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let component = |c: &[u8]| URL_SAFE_NO_PAD.encode(c);
+        let mut jwks = demo.jwks_json();
+        jwks["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"kty": "RSA", "kid": "rsa-1",
+            "n": component(rsa.public_key().modulus().big_endian_without_leading_zero()),
+            "e": component(rsa.public_key().exponent().big_endian_without_leading_zero())}));
+        let policy = PolicyCatalog::new(
+            Arc::new(InMemoryPolicy::with(
+                vec![Issuer {
+                    jwks: crate::domain::JwksSource::Static { jwks: jwks.to_string() },
+                    algorithms: vec!["ES256".into(), "RS256".into(), "PS256".into()],
+                    ..registered_issuer(&demo)
+                }],
+                vec![],
+                vec![],
+            )),
+            std::time::Duration::ZERO,
+        );
+        let keys = HttpIssuerKeys::new(JwksSettings::default()).unwrap();
+        let verifier = SubjectTokenVerifier {
+            policy: &policy,
+            keys: &keys,
+            leeway_seconds: 30,
+        };
+        let rsa_token = |alg: &str, claims: &Value| {
+            let input = format!(
+                "{}.{}",
+                component(json!({"alg": alg, "kid": "rsa-1"}).to_string().as_bytes()),
+                component(claims.to_string().as_bytes())
+            );
+            let padding = if alg == "PS256" {
+                &RSA_PSS_SHA256
+            } else {
+                &RSA_PKCS1_SHA256
+            };
+            let mut signature = vec![0; rsa.public_modulus_len()];
+            rsa.sign(padding, &SystemRandom::new(), input.as_bytes(), &mut signature)
+                .unwrap();
+            format!("{input}.{}", component(&signature))
+        };
+        let claims = demo.workload_claims("sub-1", "nhi-broker", NOW, 300);
+        let other = demo.workload_claims("sub-2", "nhi-broker", NOW, 300);
+        let tokens = [
+            (rsa_token("RS256", &claims), rsa_token("RS256", &other)),
+            (rsa_token("PS256", &claims), rsa_token("PS256", &other)),
+            (
+                demo.mint(&claims).unwrap().expose().to_string(),
+                demo.mint(&other).unwrap().expose().to_string(),
+            ),
+        ];
+        for (token, other) in tokens {
+            let verify = |text: String| async {
+                verifier
+                    .verify(&SecretString::new(text), NOW, &mut UnverifiedContext::default())
+                    .await
+            };
+            let (subject, _) = verify(token.clone()).await.unwrap();
+            assert_eq!(subject.fingerprint, crate::redact::fingerprint(token.as_bytes()));
+            let (input, signature) = token.rsplit_once('.').unwrap();
+            let (other_input, other_signature) = other.rsplit_once('.').unwrap();
+            for forged in [
+                format!("{input}.{other_signature}"),
+                format!("{other_input}.{signature}"),
+            ] {
+                assert_eq!(rejection(verify(forged).await), TokenRejection::BadSignature, "{token}");
+            }
+        }
     }
 
     #[tokio::test]
