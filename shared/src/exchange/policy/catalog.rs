@@ -65,8 +65,11 @@ pub struct PolicyCatalog {
     store: Arc<dyn PolicyStore>,
     ttl: Duration,
     issuers: Mutex<HashMap<String, IssuerEntry>>,
-    targets: Mutex<HashMap<String, (Instant, Option<Arc<Target>>)>>,
+    targets: Mutex<HashMap<String, CachedTarget>>,
 }
+
+/// A target (or its absence) and when it was read.
+type CachedTarget = (Instant, Option<Arc<Target>>);
 
 impl PolicyCatalog {
     pub fn new(store: Arc<dyn PolicyStore>, ttl: Duration) -> Self {
