@@ -6,6 +6,7 @@
 
 mod form;
 pub mod gateway;
+mod token_response;
 
 use crate::aws::call_counter::CallCounter;
 use crate::domain::{
@@ -122,25 +123,9 @@ impl BrokerApi {
             }
         };
         let issued = self.exchange.exchange(exchange_request).await?;
-        let mut body = serde_json::json!({
-            "access_token": issued.access_token.expose(),
-            "issued_token_type": issued.issued_token_type,
-            "token_type": issued.token_type,
-            "expires_in": issued.expires_in,
-        });
-        if let Some(version) = &issued.secret_version {
-            body["secret_version"] = version.clone().into();
-            body["lease_id"] = issued.lease_id.clone().into();
-        }
-        if let Some((access_key_id, secret_access_key)) = &issued.aws_credentials {
-            body["aws_access_key_id"] = access_key_id.clone().into();
-            body["aws_secret_access_key"] = secret_access_key.expose().into();
-            body["lease_id"] = issued.lease_id.clone().into();
-        }
-        if !issued.scope.is_empty() {
-            body["scope"] = issued.scope.join(" ").into();
-        }
-        Ok(json_response(StatusCode::OK, &body, "no-store"))
+        let body = serde_json::to_string(&token_response::TokenResponse::of(&issued))
+            .map_err(|_| BrokerError::Internal("the token response did not serialize".into()))?;
+        Ok(json_text_response(StatusCode::OK, body, "no-store"))
     }
 
     /// A form for `/introspect` or `/revoke` (`token` required); a refusal is audited like any.
@@ -223,7 +208,12 @@ impl BrokerApi {
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value, cache_control: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::Text(body.to_string()));
+    json_text_response(status, body.to_string(), cache_control)
+}
+
+/// A JSON body already serialized.
+fn json_text_response(status: StatusCode, body: String, cache_control: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::Text(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
