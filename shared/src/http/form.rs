@@ -4,12 +4,14 @@
 //! `serde_urlencoded` implement): split on `&`, empty pieces skipped, name and value split at the
 //! first `=`, `+` as a space, `%XX` as its byte, any other `%` kept, invalid UTF-8 replaced by
 //! U+FFFD. A component with no `+` or `%` (a JWT: base64url and dots) is copied as it is, never
-//! decoded byte by byte: the subject token is most of every token request.
+//! decoded byte by byte: the subject token is most of every token request. Names and values are
+//! lent from the body when they need no decoding (a copy is made only of what is kept).
 
 use crate::error::{BrokerError, RequestRejection, Result};
 use crate::redact::SecretString;
 use http::header;
 use lambda_http::{Body, Request};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::MAX_BODY_BYTES;
@@ -25,7 +27,7 @@ fn body_bytes(body: &Body) -> &[u8] {
 
 /// The name-value pairs of a form body, in order. Scans use `memchr` (vectorised): a byte-by-byte
 /// scan of a kilobyte subject token cost a few microseconds of every token request.
-fn pairs(body: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+fn pairs(body: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> + '_ {
     split_at_ampersands(body)
         .filter(|piece| !piece.is_empty())
         .map(|piece| {
@@ -56,9 +58,9 @@ fn split_at_ampersands(body: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// One name or value: `+` is a space, `%XX` its byte; the bytes as UTF-8, lossily.
-fn decode(raw: &[u8]) -> String {
+fn decode(raw: &[u8]) -> Cow<'_, str> {
     if memchr::memchr2(b'+', b'%', raw).is_none() {
-        return utf8_lossy(raw.to_vec());
+        return String::from_utf8_lossy(raw);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -77,7 +79,7 @@ fn decode(raw: &[u8]) -> String {
         out.push(byte);
         i += 1;
     }
-    utf8_lossy(out)
+    Cow::Owned(utf8_lossy(out))
 }
 
 fn hex_digit(byte: &u8) -> Option<u8> {
@@ -89,10 +91,10 @@ fn utf8_lossy(bytes: Vec<u8>) -> String {
 }
 
 /// A form body (RFC 6749 conventions): checked content type and size, parameters by name.
-pub(super) struct Form(BTreeMap<String, Vec<String>>);
+pub(super) struct Form<'a>(BTreeMap<Cow<'a, str>, Vec<Cow<'a, str>>>);
 
-impl Form {
-    pub(super) fn read(request: &Request) -> Result<Self> {
+impl<'a> Form<'a> {
+    pub(super) fn read(request: &'a Request) -> Result<Self> {
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -106,7 +108,7 @@ impl Form {
         if bytes.len() > MAX_BODY_BYTES {
             return Err(BrokerError::BadRequest(RequestRejection::TooLarge));
         }
-        let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut params: BTreeMap<Cow<'a, str>, Vec<Cow<'a, str>>> = BTreeMap::new();
         for (name, value) in pairs(bytes) {
             params.entry(name).or_default().push(value);
         }
@@ -114,7 +116,7 @@ impl Form {
     }
 
     /// A parameter that may appear at most once (RFC 6749 3.2); empty counts as absent.
-    pub(super) fn single(&mut self, name: &str) -> Result<Option<String>> {
+    pub(super) fn single(&mut self, name: &str) -> Result<Option<Cow<'a, str>>> {
         match self.0.remove(name) {
             None => Ok(None),
             Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
@@ -127,13 +129,13 @@ impl Form {
     pub(super) fn presented_token(&mut self) -> Result<SecretString> {
         let token = self
             .single("token")?
-            .map(SecretString::new)
+            .map(|token| SecretString::new(token.into_owned()))
             .ok_or(BrokerError::BadRequest(RequestRejection::MissingToken))?;
         self.single("token_type_hint")?;
         Ok(token)
     }
 
-    pub(super) fn all(&mut self, name: &str) -> Vec<String> {
+    pub(super) fn all(&mut self, name: &str) -> Vec<Cow<'a, str>> {
         self.0.remove(name).unwrap_or_default()
     }
 }
@@ -143,8 +145,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn reference(body: &[u8]) -> Vec<(String, String)> {
-        serde_urlencoded::from_bytes(body).unwrap()
+    fn reference(body: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+            .unwrap()
+            .into_iter()
+            .map(|(name, value)| (Cow::Owned(name), Cow::Owned(value)))
+            .collect()
     }
 
     #[test]

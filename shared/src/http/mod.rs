@@ -312,7 +312,7 @@ pub fn parse_token_request(request: &Request) -> std::result::Result<ExchangeReq
     // Read first, so every later refusal can name the token it refused (by fingerprint). Held
     // once: the request takes it only when the whole form is valid.
     let (mut subject_token, repeated) = match form.single("subject_token") {
-        Ok(token) => (token.map(SecretString::new), None),
+        Ok(token) => (token.map(|token| SecretString::new(token.into_owned())), None),
         Err(error) => (None, Some(error)),
     };
     parse_form(form, repeated, &mut subject_token).map_err(|error| RefusedRequest { error, subject_token })
@@ -363,11 +363,11 @@ fn parse_form(
         None => Vec::new(),
         Some(raw) => parse_scope(&raw)?,
     };
-    let mut targets: Vec<String> = form.all("audience");
+    let mut targets = form.all("audience");
     targets.extend(form.all("resource"));
     let target = match targets.as_slice() {
         [] => return Err(bad(R::MissingTarget)),
-        [one] if !one.is_empty() && one.len() <= MAX_TARGET_BYTES => one.clone(),
+        [one] if !one.is_empty() && one.len() <= MAX_TARGET_BYTES => one.to_string(),
         [_] => return Err(bad(R::BadTarget)),
         _ => return Err(bad(R::SeveralTargets)),
     };
