@@ -112,12 +112,17 @@ struct Hashed<'a> {
 /// SHA-256 over a canonical JSON of position, previous hash and event (field order is fixed by
 /// the struct definitions).
 pub fn link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> String {
-    let canonical = serde_json::to_vec(&Hashed {
-        chain,
-        seq,
-        prev_hash,
-        event,
-    })
+    // Sized for a release's event (~600 bytes) so it is written without regrowing.
+    let mut canonical = Vec::with_capacity(1024);
+    serde_json::to_writer(
+        &mut canonical,
+        &Hashed {
+            chain,
+            seq,
+            prev_hash,
+            event,
+        },
+    )
     .expect("audit events serialize: plain strings and integers");
     crate::crypto::sha256_hex(&canonical)
 }

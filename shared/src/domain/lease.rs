@@ -89,14 +89,49 @@ impl Fence {
         }
     }
 
-    /// The fence's identity in storage: `subject#<iss>#<sub>`, `issuer#<iss>`, `grant#<id>` or
-    /// `secret#<id>`.
+    /// The fence's identity in storage (see [`FenceRef::write_scope`]).
     pub fn scope(&self) -> String {
+        let mut scope = String::new();
+        self.as_ref().write_scope(&mut scope);
+        scope
+    }
+
+    pub fn as_ref(&self) -> FenceRef<'_> {
         match self {
-            Self::Subject { issuer, subject } => format!("subject#{issuer}#{subject}"),
-            Self::Issuer(issuer) => format!("issuer#{issuer}"),
-            Self::Grant(id) => format!("grant#{id}"),
-            Self::Secret(id) => format!("secret#{id}"),
+            Self::Subject { issuer, subject } => FenceRef::Subject { issuer, subject },
+            Self::Issuer(issuer) => FenceRef::Issuer(issuer),
+            Self::Grant(id) => FenceRef::Grant(id),
+            Self::Secret(id) => FenceRef::Secret(id),
+        }
+    }
+}
+
+/// A fence named by borrowed parts: what a release checks, named from its lease's own fields
+/// (every release checks three or four; owning copies of their names cost a copy each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceRef<'a> {
+    Subject { issuer: &'a str, subject: &'a str },
+    Issuer(&'a str),
+    Grant(&'a str),
+    Secret(&'a str),
+}
+
+impl FenceRef<'_> {
+    /// Appends the fence's identity in storage: `subject#<iss>#<sub>`, `issuer#<iss>`,
+    /// `grant#<id>` or `secret#<id>`. The one definition, for the revoker that raises a fence
+    /// and every release that checks it.
+    pub fn write_scope(&self, out: &mut String) {
+        let (kind, first, second) = match *self {
+            Self::Subject { issuer, subject } => ("subject#", issuer, Some(subject)),
+            Self::Issuer(issuer) => ("issuer#", issuer, None),
+            Self::Grant(id) => ("grant#", id, None),
+            Self::Secret(id) => ("secret#", id, None),
+        };
+        out.push_str(kind);
+        out.push_str(first);
+        if let Some(second) = second {
+            out.push('#');
+            out.push_str(second);
         }
     }
 }

@@ -82,7 +82,12 @@ pub async fn prepare<T: Serialize>(signer: &dyn TokenSigner, typ: &'static str, 
         typ,
         kid: &key_id,
     };
-    let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(claims)?);
+    // One buffer for the whole token: header, claims, and room for the signature `sign` adds.
+    let mut signing_input = String::with_capacity(MAX_SIGNING_INPUT_BYTES / 4);
+    let mut json = Vec::with_capacity(512);
+    push_b64_json(&mut signing_input, &mut json, &header)?;
+    signing_input.push('.');
+    push_b64_json(&mut signing_input, &mut json, claims)?;
     if signing_input.len() > MAX_SIGNING_INPUT_BYTES {
         return Err(BrokerError::Internal(
             "token claims exceed the KMS RAW signing limit".into(),
@@ -96,7 +101,7 @@ impl Unsigned {
         let signature = signer.sign_es256(&self.key_id, self.signing_input.as_bytes()).await?;
         let mut token = self.signing_input;
         token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(Signed {
             token: SecretString::new(token),
             key_id: self.key_id,
@@ -104,7 +109,10 @@ impl Unsigned {
     }
 }
 
-fn b64_json<T: Serialize>(value: &T) -> Result<String> {
-    let json = serde_json::to_vec(value).map_err(|e| BrokerError::Internal(e.to_string()))?;
-    Ok(URL_SAFE_NO_PAD.encode(json))
+/// Appends `value` as base64url JSON to `out` (`json` is scratch space).
+fn push_b64_json<T: Serialize>(out: &mut String, json: &mut Vec<u8>, value: &T) -> Result<()> {
+    json.clear();
+    serde_json::to_writer(&mut *json, value).map_err(|e| BrokerError::Internal(e.to_string()))?;
+    URL_SAFE_NO_PAD.encode_string(&json, out);
+    Ok(())
 }

@@ -66,11 +66,11 @@ fn after(at_id: &str) -> String {
     format!("{at_id} ")
 }
 
-fn index_value(value: &str) -> String {
+fn index_value(value: &str) -> std::borrow::Cow<'_, str> {
     if value.len() <= MAX_RAW_KEY {
-        value.to_string()
+        value.into()
     } else {
-        format!("sha256:{}", crate::crypto::sha256_hex(value.as_bytes()))
+        format!("sha256:{}", crate::crypto::sha256_hex(value.as_bytes())).into()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The leases table: releases, revocations and fences, each one transaction with its audit event.
 
 use super::*;
-use crate::domain::{AuditEvent, Fence, Lease, LeaseStatus, Revocation};
+use crate::domain::{AuditEvent, Fence, FenceRef, Lease, LeaseStatus, Revocation};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::ports::{LeaseLedger, ReplayGuard};
@@ -254,10 +254,10 @@ pub(crate) fn fence_deletes(registry: &str, fence: &Fence, raised: bool) -> Resu
         .collect()
 }
 
-pub(super) fn fence_check(registry: &str, fence: &Fence, shard: u32) -> Result<TransactWriteItem> {
+pub(super) fn fence_check(registry: &str, fence: FenceRef<'_>, shard: u32) -> Result<TransactWriteItem> {
     let check = ConditionCheck::builder()
         .table_name(registry)
-        .key("pk", s(keys::fence_pk(&fence.scope(), shard)))
+        .key("pk", s(keys::fence_pk_of(fence, shard)))
         .key("sk", s(keys::FENCE_SK))
         .condition_expression("attribute_not_exists(pk)")
         .build()
@@ -299,19 +299,19 @@ impl DynamoLedger {
         // concurrent releases cancel each other).
         if let Some(registry) = &self.registry_table {
             let shard = keys::fence_shard(&lease.lease_id);
-            items.push(fence_check(registry, &Fence::Grant(lease.grant_id.clone()), shard)?);
+            items.push(fence_check(registry, FenceRef::Grant(&lease.grant_id), shard)?);
             roles.push(ReleaseItem::Grant);
             if lease.kind == crate::domain::TargetKind::Secret {
-                items.push(fence_check(registry, &Fence::Secret(lease.target.clone()), shard)?);
+                items.push(fence_check(registry, FenceRef::Secret(&lease.target), shard)?);
                 roles.push(ReleaseItem::Secret);
             }
-            let subject = Fence::Subject {
-                issuer: lease.issuer.clone(),
-                subject: lease.subject.clone(),
+            let subject = FenceRef::Subject {
+                issuer: &lease.issuer,
+                subject: &lease.subject,
             };
-            items.push(fence_check(registry, &subject, shard)?);
+            items.push(fence_check(registry, subject, shard)?);
             roles.push(ReleaseItem::SubjectFence);
-            items.push(fence_check(registry, &Fence::Issuer(lease.issuer.clone()), shard)?);
+            items.push(fence_check(registry, FenceRef::Issuer(&lease.issuer), shard)?);
             roles.push(ReleaseItem::IssuerFence);
         }
         roles.push(ReleaseItem::Audit);

@@ -198,6 +198,14 @@ pub mod keys {
     pub fn fence_pk(scope: &str, shard: u32) -> String {
         format!("FENCE#{shard}#{scope}")
     }
+    /// `fence_pk(&fence.scope(), shard)`, written at once.
+    pub fn fence_pk_of(fence: crate::domain::FenceRef<'_>, shard: u32) -> String {
+        use std::fmt::Write as _;
+        let mut pk = String::with_capacity(64);
+        let _ = write!(pk, "FENCE#{shard}#");
+        fence.write_scope(&mut pk);
+        pk
+    }
     pub const FENCE_SK: &str = "#FENCE";
     /// The shard a release checks: stable per lease, so a retried request is the same request.
     pub fn fence_shard(lease_id: &str) -> u32 {

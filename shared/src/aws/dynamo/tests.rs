@@ -206,3 +206,35 @@ fn releases_of_one_grant_secret_and_subject_spread_over_fence_shards() {
     );
     assert!(checked.keys().any(|k| k.contains("#grant#")) && checked.keys().any(|k| k.contains("#secret#")));
 }
+
+/// The key a release checks is the key a revoker raises: one definition of a fence's storage
+/// name, whether the fence is owned (the revoker's) or borrowed from a lease (a release's).
+#[test]
+fn a_fence_has_one_storage_key_whoever_names_it() {
+    use crate::domain::Fence;
+    let fences = [
+        (
+            Fence::Subject {
+                issuer: "https://idp".into(),
+                subject: "repo:o/r#x".into(),
+            },
+            "subject#https://idp#repo:o/r#x",
+        ),
+        (Fence::Issuer("https://idp".into()), "issuer#https://idp"),
+        (Fence::Grant("g-1".into()), "grant#g-1"),
+        (Fence::Secret("s-1".into()), "secret#s-1"),
+    ];
+    for (fence, scope) in fences {
+        assert_eq!(fence.scope(), scope);
+        for shard in [0, 7] {
+            assert_eq!(
+                keys::fence_pk_of(fence.as_ref(), shard),
+                format!("FENCE#{shard}#{scope}")
+            );
+            assert_eq!(
+                keys::fence_pk_of(fence.as_ref(), shard),
+                keys::fence_pk(&fence.scope(), shard)
+            );
+        }
+    }
+}
