@@ -31,7 +31,7 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_types::body::SdkBody;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use nhi_broker::domain::{
     EnvelopeKey, Grant, GrantStatus, Issuer, JwksSource, KeyRing, SigningKey, SigningKeyState, SubjectMatch, Target,
     TargetKind,
@@ -40,6 +40,7 @@ use nhi_broker::exchange::jwks::{HttpIssuerKeys, JwksSettings};
 use nhi_broker::exchange::policy::catalog::PolicyCatalog;
 use nhi_broker::exchange::{ExchangeService, ExchangeSettings};
 use nhi_broker::http::BrokerApi;
+use nhi_broker::http::gateway_event::HttpApiEvent;
 use nhi_broker::ports::KeyRingStore;
 use nhi_broker::testing::{FixedClock, InMemoryPolicy, InMemorySecrets, RecordingRoleAssumer};
 use std::sync::Arc;
@@ -517,7 +518,7 @@ async fn full(case: &Case) {
 }
 
 async fn response_of(case: &Case) -> ApiGatewayV2httpResponse {
-    let event: ApiGatewayV2httpRequest = serde_json::from_str(&case.event).unwrap();
+    let event: HttpApiEvent = serde_json::from_str(&case.event).unwrap();
     let response = nhi_broker::http::gateway::handle_event(&case.api, event).await;
     assert_eq!(response.status_code, 200, "{:?}", response.body);
     response
@@ -532,7 +533,7 @@ async fn floor_with_plumbing(
     transaction: &[aws_sdk_dynamodb::types::TransactWriteItem],
     response: &ApiGatewayV2httpResponse,
 ) {
-    let event: ApiGatewayV2httpRequest = serde_json::from_str(&case.event).unwrap();
+    let event: HttpApiEvent = serde_json::from_str(&case.event).unwrap();
     let request = nhi_broker::http::gateway::to_request(event).unwrap();
     std::hint::black_box(&request);
     floor(case, sign_message, transaction).await;

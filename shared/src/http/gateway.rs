@@ -8,10 +8,11 @@
 //! one type and the response is built directly.
 
 use super::BrokerApi;
+use super::gateway_event::HttpApiEvent;
 use crate::error::BrokerError;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequestContext, ApiGatewayV2httpResponse};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, Response};
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use std::convert::Infallible;
 /// Serves `api` until the Lambda runtime stops.
 pub async fn run(api: &BrokerApi) -> Result<(), lambda_http::Error> {
     lambda_http::lambda_runtime::run(lambda_http::service_fn(
-        move |event: lambda_http::LambdaEvent<ApiGatewayV2httpRequest>| async move {
+        move |event: lambda_http::LambdaEvent<HttpApiEvent>| async move {
             Ok::<_, Infallible>(handle_event(api, event.payload).await)
         },
     ))
@@ -27,7 +28,7 @@ pub async fn run(api: &BrokerApi) -> Result<(), lambda_http::Error> {
 }
 
 /// One API Gateway event to its response (what the runtime serializes back to API Gateway).
-pub async fn handle_event(api: &BrokerApi, event: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+pub async fn handle_event(api: &BrokerApi, event: HttpApiEvent) -> ApiGatewayV2httpResponse {
     let response = match to_request(event) {
         Ok(request) => api.handle(request).await,
         // Refused as `handle` refuses a request (`error_response` logs it), under the same id.
@@ -57,8 +58,8 @@ pub struct Unreadable {
 /// it re-parses an absolute URL through the `url` crate (a fifth of the conversion's CPU) and
 /// panics on a body that is not valid base64; here a malformed event is a 400, never a panic.
 /// Cookies, path parameters and stage variables are not carried: the broker reads none.
-pub fn to_request(mut event: ApiGatewayV2httpRequest) -> Result<Request, Unreadable> {
-    let unreadable = |event: &mut ApiGatewayV2httpRequest| Unreadable {
+pub fn to_request(mut event: HttpApiEvent) -> Result<Request, Unreadable> {
+    let unreadable = |event: &mut HttpApiEvent| Unreadable {
         error: BrokerError::InvalidRequest("the request could not be read"),
         gateway_request_id: event.request_context.request_id.take(),
     };
@@ -82,9 +83,11 @@ pub fn to_request(mut event: ApiGatewayV2httpRequest) -> Result<Request, Unreada
     *request.method_mut() = event.request_context.http.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = event.headers;
-    request
-        .extensions_mut()
-        .insert(RequestContext::ApiGatewayV2(event.request_context));
+    // Where `BrokerApi` finds API Gateway's request id, as lambda_http would have put it.
+    let mut context = ApiGatewayV2httpRequestContext::default();
+    context.request_id = event.request_context.request_id;
+    context.http.method = event.request_context.http.method;
+    request.extensions_mut().insert(RequestContext::ApiGatewayV2(context));
     Ok(request)
 }
 
@@ -111,7 +114,7 @@ mod tests {
 
     const TOKEN_EVENT: &str = include_str!("../../../events/exchange-token-request.json");
 
-    fn sample_event() -> ApiGatewayV2httpRequest {
+    fn sample_event() -> HttpApiEvent {
         serde_json::from_str(TOKEN_EVENT).unwrap()
     }
 

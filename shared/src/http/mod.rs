@@ -6,6 +6,7 @@
 
 mod form;
 pub mod gateway;
+pub mod gateway_event;
 mod token_response;
 
 use crate::aws::call_counter::CallCounter;

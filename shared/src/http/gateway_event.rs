@@ -1,0 +1,207 @@
+//! What the exchange reads of an API Gateway HTTP API event (payload format 2.0).
+//!
+//! `aws_lambda_events`' `ApiGatewayV2httpRequest` copies every member of every event into its
+//! own string (account, API id, domain, stage, source IP, user agent, times, route keys...), and
+//! the broker reads none of them: about two dozen allocations per request, dropped unread. This
+//! type keeps the members `gateway::to_request` uses and skips the rest. Each kept member is read
+//! as `aws_lambda_events` reads it (same names and aliases, same defaults, same refusals: a
+//! header name or value HTTP does not allow, or a method that is not a token, makes the event
+//! unreadable); `tests` hold the two to the same requests for the repository's events.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+
+/// An HTTP API event, as far as the broker reads it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpApiEvent {
+    #[serde(default, alias = "path")]
+    pub raw_path: Option<String>,
+    #[serde(default)]
+    pub raw_query_string: Option<String>,
+    #[serde(default, deserialize_with = "headers")]
+    pub headers: HeaderMap,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub is_base64_encoded: bool,
+    pub request_context: HttpApiContext,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpApiContext {
+    #[serde(default)]
+    pub request_id: Option<String>,
+    pub http: HttpDescription,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HttpDescription {
+    #[serde(deserialize_with = "method")]
+    pub method: Method,
+}
+
+/// A method name; empty reads as GET (as `aws_lambda_events` reads it).
+fn method<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Method, D::Error> {
+    let name = Cow::<str>::deserialize(deserializer)?;
+    if name.is_empty() {
+        return Ok(Method::GET);
+    }
+    Method::from_bytes(name.as_bytes()).map_err(|_| de::Error::invalid_value(de::Unexpected::Str(&name), &"a method"))
+}
+
+/// Headers: `null` or absent is none; each value a string or a list of strings (each appended).
+fn headers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HeaderMap, D::Error> {
+    struct HeadersVisitor;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore<'a> {
+        #[serde(borrow)]
+        One(Cow<'a, str>),
+        #[serde(borrow)]
+        More(Vec<Cow<'a, str>>),
+    }
+
+    impl<'de> Visitor<'de> for HeadersVisitor {
+        type Value = HeaderMap;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of header names to values")
+        }
+
+        fn visit_unit<E>(self) -> Result<HeaderMap, E> {
+            Ok(HeaderMap::new())
+        }
+
+        fn visit_none<E>(self) -> Result<HeaderMap, E> {
+            Ok(HeaderMap::new())
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<HeaderMap, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+
+        fn visit_map<M: MapAccess<'de>>(self, mut access: M) -> Result<HeaderMap, M::Error> {
+            let mut map = HeaderMap::with_capacity(access.size_hint().unwrap_or(0));
+            while let Some((name, values)) = access.next_entry::<Cow<'de, str>, OneOrMore<'de>>()? {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| de::Error::invalid_value(de::Unexpected::Str(&name), &"a header name"))?;
+                let value = |text: &str| {
+                    HeaderValue::from_str(text)
+                        .map_err(|_| de::Error::invalid_value(de::Unexpected::Str(text), &"a header value"))
+                };
+                match values {
+                    OneOrMore::One(text) => {
+                        map.insert(name, value(&text)?);
+                    }
+                    OneOrMore::More(texts) => {
+                        for text in texts {
+                            map.append(&name, value(&text)?);
+                        }
+                    }
+                }
+            }
+            Ok(map)
+        }
+    }
+
+    deserializer.deserialize_option(HeadersVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+    use serde_json::{Value, json};
+
+    /// The members `to_request` uses, as `aws_lambda_events` reads them and as this type does.
+    fn both(event: &Value) -> (Option<String>, Option<String>) {
+        let typed = serde_json::from_value::<ApiGatewayV2httpRequest>(event.clone());
+        let lean = serde_json::from_value::<HttpApiEvent>(event.clone());
+        match (typed, lean) {
+            (Ok(typed), Ok(lean)) => {
+                assert_eq!(typed.raw_path, lean.raw_path, "{event}");
+                assert_eq!(typed.raw_query_string, lean.raw_query_string);
+                assert_eq!(typed.headers, lean.headers, "{event}");
+                assert_eq!(typed.body, lean.body);
+                assert_eq!(typed.is_base64_encoded, lean.is_base64_encoded);
+                assert_eq!(typed.request_context.request_id, lean.request_context.request_id);
+                assert_eq!(typed.request_context.http.method, lean.request_context.http.method);
+                (None, None)
+            }
+            (typed, lean) => (typed.err().map(|e| e.to_string()), lean.err().map(|e| e.to_string())),
+        }
+    }
+
+    #[test]
+    fn reads_the_repository_events_as_aws_lambda_events_does() {
+        for text in [
+            include_str!("../../../events/exchange-token-request.json"),
+            include_str!("../../../events/exchange-jwks-request.json"),
+        ] {
+            let event: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(both(&event), (None, None));
+        }
+    }
+
+    #[test]
+    fn reads_every_shape_of_header_method_and_absence_as_aws_lambda_events_does() {
+        let base: Value = serde_json::from_str(include_str!("../../../events/exchange-token-request.json")).unwrap();
+        let with = |path: &[&str], value: Value| {
+            let mut event = base.clone();
+            let mut at = &mut event;
+            for key in &path[..path.len() - 1] {
+                at = &mut at[*key];
+            }
+            match value {
+                Value::Null if path == ["headers"] || path == ["body"] => at[path[path.len() - 1]] = Value::Null,
+                Value::Null => {
+                    at.as_object_mut().unwrap().remove(path[path.len() - 1]);
+                }
+                other => at[path[path.len() - 1]] = other,
+            }
+            event
+        };
+        let readable = [
+            with(
+                &["headers"],
+                json!({"X-Many": ["a", "B"], "Authorization": "Bearer eyJ.AbC", "content-type": "application/json"}),
+            ),
+            with(&["headers"], Value::Null),
+            with(&["headers"], json!({})),
+            with(&["body"], Value::Null),
+            with(&["rawPath"], Value::Null),
+            with(&["isBase64Encoded"], Value::Null),
+            with(&["requestContext", "requestId"], Value::Null),
+            with(&["requestContext", "http", "method"], json!("")),
+            with(&["requestContext", "http", "method"], json!("PATCH")),
+            with(&["rawQueryString"], json!("a=1&b=%20")),
+        ];
+        for event in readable {
+            assert_eq!(both(&event), (None, None), "{event}");
+        }
+        let mut moved_path = with(&["rawPath"], Value::Null);
+        moved_path["path"] = json!("/token");
+        assert_eq!(both(&moved_path), (None, None));
+        // What `aws_lambda_events` refuses, this refuses.
+        let unreadable = [
+            with(&["headers"], json!({"bad name": "x"})),
+            with(&["headers"], json!({"x": "line\nbreak"})),
+            with(&["headers"], json!({"x": 1})),
+            with(&["headers"], json!(["x"])),
+            with(&["requestContext", "http", "method"], json!("GE T")),
+            with(&["requestContext", "http"], Value::Null),
+            with(&["requestContext"], Value::Null),
+            with(&["body"], json!(1)),
+        ];
+        for event in unreadable {
+            let (typed, lean) = both(&event);
+            assert!(typed.is_some() && lean.is_some(), "{event}: {typed:?} / {lean:?}");
+        }
+    }
+}
