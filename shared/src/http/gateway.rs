@@ -5,7 +5,8 @@
 //! enabled event type) and passes every response body through encoding_rs's charset decoders
 //! (all legacy encodings, ~150 kB of tables in the binary). The broker only ever answers UTF-8
 //! JSON or an empty body, and only sits behind an HTTP API, so the event is read once into its
-//! one type and the response is built directly.
+//! one type (`gateway_event::HttpApiEvent`: only the members the broker reads) and the response
+//! is built directly.
 
 use super::BrokerApi;
 use super::gateway_event::HttpApiEvent;
