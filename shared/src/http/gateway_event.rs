@@ -14,8 +14,10 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
-/// An HTTP API event, as far as the broker reads it.
-#[derive(Debug, Deserialize)]
+/// An HTTP API event, as far as the broker reads it. Its `Debug` shows neither the body (a
+/// token request's form holds the subject token) nor header values (`Authorization`), nor the
+/// query string.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpApiEvent {
     #[serde(default, alias = "path")]
@@ -29,6 +31,22 @@ pub struct HttpApiEvent {
     #[serde(default)]
     pub is_base64_encoded: bool,
     pub request_context: HttpApiContext,
+}
+
+impl fmt::Debug for HttpApiEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpApiEvent")
+            .field("raw_path", &self.raw_path)
+            .field(
+                "raw_query_string_bytes",
+                &self.raw_query_string.as_ref().map(String::len),
+            )
+            .field("header_names", &self.headers.keys().collect::<Vec<_>>())
+            .field("body_bytes", &self.body.as_ref().map(String::len))
+            .field("is_base64_encoded", &self.is_base64_encoded)
+            .field("request_context", &self.request_context)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +153,23 @@ mod tests {
                 (None, None)
             }
             (typed, lean) => (typed.err().map(|e| e.to_string()), lean.err().map(|e| e.to_string())),
+        }
+    }
+
+    #[test]
+    fn debug_shows_neither_the_body_nor_header_values_nor_the_query() {
+        let mut event: Value =
+            serde_json::from_str(include_str!("../../../events/exchange-token-request.json")).unwrap();
+        event["headers"]["authorization"] = json!("Bearer secret-bearer-token");
+        event["rawQueryString"] = json!("token=secret-query-token");
+        let body = event["body"].as_str().unwrap().to_string();
+        let printed = format!("{:?}", serde_json::from_value::<HttpApiEvent>(event).unwrap());
+        assert!(
+            printed.contains("authorization") && printed.contains("/token"),
+            "{printed}"
+        );
+        for secret in ["secret-bearer-token", "secret-query-token", &body[..40]] {
+            assert!(!printed.contains(secret), "{printed}");
         }
     }
 
