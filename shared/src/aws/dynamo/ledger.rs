@@ -214,7 +214,7 @@ pub(crate) fn fence_puts<const N: usize>(
     (0..keys::FENCE_SHARDS)
         .map(|shard| {
             let mut item = Item::from([
-                ("pk".to_string(), s(keys::fence_pk(&scope, shard))),
+                ("pk".to_string(), s(keys::fence_pk(fence.as_ref(), shard))),
                 ("sk".to_string(), s(keys::FENCE_SK)),
                 ("scope".to_string(), s(&scope)),
             ]);
@@ -237,12 +237,11 @@ pub(crate) fn fence_puts<const N: usize>(
 /// Deletes lowering `fence` on every shard; `raised`: the first must exist (its condition fails
 /// the transaction when the fence was not up).
 pub(crate) fn fence_deletes(registry: &str, fence: &Fence, raised: bool) -> Result<Vec<TransactWriteItem>> {
-    let scope = fence.scope();
     (0..keys::FENCE_SHARDS)
         .map(|shard| {
             let mut delete = aws_sdk_dynamodb::types::Delete::builder()
                 .table_name(registry)
-                .key("pk", s(keys::fence_pk(&scope, shard)))
+                .key("pk", s(keys::fence_pk(fence.as_ref(), shard)))
                 .key("sk", s(keys::FENCE_SK));
             if raised && shard == 0 {
                 delete = delete.condition_expression("attribute_exists(pk)");
@@ -257,7 +256,7 @@ pub(crate) fn fence_deletes(registry: &str, fence: &Fence, raised: bool) -> Resu
 pub(super) fn fence_check(registry: &str, fence: FenceRef<'_>, shard: u32) -> Result<TransactWriteItem> {
     let check = ConditionCheck::builder()
         .table_name(registry)
-        .key("pk", s(keys::fence_pk_of(fence, shard)))
+        .key("pk", s(keys::fence_pk(fence, shard)))
         .key("sk", s(keys::FENCE_SK))
         .condition_expression("attribute_not_exists(pk)")
         .build()
@@ -354,7 +353,7 @@ impl LeaseLedger for DynamoLedger {
                 .client
                 .get_item()
                 .table_name(registry)
-                .key("pk", s(keys::fence_pk(&fence.scope(), 0)))
+                .key("pk", s(keys::fence_pk(fence.as_ref(), 0)))
                 .key("sk", s(keys::FENCE_SK))
                 .projection_expression("pk")
                 .consistent_read(true)

@@ -195,11 +195,8 @@ pub mod keys {
     /// shard per release, chosen by lease id, so one busy subject or issuer spreads its checks over
     /// this many items (partitions) instead of one.
     pub const FENCE_SHARDS: u32 = 8;
-    pub fn fence_pk(scope: &str, shard: u32) -> String {
-        format!("FENCE#{shard}#{scope}")
-    }
-    /// `fence_pk(&fence.scope(), shard)`, written at once.
-    pub fn fence_pk_of(fence: crate::domain::FenceRef<'_>, shard: u32) -> String {
+    /// `FENCE#<shard>#<scope>`, the scope written straight into the key.
+    pub fn fence_pk(fence: crate::domain::FenceRef<'_>, shard: u32) -> String {
         use std::fmt::Write as _;
         let mut pk = String::with_capacity(64);
         let _ = write!(pk, "FENCE#{shard}#");

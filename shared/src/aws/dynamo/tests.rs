@@ -227,14 +227,7 @@ fn a_fence_has_one_storage_key_whoever_names_it() {
     for (fence, scope) in fences {
         assert_eq!(fence.scope(), scope);
         for shard in [0, 7] {
-            assert_eq!(
-                keys::fence_pk_of(fence.as_ref(), shard),
-                format!("FENCE#{shard}#{scope}")
-            );
-            assert_eq!(
-                keys::fence_pk_of(fence.as_ref(), shard),
-                keys::fence_pk(&fence.scope(), shard)
-            );
+            assert_eq!(keys::fence_pk(fence.as_ref(), shard), format!("FENCE#{shard}#{scope}"));
         }
     }
 }
