@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod aws;
+pub mod b64;
 pub mod config;
 pub mod crypto;
 pub mod domain;

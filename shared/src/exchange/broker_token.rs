@@ -5,8 +5,6 @@ use crate::domain::UnixTime;
 use crate::error::{BrokerError, Result};
 use crate::ports::TokenSigner;
 use crate::redact::SecretString;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 /// KMS signs at most 4096 bytes with `MessageType=RAW`; larger inputs are refused up front.
@@ -101,7 +99,7 @@ impl Unsigned {
         let signature = signer.sign_es256(&self.key_id, self.signing_input.as_bytes()).await?;
         let mut token = self.signing_input;
         token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        crate::b64::url_encode_into(&signature, &mut token);
         Ok(Signed {
             token: SecretString::new(token),
             key_id: self.key_id,
@@ -113,6 +111,6 @@ impl Unsigned {
 fn push_b64_json<T: Serialize>(out: &mut String, json: &mut Vec<u8>, value: &T) -> Result<()> {
     json.clear();
     serde_json::to_writer(&mut *json, value).map_err(|e| BrokerError::Internal(e.to_string()))?;
-    URL_SAFE_NO_PAD.encode_string(&json, out);
+    crate::b64::url_encode_into(json, out);
     Ok(())
 }

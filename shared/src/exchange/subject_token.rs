@@ -14,8 +14,6 @@ use crate::ports::IssuerKeys;
 use crate::redact::SecretString;
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::ParsedPublicKey;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::Value;
@@ -125,9 +123,7 @@ impl SubjectTokenVerifier<'_> {
         // Signature only, over the very bytes parsed above (`unverified` becomes the verified
         // claims: no second parse); claim checks below use our clock and give precise reasons.
         let signing_input = &raw[..header_b64.len() + 1 + payload_b64.len()];
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| reject(TokenRejection::Malformed))?;
+        let signature = crate::b64::url_decode(signature_b64).ok_or_else(|| reject(TokenRejection::Malformed))?;
         let fingerprint = verify_signature(&key, alg, raw, signing_input, &signature)?;
         let claims = unverified;
 
@@ -173,12 +169,12 @@ fn verify_signature(
 
 /// The payload's claims: base64url, UTF-8, a JSON object (read in place, `claim_set`).
 fn decode_claims(segment: &str) -> Option<ClaimSet> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()?;
+    let bytes = crate::b64::url_decode(segment.trim_end_matches('='))?;
     ClaimSet::parse(String::from_utf8(bytes).ok()?)
 }
 
 fn decode_json_segment<T: serde::de::DeserializeOwned>(segment: &str) -> Option<T> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()?;
+    let bytes = crate::b64::url_decode(segment.trim_end_matches('='))?;
     // UTF-8 checked once for the whole segment, then parsed as a str: from bytes, serde_json
     // checks every string it reads on its own (a sixth of the claims' parse).
     serde_json::from_str(std::str::from_utf8(&bytes).ok()?).ok()
@@ -249,6 +245,8 @@ fn check_claims(claims: &ClaimSet, issuer: &Issuer, now: UnixTime, leeway: i64) 
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use super::*;
     use crate::exchange::jwks::{HttpIssuerKeys, JwksSettings};
     use crate::testing::InMemoryPolicy;

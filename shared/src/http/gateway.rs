@@ -11,8 +11,6 @@
 use super::BrokerApi;
 use super::gateway_event::HttpApiEvent;
 use crate::error::BrokerError;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequestContext, ApiGatewayV2httpResponse};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, Response};
@@ -74,9 +72,9 @@ pub fn to_request(mut event: HttpApiEvent) -> Result<Request, Unreadable> {
     };
     let body = match event.body.take() {
         None => Body::Empty,
-        Some(body) if event.is_base64_encoded => match STANDARD.decode(body) {
-            Ok(bytes) => Body::Binary(bytes),
-            Err(_) => return Err(unreadable(&mut event)),
+        Some(body) if event.is_base64_encoded => match crate::b64::decode(&body) {
+            Some(bytes) => Body::Binary(bytes),
+            None => return Err(unreadable(&mut event)),
         },
         Some(body) => Body::Text(body),
     };
@@ -131,7 +129,7 @@ mod tests {
         assert_eq!(request.uri().query(), Some("a=1&b=%20"));
         assert_eq!(request.headers()["content-type"], "application/x-www-form-urlencoded");
         match request.body() {
-            Body::Binary(bytes) => assert_eq!(bytes, &STANDARD.decode(body).unwrap()),
+            Body::Binary(bytes) => assert_eq!(bytes, &crate::b64::decode(&body).unwrap()),
             other => panic!("a decoded body, not {other:?}"),
         }
         use lambda_http::RequestExt;

@@ -132,6 +132,9 @@ pub(super) enum ReleaseItem {
     Audit,
 }
 
+/// How many items a release transaction holds at most: one of each kind.
+const RELEASE_ITEM_KINDS: usize = 7;
+
 /// A cancelled release, read item by item (DynamoDB lists one reason per item, in order):
 /// - the lease's own `attribute_not_exists` failed: lease ids are fresh per request, so only an
 ///   earlier attempt of this very request wrote it, and transactions are atomic: it landed;
@@ -279,7 +282,10 @@ impl DynamoLedger {
         lease: &Lease,
         replay: Option<&ReplayGuard>,
     ) -> Result<(Vec<TransactWriteItem>, Vec<ReleaseItem>)> {
-        let mut items = vec![put_new(&self.leases_table, Self::lease_item(lease), "pk")?];
+        // Room for all of them and the audit append: each item is about a kilobyte, and a
+        // growing vector would move them (a few kB of copies per release).
+        let mut items = Vec::with_capacity(RELEASE_ITEM_KINDS);
+        items.push(put_new(&self.leases_table, Self::lease_item(lease), "pk")?);
         let mut roles = vec![ReleaseItem::Lease];
         if let Some(guard) = replay {
             let item = Item::from([
@@ -314,6 +320,7 @@ impl DynamoLedger {
             roles.push(ReleaseItem::IssuerFence);
         }
         roles.push(ReleaseItem::Audit);
+        debug_assert!(roles.len() <= RELEASE_ITEM_KINDS);
         Ok((items, roles))
     }
 }
