@@ -48,7 +48,10 @@ impl EnvelopeKeys {
     pub async fn sign(&self, kid: &str, material: &EnvelopeKey, input: &[u8], ring: &KeyRing) -> Result<[u8; 64]> {
         let pair = match self.cached(kid) {
             Some(pair) => pair,
-            None => self.load(kid, material, ring).await?,
+            // Boxed: the load holds a KMS call, and inline it would make every signature's future
+            // (allocated per JWT, `TokenSigner` being a trait object) as large as the SDK's, some
+            // 6 kB, for a call made once per key and execution environment.
+            None => Box::pin(self.load(kid, material, ring)).await?,
         };
         let signature = pair
             .sign(&self.rng, input)

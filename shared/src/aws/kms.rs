@@ -449,6 +449,24 @@ mod tests {
         assert!(!err.to_string().contains("pending deletion"), "{err}");
     }
 
+    #[test]
+    fn a_warm_signature_allocates_no_sdk_sized_future() {
+        // Every JWT allocates this future (the signer is a trait object); an SDK call held inline
+        // in it, even one only a cold start makes, would make it several kB.
+        let client = mock_client!(aws_sdk_kms, RuleMode::MatchAny, []);
+        for signer in [
+            KmsSigner::new(client.clone(), "abc"),
+            KmsSigner::new(client.clone(), "abc").with_envelope_keys(super::super::envelope::EnvelopeKeys::new(
+                client.clone(),
+                "wrapping",
+            )),
+        ] {
+            let future = signer.sign_es256("abc", b"x.y");
+            let size = std::mem::size_of_val(&*future);
+            assert!(size < 1024, "{size} bytes");
+        }
+    }
+
     #[tokio::test]
     async fn malformed_signature_is_an_internal_error_not_a_panic() {
         let rule = mock!(aws_sdk_kms::Client::sign)
