@@ -12,7 +12,6 @@ use crate::redact::SecretString;
 use http::header;
 use lambda_http::{Body, Request};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use super::MAX_BODY_BYTES;
 
@@ -95,8 +94,10 @@ fn utf8_lossy(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// A form body (RFC 6749 conventions): checked content type and size, parameters by name.
-pub(super) struct Form<'a>(BTreeMap<Cow<'a, str>, Vec<Cow<'a, str>>>);
+/// A form body (RFC 6749 conventions): checked content type and size, parameters by name. Its
+/// pairs in order, searched by name: a token request has a handful (a map of lists cost an
+/// allocation per parameter).
+pub(super) struct Form<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'a> Form<'a> {
     pub(super) fn read(request: &'a Request) -> Result<Self> {
@@ -113,19 +114,19 @@ impl<'a> Form<'a> {
         if bytes.len() > MAX_BODY_BYTES {
             return Err(BrokerError::BadRequest(RequestRejection::TooLarge));
         }
-        let mut params: BTreeMap<Cow<'a, str>, Vec<Cow<'a, str>>> = BTreeMap::new();
-        for (name, value) in pairs(bytes) {
-            params.entry(name).or_default().push(value);
-        }
+        let mut params = Vec::with_capacity(memchr::memchr_iter(b'&', bytes).count() + 1);
+        params.extend(pairs(bytes));
         Ok(Self(params))
     }
 
     /// A parameter that may appear at most once (RFC 6749 3.2); empty counts as absent.
     pub(super) fn single(&mut self, name: &str) -> Result<Option<Cow<'a, str>>> {
-        match self.0.remove(name) {
-            None => Ok(None),
-            Some(mut values) if values.len() == 1 => Ok(values.pop().filter(|v| !v.is_empty())),
-            Some(_) => Err(BrokerError::BadRequest(RequestRejection::RepeatedParameter)),
+        let mut at = self.0.iter().enumerate().filter(|(_, (key, _))| key == name).map(|(at, _)| at);
+        match (at.next(), at.next()) {
+            (None, _) => Ok(None),
+            // `remove`, not `swap_remove`: `all` answers in the body's order.
+            (Some(at), None) => Ok(Some(self.0.remove(at).1).filter(|v| !v.is_empty())),
+            (Some(_), Some(_)) => Err(BrokerError::BadRequest(RequestRejection::RepeatedParameter)),
         }
     }
 
@@ -140,8 +141,17 @@ impl<'a> Form<'a> {
         Ok(token)
     }
 
+    /// Every value of `name`, in order (taken: a second call finds none).
     pub(super) fn all(&mut self, name: &str) -> Vec<Cow<'a, str>> {
-        self.0.remove(name).unwrap_or_default()
+        let mut values = Vec::new();
+        self.0.retain_mut(|(key, value)| {
+            if key != name {
+                return true;
+            }
+            values.push(std::mem::take(value));
+            false
+        });
+        values
     }
 }
 
@@ -177,6 +187,25 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn parameters_are_taken_by_name_in_the_bodys_order() {
+        let request = http::Request::builder()
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8")
+            .body(Body::from("grant_type=g&audience=a&scope=&resource=r&x=1&x=2&audience=b"))
+            .unwrap();
+        let mut form = Form::read(&request).unwrap();
+        assert_eq!(form.single("grant_type").unwrap().as_deref(), Some("g"));
+        assert_eq!(form.single("grant_type").unwrap(), None, "taken");
+        assert_eq!(form.single("scope").unwrap(), None, "empty is absent");
+        assert!(matches!(
+            form.single("x"),
+            Err(BrokerError::BadRequest(RequestRejection::RepeatedParameter))
+        ));
+        assert_eq!(form.all("audience"), ["a", "b"]);
+        assert_eq!(form.all("resource"), ["r"]);
+        assert!(form.all("audience").is_empty());
     }
 
     proptest! {

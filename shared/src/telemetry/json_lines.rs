@@ -176,8 +176,18 @@ impl Visit for Members {
     }
 }
 
+/// `value` as a JSON string, escaped as serde_json escapes (`"`, `\\` and control characters,
+/// nothing else). Most values (field names, ids, fingerprints) need no escape: those are copied
+/// at once, not passed through serde_json's writer a piece at a time.
 fn push_json_str(out: &mut String, value: &str) {
-    let _ = serde_json::to_writer(StringWriter(out), value);
+    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        let _ = serde_json::to_writer(StringWriter(out), value);
+        return;
+    }
+    out.reserve(value.len() + 2);
+    out.push('"');
+    out.push_str(value);
+    out.push('"');
 }
 
 /// serde_json writes UTF-8 (its escapes keep it valid), so its bytes go into a String as they are.
@@ -234,6 +244,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::sync::Mutex;
     use std::time::Duration;
     use tracing_subscriber::layer::SubscriberExt;
@@ -379,5 +390,23 @@ mod tests {
         let mut before_epoch = String::new();
         write_timestamp(&mut before_epoch, UNIX_EPOCH - Duration::from_secs(1));
         assert_eq!(before_epoch, "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn every_character_is_escaped_as_serde_json_escapes_it() {
+        for value in (0u8..=0x7f).map(|b| format!("a{}b", b as char)).chain(["é€😀".into(), String::new()]) {
+            let mut out = String::new();
+            push_json_str(&mut out, &value);
+            assert_eq!(out, serde_json::to_string(&value).unwrap(), "{value:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(value in "(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}])*") {
+            let mut out = String::from("x");
+            push_json_str(&mut out, &value);
+            prop_assert_eq!(&out[1..], serde_json::to_string(&value).unwrap());
+        }
     }
 }
