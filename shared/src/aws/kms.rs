@@ -456,10 +456,8 @@ mod tests {
         let client = mock_client!(aws_sdk_kms, RuleMode::MatchAny, []);
         for signer in [
             KmsSigner::new(client.clone(), "abc"),
-            KmsSigner::new(client.clone(), "abc").with_envelope_keys(super::super::envelope::EnvelopeKeys::new(
-                client.clone(),
-                "wrapping",
-            )),
+            KmsSigner::new(client.clone(), "abc")
+                .with_envelope_keys(super::super::envelope::EnvelopeKeys::new(client.clone(), "wrapping")),
         ] {
             let future = signer.sign_es256("abc", b"x.y");
             let size = std::mem::size_of_val(&*future);

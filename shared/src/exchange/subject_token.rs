@@ -245,12 +245,12 @@ fn check_claims(claims: &ClaimSet, issuer: &Issuer, now: UnixTime, leeway: i64) 
 
 #[cfg(test)]
 mod tests {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use super::*;
     use crate::exchange::jwks::{HttpIssuerKeys, JwksSettings};
     use crate::testing::InMemoryPolicy;
     use crate::testing::demo_issuer::DemoIssuer;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000;

@@ -121,7 +121,12 @@ impl<'a> Form<'a> {
 
     /// A parameter that may appear at most once (RFC 6749 3.2); empty counts as absent.
     pub(super) fn single(&mut self, name: &str) -> Result<Option<Cow<'a, str>>> {
-        let mut at = self.0.iter().enumerate().filter(|(_, (key, _))| key == name).map(|(at, _)| at);
+        let mut at = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, (key, _))| key == name)
+            .map(|(at, _)| at);
         match (at.next(), at.next()) {
             (None, _) => Ok(None),
             // `remove`, not `swap_remove`: `all` answers in the body's order.
@@ -193,7 +198,9 @@ mod tests {
     fn parameters_are_taken_by_name_in_the_bodys_order() {
         let request = http::Request::builder()
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8")
-            .body(Body::from("grant_type=g&audience=a&scope=&resource=r&x=1&x=2&audience=b"))
+            .body(Body::from(
+                "grant_type=g&audience=a&scope=&resource=r&x=1&x=2&audience=b",
+            ))
             .unwrap();
         let mut form = Form::read(&request).unwrap();
         assert_eq!(form.single("grant_type").unwrap().as_deref(), Some("g"));

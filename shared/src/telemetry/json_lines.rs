@@ -394,7 +394,10 @@ mod tests {
 
     #[test]
     fn every_character_is_escaped_as_serde_json_escapes_it() {
-        for value in (0u8..=0x7f).map(|b| format!("a{}b", b as char)).chain(["é€😀".into(), String::new()]) {
+        for value in (0u8..=0x7f)
+            .map(|b| format!("a{}b", b as char))
+            .chain(["é€😀".into(), String::new()])
+        {
             let mut out = String::new();
             push_json_str(&mut out, &value);
             assert_eq!(out, serde_json::to_string(&value).unwrap(), "{value:?}");
