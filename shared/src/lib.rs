@@ -23,6 +23,7 @@ pub mod fanout;
 pub mod http;
 pub mod https;
 pub mod jobs;
+pub mod json_text;
 pub mod ports;
 pub mod redact;
 pub mod rotation;

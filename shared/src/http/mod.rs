@@ -124,9 +124,11 @@ impl BrokerApi {
             }
         };
         let issued = self.exchange.exchange(exchange_request).await?;
-        let body = serde_json::to_string(&token_response::TokenResponse::of(&issued))
-            .map_err(|_| BrokerError::Internal("the token response did not serialize".into()))?;
-        Ok(json_text_response(StatusCode::OK, body, "no-store"))
+        Ok(json_text_response(
+            StatusCode::OK,
+            token_response::body(&issued),
+            "no-store",
+        ))
     }
 
     /// A form for `/introspect` or `/revoke` (`token` required); a refusal is audited like any.

@@ -1,48 +1,44 @@
-//! The token endpoint's success body (RFC 8693 2.2.1), serialized straight from the issued
+//! The token endpoint's success body (RFC 8693 2.2.1), written straight from the issued
 //! credential: no JSON value tree in between, so the credential is copied once, into the body.
 
 use crate::exchange::IssuedToken;
-use serde::Serialize;
+use crate::json_text::push_str;
+use std::fmt::Write;
 
-/// Members in this order; absent ones are left out. A secret's or AWS session's lease id is
-/// returned (the caller revokes or renews by it); a JWT's is its `jti`.
-#[derive(Serialize)]
-pub(super) struct TokenResponse<'a> {
-    access_token: &'a str,
-    issued_token_type: &'a str,
-    token_type: &'a str,
-    expires_in: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secret_version: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aws_access_key_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aws_secret_access_key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
-}
-
-impl<'a> TokenResponse<'a> {
-    pub(super) fn of(issued: &'a IssuedToken) -> Self {
-        let (aws_access_key_id, aws_secret_access_key) = match &issued.aws_credentials {
-            Some((id, secret)) => (Some(id.as_str()), Some(secret.expose())),
-            None => (None, None),
-        };
-        let names_lease = issued.secret_version.is_some() || issued.aws_credentials.is_some();
-        Self {
-            access_token: issued.access_token.expose(),
-            issued_token_type: issued.issued_token_type,
-            token_type: issued.token_type,
-            expires_in: issued.expires_in,
-            secret_version: issued.secret_version.as_deref(),
-            aws_access_key_id,
-            aws_secret_access_key,
-            lease_id: names_lease.then_some(issued.lease_id.as_str()),
-            scope: (!issued.scope.is_empty()).then(|| issued.scope.join(" ")),
+/// The body: members in this order, absent ones left out. A secret's or AWS session's lease id
+/// is returned (the caller revokes or renews by it); a JWT's is its `jti`.
+pub(super) fn body(issued: &IssuedToken) -> String {
+    let mut body = String::with_capacity(issued.access_token.len() + 256);
+    let mut member = |name: &str, value: &str| {
+        body.push(if body.is_empty() { '{' } else { ',' });
+        push_str(&mut body, name);
+        body.push(':');
+        push_str(&mut body, value);
+    };
+    member("access_token", issued.access_token.expose());
+    member("issued_token_type", issued.issued_token_type);
+    member("token_type", issued.token_type);
+    let _ = write!(body, r#","expires_in":{}"#, issued.expires_in);
+    let mut member = |name: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            body.push(',');
+            push_str(&mut body, name);
+            body.push(':');
+            push_str(&mut body, value);
         }
+    };
+    member("secret_version", issued.secret_version.as_deref());
+    if let Some((id, secret)) = &issued.aws_credentials {
+        member("aws_access_key_id", Some(id));
+        member("aws_secret_access_key", Some(secret.expose()));
     }
+    let names_lease = issued.secret_version.is_some() || issued.aws_credentials.is_some();
+    member("lease_id", names_lease.then_some(issued.lease_id.as_str()));
+    if !issued.scope.is_empty() {
+        member("scope", Some(&issued.scope.join(" ")));
+    }
+    body.push('}');
+    body
 }
 
 #[cfg(test)]
@@ -61,10 +57,6 @@ mod tests {
             secret_version: None,
             aws_credentials: None,
         }
-    }
-
-    fn body(issued: &IssuedToken) -> String {
-        serde_json::to_string(&TokenResponse::of(issued)).unwrap()
     }
 
     #[test]
@@ -94,5 +86,20 @@ mod tests {
                 r#"{{"access_token":"credential","issued_token_type":"{TOKEN_TYPE_AWS_CREDENTIALS}","token_type":"N_A","expires_in":900,"aws_access_key_id":"AKIA1","aws_secret_access_key":"s3cret","lease_id":"lease-1","scope":"x"}}"#
             )
         );
+    }
+
+    #[test]
+    fn any_secret_value_comes_back_as_it_was() {
+        let value = "line one\n\"quoted\" \\ tab\t \u{1} é \u{1F511}";
+        let secret = IssuedToken {
+            access_token: value.to_string().into(),
+            secret_version: Some("v\"2".into()),
+            ..issued(TOKEN_TYPE_SECRET, "N_A", &["a\\b"])
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&body(&secret)).unwrap();
+        assert_eq!(parsed["access_token"], value);
+        assert_eq!(parsed["secret_version"], "v\"2");
+        assert_eq!(parsed["scope"], "a\\b");
+        assert_eq!(parsed["expires_in"], 900);
     }
 }

@@ -176,18 +176,9 @@ impl Visit for Members {
     }
 }
 
-/// `value` as a JSON string, escaped as serde_json escapes (`"`, `\\` and control characters,
-/// nothing else). Most values (field names, ids, fingerprints) need no escape: those are copied
-/// at once, not passed through serde_json's writer a piece at a time.
+/// `value` as a JSON string, escaped as serde_json escapes it.
 fn push_json_str(out: &mut String, value: &str) {
-    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        let _ = serde_json::to_writer(StringWriter(out), value);
-        return;
-    }
-    out.reserve(value.len() + 2);
-    out.push('"');
-    out.push_str(value);
-    out.push('"');
+    crate::json_text::push_str(out, value);
 }
 
 /// serde_json writes UTF-8 (its escapes keep it valid), so its bytes go into a String as they are.
