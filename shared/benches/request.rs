@@ -40,7 +40,7 @@ use nhi_broker::exchange::jwks::{HttpIssuerKeys, JwksSettings};
 use nhi_broker::exchange::policy::catalog::PolicyCatalog;
 use nhi_broker::exchange::{ExchangeService, ExchangeSettings};
 use nhi_broker::http::BrokerApi;
-use nhi_broker::http::gateway_event::HttpApiEvent;
+use nhi_broker::http::gateway_event::{HttpApiEvent, HttpApiResponse};
 use nhi_broker::ports::KeyRingStore;
 use nhi_broker::testing::{FixedClock, InMemoryPolicy, InMemorySecrets, RecordingRoleAssumer};
 use std::sync::Arc;
@@ -517,10 +517,10 @@ async fn full(case: &Case) {
     std::hint::black_box(serde_json::to_vec(&response_of(case).await).unwrap());
 }
 
-async fn response_of(case: &Case) -> ApiGatewayV2httpResponse {
+async fn response_of(case: &Case) -> HttpApiResponse {
     let event: HttpApiEvent = serde_json::from_str(&case.event).unwrap();
     let response = nhi_broker::http::gateway::handle_event(&case.api, event).await;
-    assert_eq!(response.status_code, 200, "{:?}", response.body);
+    assert_eq!(response.status_code(), 200, "{}", response.json());
     response
 }
 
@@ -651,8 +651,8 @@ fn main() {
                 cases.push(case(idp.clone(), envelope, aws.clone(), envelope_pair.clone()).await);
             }
         }
-        // For `perf`: NHI_BENCH_PROFILE=full:N or floor:N runs only that path of case N, 20,000
-        // times (or `full:N:COUNT` times), and measures nothing.
+        // For `perf`: NHI_BENCH_PROFILE=full:N, floor:N or both:N runs only that path of case N
+        // (or both in turn), 20,000 times (or `full:N:COUNT` times), and measures nothing.
         let profile = std::env::var("NHI_BENCH_PROFILE").ok();
         for (index, case) in cases.iter().enumerate() {
             // Cold: the JWKS fetch, the policy load, the envelope key's decrypt. Not measured.
@@ -668,17 +668,25 @@ fn main() {
                 let mut parts = profile.split(':');
                 let (path, wanted) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
                 let count = parts.next().map_or(10 * REQUESTS, |c| c.parse().expect("a request count"));
-                if wanted.parse::<usize>().expect("NHI_BENCH_PROFILE=full:N or floor:N") == index {
+                if wanted.parse::<usize>().expect("NHI_BENCH_PROFILE=full:N, floor:N or both:N") == index {
                     for _ in 0..count {
                         match path {
                             "full" => full(case).await,
+                            // Both in turn, as the measurement runs them: one profile compares
+                            // them under the same cache and machine conditions.
+                            "both" => {
+                                full(case).await;
+                                floor(case, &sign_message, &transaction).await;
+                            }
                             _ => floor(case, &sign_message, &transaction).await,
                         }
                     }
                 }
                 continue;
             }
-            let reference_response = response_of(case).await;
+            // What any Lambda HTTP function writes back: `aws_lambda_events`' response type.
+            let reference_response: ApiGatewayV2httpResponse =
+                serde_json::from_str(response_of(case).await.json()).unwrap();
             let full_allocations = allocations_of(full(case)).await;
             let floor_allocations = allocations_of(floor(case, &sign_message, &transaction)).await;
             let mut full_us = Vec::new();

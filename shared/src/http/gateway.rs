@@ -9,9 +9,9 @@
 //! is built directly.
 
 use super::BrokerApi;
-use super::gateway_event::HttpApiEvent;
+use super::gateway_event::{HttpApiEvent, HttpApiResponse};
 use crate::error::BrokerError;
-use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequestContext, ApiGatewayV2httpResponse};
+use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, Response};
 use std::convert::Infallible;
@@ -27,7 +27,7 @@ pub async fn run(api: &BrokerApi) -> Result<(), lambda_http::Error> {
 }
 
 /// One API Gateway event to its response (what the runtime serializes back to API Gateway).
-pub async fn handle_event(api: &BrokerApi, event: HttpApiEvent) -> ApiGatewayV2httpResponse {
+pub async fn handle_event(api: &BrokerApi, event: HttpApiEvent) -> HttpApiResponse {
     let response = match to_request(event) {
         Ok(request) => api.handle(request).await,
         // Refused as `handle` refuses a request (`error_response` logs it), under the same id.
@@ -90,20 +90,21 @@ pub fn to_request(mut event: HttpApiEvent) -> Result<Request, Unreadable> {
     Ok(request)
 }
 
-/// The HTTP API's response shape: headers as they are (the API sends none twice), a text body
-/// as text, a binary one base64-encoded.
-pub fn to_gateway_response(response: Response<Body>) -> ApiGatewayV2httpResponse {
+/// The HTTP API's response: headers as they are (the API sends none twice), a text body as
+/// text, a binary one base64-encoded.
+pub fn to_gateway_response(response: Response<Body>) -> HttpApiResponse {
     let (parts, body) = response.into_parts();
-    let mut gateway = ApiGatewayV2httpResponse::default();
-    gateway.status_code = i64::from(parts.status.as_u16());
-    gateway.headers = parts.headers;
-    (gateway.is_base64_encoded, gateway.body) = match body {
-        Body::Empty => (false, None),
-        text @ Body::Text(_) => (false, Some(text)),
-        binary @ Body::Binary(_) => (true, Some(binary)),
-        _ => (false, None),
+    let encoded;
+    let body = match &body {
+        Body::Empty => None,
+        Body::Text(text) => Some((text.as_str(), false)),
+        Body::Binary(bytes) => {
+            encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+            Some((encoded.as_str(), true))
+        }
+        _ => None,
     };
-    gateway
+    HttpApiResponse::new(parts.status.as_u16(), &parts.headers, body)
 }
 
 #[cfg(test)]
@@ -157,7 +158,7 @@ mod tests {
             .header("retry-after", "1")
             .body(Body::Text(r#"{"error":"slow_down"}"#.into()))
             .unwrap();
-        let json = serde_json::to_value(to_gateway_response(response)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(to_gateway_response(response).json()).unwrap();
         assert_eq!(json["statusCode"], 429);
         assert_eq!(json["body"], r#"{"error":"slow_down"}"#);
         assert_eq!(json["isBase64Encoded"], false);
@@ -165,13 +166,76 @@ mod tests {
         assert_eq!(json["headers"]["retry-after"], "1");
 
         let binary = Response::new(Body::Binary(vec![0xff, 0x00]));
-        let json = serde_json::to_value(to_gateway_response(binary)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(to_gateway_response(binary).json()).unwrap();
         assert_eq!(json["body"], "/wA=");
         assert_eq!(json["isBase64Encoded"], true);
 
         let empty = Response::builder().status(StatusCode::OK).body(Body::Empty).unwrap();
-        let json = serde_json::to_value(to_gateway_response(empty)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(to_gateway_response(empty).json()).unwrap();
         assert_eq!(json["statusCode"], 200);
         assert!(json.get("body").is_none());
+    }
+
+    /// What `aws_lambda_events` writes for the same response (the shape the exchange returned
+    /// before it wrote its own).
+    fn as_aws_lambda_events_writes_it(
+        status: u16,
+        headers: &http::HeaderMap,
+        body: Option<Body>,
+        base64: bool,
+    ) -> serde_json::Value {
+        use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse;
+        let mut gateway = ApiGatewayV2httpResponse::default();
+        gateway.status_code = i64::from(status);
+        gateway.headers = headers.clone();
+        gateway.body = body;
+        gateway.is_base64_encoded = base64;
+        serde_json::to_value(gateway).unwrap()
+    }
+
+    #[test]
+    fn responses_are_written_as_aws_lambda_events_writes_them_and_debug_hides_the_body() {
+        let secret = "a \"secret\"\nwith \\ and \u{1} and é";
+        let cases = [
+            (
+                StatusCode::OK,
+                Body::Text(format!(r#"{{"access_token":"{}"}}"#, secret.escape_default())),
+                false,
+            ),
+            (StatusCode::BAD_REQUEST, Body::Text(secret.into()), false),
+            (StatusCode::OK, Body::Binary(vec![0, 1, 0xfe, 0xff]), true),
+            (StatusCode::NO_CONTENT, Body::Empty, false),
+        ];
+        for (status, body, base64) in cases {
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .header("cache-control", "no-store")
+                .header("x-request-id", "0193b7c2-\"quoted\"")
+                .body(body.clone())
+                .unwrap();
+            let headers = response.headers().clone();
+            let written = to_gateway_response(response);
+            assert_eq!(written.status_code(), status.as_u16());
+            let expected = match body {
+                Body::Empty => as_aws_lambda_events_writes_it(status.as_u16(), &headers, None, false),
+                body => as_aws_lambda_events_writes_it(status.as_u16(), &headers, Some(body), base64),
+            };
+            let actual: serde_json::Value = serde_json::from_str(written.json()).unwrap();
+            assert_eq!(actual, expected);
+            assert_eq!(serde_json::to_value(&written).unwrap(), expected, "serialized as it is");
+            assert!(!format!("{written:?}").contains("secret"));
+        }
+    }
+
+    #[test]
+    fn a_header_with_several_values_is_written_once_with_its_values_joined() {
+        let response = Response::builder()
+            .header("vary", "origin")
+            .header("vary", "accept")
+            .body(Body::Empty)
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(to_gateway_response(response).json()).unwrap();
+        assert_eq!(json["headers"]["vary"], "origin, accept");
     }
 }

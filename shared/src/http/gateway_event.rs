@@ -1,4 +1,5 @@
-//! What the exchange reads of an API Gateway HTTP API event (payload format 2.0).
+//! What the exchange reads of an API Gateway HTTP API event (payload format 2.0), and the
+//! response it writes back.
 //!
 //! `aws_lambda_events`' `ApiGatewayV2httpRequest` copies every member of every event into its
 //! own string (account, API id, domain, stage, source IP, user agent, times, route keys...), and
@@ -129,6 +130,83 @@ fn headers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HeaderMap, D::E
     }
 
     deserializer.deserialize_option(HeadersVisitor)
+}
+
+/// The response API Gateway reads (payload format 2.0), written once as JSON text: what
+/// `aws_lambda_events`' `ApiGatewayV2httpResponse` serializes to (`statusCode`, `headers`,
+/// `multiValueHeaders` empty, `body` when there is one, `isBase64Encoded`, `cookies` empty),
+/// without passing the body (a token, a secret) through serde_json's byte-at-a-time escaping.
+/// A header with several values is written once, its values joined by `, `. Its `Debug` shows
+/// the status only: the body is a credential.
+pub struct HttpApiResponse {
+    status_code: u16,
+    json: Box<serde_json::value::RawValue>,
+}
+
+impl HttpApiResponse {
+    pub fn new(status_code: u16, headers: &HeaderMap, body: Option<(&str, bool)>) -> Self {
+        use crate::json_text::push_str;
+        use std::fmt::Write;
+        let mut json = String::with_capacity(256 + body.map_or(0, |(text, _)| text.len() + text.len() / 16));
+        let _ = write!(json, r#"{{"statusCode":{status_code},"headers":{{"#);
+        for (index, name) in headers.keys().enumerate() {
+            if index > 0 {
+                json.push(',');
+            }
+            push_str(&mut json, name.as_str());
+            json.push(':');
+            let values = headers.get_all(name);
+            match values.iter().next().map(|v| v.to_str()) {
+                Some(Ok(value)) if values.iter().nth(1).is_none() => push_str(&mut json, value),
+                _ => {
+                    let lossy: Vec<_> = values.iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+                    push_str(&mut json, &lossy.join(", "));
+                }
+            }
+        }
+        json.push_str(r#"},"multiValueHeaders":{}"#);
+        if let Some((text, _)) = body {
+            json.push_str(r#","body":"#);
+            push_str(&mut json, text);
+        }
+        let base64 = body.is_some_and(|(_, base64)| base64);
+        json.push_str(if base64 {
+            r#","isBase64Encoded":true,"cookies":[]}"#
+        } else {
+            r#","isBase64Encoded":false,"cookies":[]}"#
+        });
+        // Checked as JSON once more by serde_json (a scan, no escaping); written as it is.
+        let json = serde_json::value::RawValue::from_string(json).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string(
+                r#"{"statusCode":500,"headers":{},"multiValueHeaders":{},"isBase64Encoded":false,"cookies":[]}"#.into(),
+            )
+            .expect("a constant JSON object")
+        });
+        Self { status_code, json }
+    }
+
+    pub fn status_code(&self) -> u16 {
+        self.status_code
+    }
+
+    /// The JSON API Gateway receives.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+}
+
+impl serde::Serialize for HttpApiResponse {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
+impl fmt::Debug for HttpApiResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpApiResponse")
+            .field("status_code", &self.status_code)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
