@@ -20,7 +20,6 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Serialize;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -101,30 +100,68 @@ pub fn verify_p256(public_key: &[u8], message: &[u8], signature_b64: &str) -> bo
         .is_ok()
 }
 
-#[derive(Serialize)]
-struct Hashed<'a> {
-    chain: &'a str,
-    seq: i64,
-    prev_hash: &'a str,
-    event: &'a AuditEvent,
-}
-
-/// SHA-256 over a canonical JSON of position, previous hash and event (field order is fixed by
-/// the struct definitions).
+/// SHA-256 over a canonical JSON of position, previous hash and event: `{"chain","seq",
+/// "prev_hash","event":{...}}`, the event's members in the order `AuditEvent` declares them, its
+/// absent optional members `null` except `old_version`, `new_version` and `request_id`, which are
+/// left out (events from before they existed hash as they did). This is what serde_json makes of
+/// the same values (the tests hold the two together and pin a known hash), written directly: it
+/// runs on every audited request.
 pub fn link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> String {
+    use crate::json_text::push_str;
+    use std::fmt::Write;
+    // Every member by name, none skipped: a member added to `AuditEvent` fails to compile here
+    // until it is hashed.
+    let AuditEvent {
+        event_id,
+        at,
+        action,
+        outcome,
+        actor_issuer,
+        actor_subject,
+        target,
+        grant_id,
+        lease_id,
+        reason,
+        token_fingerprint,
+        old_version,
+        new_version,
+        request_id,
+    } = event;
     // Sized for a release's event (~600 bytes) so it is written without regrowing.
-    let mut canonical = Vec::with_capacity(1024);
-    serde_json::to_writer(
-        &mut canonical,
-        &Hashed {
-            chain,
-            seq,
-            prev_hash,
-            event,
-        },
-    )
-    .expect("audit events serialize: plain strings and integers");
-    crate::crypto::sha256_hex(&canonical)
+    let mut canonical = String::with_capacity(1024);
+    canonical.push_str(r#"{"chain":"#);
+    push_str(&mut canonical, chain);
+    let _ = write!(canonical, r#","seq":{seq},"prev_hash":"#);
+    push_str(&mut canonical, prev_hash);
+    canonical.push_str(r#","event":{"event_id":"#);
+    push_str(&mut canonical, event_id);
+    let _ = write!(canonical, r#","at":{at},"action":"#);
+    push_str(&mut canonical, action.as_str());
+    canonical.push_str(r#","outcome":"#);
+    push_str(&mut canonical, outcome.as_str());
+    let mut member = |name: &str, value: &Option<String>, absent_as_null: bool| match value {
+        Some(value) => {
+            canonical.push_str(name);
+            push_str(&mut canonical, value);
+        }
+        None if absent_as_null => {
+            canonical.push_str(name);
+            canonical.push_str("null");
+        }
+        None => {}
+    };
+    member(r#","actor_issuer":"#, actor_issuer, true);
+    member(r#","actor_subject":"#, actor_subject, true);
+    member(r#","target":"#, target, true);
+    member(r#","grant_id":"#, grant_id, true);
+    member(r#","lease_id":"#, lease_id, true);
+    member(r#","reason":"#, reason, true);
+    member(r#","token_fingerprint":"#, token_fingerprint, true);
+    member(r#","old_version":"#, old_version, false);
+    member(r#","new_version":"#, new_version, false);
+    member(r#","request_id":"#, request_id, false);
+    canonical.push_str("}}");
+    crate::crypto::sha256_hex(canonical.as_bytes())
 }
 
 pub struct ChainState {
@@ -319,5 +356,73 @@ mod tests {
         assert!(second.opening.is_none());
         assert!(verify_p256(&chain_key, second.hash.as_bytes(), &second.signature));
         assert!(!verify_p256(&chain_key, first.hash.as_bytes(), &second.signature));
+    }
+
+    /// The canonical JSON as it was first defined: serde_json over these structs.
+    fn serde_link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> String {
+        #[derive(serde::Serialize)]
+        struct Hashed<'a> {
+            chain: &'a str,
+            seq: i64,
+            prev_hash: &'a str,
+            event: &'a AuditEvent,
+        }
+        let hashed = Hashed {
+            chain,
+            seq,
+            prev_hash,
+            event,
+        };
+        crate::crypto::sha256_hex(&serde_json::to_vec(&hashed).unwrap())
+    }
+
+    #[test]
+    fn a_known_event_hashes_as_it_always_has() {
+        // Stored chains are verified against this form: it must never change.
+        let mut known = event("0193b7c2-a1d0-7b8e-9f0a-1b2c3d4e5f60");
+        known.actor_subject = Some("repo:o/r:ref:\"main\"\n".into());
+        known.request_id = Some("req-1".into());
+        let expected = "ff8b790378eabb702f183ce513704b5aeae977da1e1d02d6a8c9c49a06b47cbe";
+        assert_eq!(link_hash("chain-1", 7, GENESIS_HASH, &known), expected);
+        assert_eq!(serde_link_hash("chain-1", 7, GENESIS_HASH, &known), expected);
+    }
+
+    const ACTIONS: [AuditAction; 3] = [AuditAction::TokenExchange, AuditAction::Rotate, AuditAction::Register];
+    const OUTCOMES: [AuditOutcome; 3] = [AuditOutcome::Released, AuditOutcome::Denied, AuditOutcome::Resolved];
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![Just(String::new()), "[a-z0-9:/#._\\- \"\\\\]{1,24}", any::<String>()]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_event_hashes_as_serde_json_would_write_it(
+            (chain, prev_hash, seq, at) in (text(), text(), proptest::prelude::any::<i64>(), proptest::prelude::any::<i64>()),
+            (event_id, action, outcome) in (text(), 0..ACTIONS.len(), 0..OUTCOMES.len()),
+            optional in proptest::collection::vec(proptest::option::of(text()), 10),
+        ) {
+            // A struct literal: a member added to `AuditEvent` must be added here too.
+            let event = AuditEvent {
+                event_id,
+                at,
+                action: ACTIONS[action],
+                outcome: OUTCOMES[outcome],
+                actor_issuer: optional[0].clone(),
+                actor_subject: optional[1].clone(),
+                target: optional[2].clone(),
+                grant_id: optional[3].clone(),
+                lease_id: optional[4].clone(),
+                reason: optional[5].clone(),
+                token_fingerprint: optional[6].clone(),
+                old_version: optional[7].clone(),
+                new_version: optional[8].clone(),
+                request_id: optional[9].clone(),
+            };
+            proptest::prop_assert_eq!(
+                link_hash(&chain, seq, &prev_hash, &event),
+                serde_link_hash(&chain, seq, &prev_hash, &event)
+            );
+        }
     }
 }
