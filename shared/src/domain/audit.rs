@@ -126,3 +126,69 @@ impl AuditEvent {
         }
     }
 }
+
+/// Arbitrary audit events for property tests: every action and outcome, any text.
+#[cfg(test)]
+pub mod strategies {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub const ACTIONS: [AuditAction; 8] = [
+        AuditAction::TokenExchange,
+        AuditAction::Introspect,
+        AuditAction::Revoke,
+        AuditAction::Rotate,
+        AuditAction::Expire,
+        AuditAction::Deliver,
+        AuditAction::Unrevoke,
+        AuditAction::Register,
+    ];
+    pub const OUTCOMES: [AuditOutcome; 9] = [
+        AuditOutcome::Released,
+        AuditOutcome::Denied,
+        AuditOutcome::Revoked,
+        AuditOutcome::Rotated,
+        AuditOutcome::Expired,
+        AuditOutcome::Unconfirmed,
+        AuditOutcome::Lifted,
+        AuditOutcome::Applied,
+        AuditOutcome::Resolved,
+    ];
+
+    /// Empty, id-like (with the characters JSON escapes), or anything.
+    pub fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[a-z0-9:/#._\\- \"\\\\]{1,24}", any::<String>()]
+    }
+
+    /// A struct literal: a member added to `AuditEvent` must be added here too.
+    pub fn audit_event() -> impl Strategy<Value = AuditEvent> {
+        let optional = || proptest::option::of(text());
+        (
+            (text(), any::<i64>(), 0..ACTIONS.len(), 0..OUTCOMES.len()),
+            (optional(), optional(), optional(), optional(), optional()),
+            (optional(), optional(), optional(), optional(), optional()),
+        )
+            .prop_map(
+                |(
+                    (event_id, at, action, outcome),
+                    (actor_issuer, actor_subject, target, grant_id, lease_id),
+                    (reason, token_fingerprint, old_version, new_version, request_id),
+                )| AuditEvent {
+                    event_id,
+                    at,
+                    action: ACTIONS[action],
+                    outcome: OUTCOMES[outcome],
+                    actor_issuer,
+                    actor_subject,
+                    target,
+                    grant_id,
+                    lease_id,
+                    reason,
+                    token_fingerprint,
+                    old_version,
+                    new_version,
+                    request_id,
+                },
+            )
+    }
+}

@@ -9,36 +9,33 @@ use std::fmt::Write;
 /// is returned (the caller revokes or renews by it); a JWT's is its `jti`.
 pub(super) fn body(issued: &IssuedToken) -> String {
     let mut body = String::with_capacity(issued.access_token.len() + 256);
-    let mut member = |name: &str, value: &str| {
-        body.push(if body.is_empty() { '{' } else { ',' });
-        push_str(&mut body, name);
-        body.push(':');
-        push_str(&mut body, value);
-    };
-    member("access_token", issued.access_token.expose());
-    member("issued_token_type", issued.issued_token_type);
-    member("token_type", issued.token_type);
+    push_member(&mut body, "access_token", issued.access_token.expose());
+    push_member(&mut body, "issued_token_type", issued.issued_token_type);
+    push_member(&mut body, "token_type", issued.token_type);
     let _ = write!(body, r#","expires_in":{}"#, issued.expires_in);
-    let mut member = |name: &str, value: Option<&str>| {
-        if let Some(value) = value {
-            body.push(',');
-            push_str(&mut body, name);
-            body.push(':');
-            push_str(&mut body, value);
-        }
-    };
-    member("secret_version", issued.secret_version.as_deref());
-    if let Some((id, secret)) = &issued.aws_credentials {
-        member("aws_access_key_id", Some(id));
-        member("aws_secret_access_key", Some(secret.expose()));
+    if let Some(version) = &issued.secret_version {
+        push_member(&mut body, "secret_version", version);
     }
-    let names_lease = issued.secret_version.is_some() || issued.aws_credentials.is_some();
-    member("lease_id", names_lease.then_some(issued.lease_id.as_str()));
+    if let Some((id, secret)) = &issued.aws_credentials {
+        push_member(&mut body, "aws_access_key_id", id);
+        push_member(&mut body, "aws_secret_access_key", secret.expose());
+    }
+    if issued.secret_version.is_some() || issued.aws_credentials.is_some() {
+        push_member(&mut body, "lease_id", &issued.lease_id);
+    }
     if !issued.scope.is_empty() {
-        member("scope", Some(&issued.scope.join(" ")));
+        push_member(&mut body, "scope", &issued.scope.join(" "));
     }
     body.push('}');
     body
+}
+
+/// `"name":"value"`, after `{` for the first member and `,` for the others.
+fn push_member(body: &mut String, name: &str, value: &str) {
+    body.push(if body.is_empty() { '{' } else { ',' });
+    push_str(body, name);
+    body.push(':');
+    push_str(body, value);
 }
 
 #[cfg(test)]

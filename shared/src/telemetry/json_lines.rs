@@ -9,6 +9,7 @@
 //! field twice keeps both entries (tracing-subscriber keeps the last); the broker records none
 //! twice.
 
+use crate::json_text::push_str as push_json_str;
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -174,11 +175,6 @@ impl Visit for Members {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.number(field, value);
     }
-}
-
-/// `value` as a JSON string, escaped as serde_json escapes it.
-fn push_json_str(out: &mut String, value: &str) {
-    crate::json_text::push_str(out, value);
 }
 
 /// serde_json writes UTF-8 (its escapes keep it valid), so its bytes go into a String as they are.

@@ -70,7 +70,8 @@ pub(super) fn event_attributes(event: &AuditEvent, room_for: usize) -> Item {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AuditAction, AuditOutcome, LeaseStatus, TargetKind};
+    use crate::domain::strategies::{ACTIONS, OUTCOMES, audit_event, text};
+    use crate::domain::{LeaseStatus, TargetKind};
     use proptest::prelude::*;
 
     /// What the generic path makes of a value: `serde_dynamo`, `NULL`s dropped (as `to_item` does).
@@ -78,10 +79,6 @@ mod tests {
         let mut item: Item = serde_dynamo::to_item(value).unwrap();
         item.retain(|_, v| !matches!(v, AttributeValue::Null(_)));
         item
-    }
-
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof![Just(String::new()), "[a-z0-9:/#._\\- ]{1,24}", any::<String>()]
     }
 
     fn lease() -> impl Strategy<Value = Lease> {
@@ -123,59 +120,6 @@ mod tests {
             )
     }
 
-    const ACTIONS: [AuditAction; 8] = [
-        AuditAction::TokenExchange,
-        AuditAction::Introspect,
-        AuditAction::Revoke,
-        AuditAction::Rotate,
-        AuditAction::Expire,
-        AuditAction::Deliver,
-        AuditAction::Unrevoke,
-        AuditAction::Register,
-    ];
-    const OUTCOMES: [AuditOutcome; 9] = [
-        AuditOutcome::Released,
-        AuditOutcome::Denied,
-        AuditOutcome::Revoked,
-        AuditOutcome::Rotated,
-        AuditOutcome::Expired,
-        AuditOutcome::Unconfirmed,
-        AuditOutcome::Lifted,
-        AuditOutcome::Applied,
-        AuditOutcome::Resolved,
-    ];
-
-    fn event() -> impl Strategy<Value = AuditEvent> {
-        let optional = || proptest::option::of(text());
-        (
-            (text(), any::<i64>(), 0..ACTIONS.len(), 0..OUTCOMES.len()),
-            (optional(), optional(), optional(), optional(), optional()),
-            (optional(), optional(), optional(), optional(), optional()),
-        )
-            .prop_map(
-                |(
-                    (event_id, at, action, outcome),
-                    (actor_issuer, actor_subject, target, grant_id, lease_id),
-                    (reason, token_fingerprint, old_version, new_version, request_id),
-                )| AuditEvent {
-                    event_id,
-                    at,
-                    action: ACTIONS[action],
-                    outcome: OUTCOMES[outcome],
-                    actor_issuer,
-                    actor_subject,
-                    target,
-                    grant_id,
-                    lease_id,
-                    reason,
-                    token_fingerprint,
-                    old_version,
-                    new_version,
-                    request_id,
-                },
-            )
-    }
-
     proptest! {
         #[test]
         fn a_lease_item_is_what_serde_dynamo_makes_of_it(lease in lease()) {
@@ -183,7 +127,7 @@ mod tests {
         }
 
         #[test]
-        fn an_event_item_is_what_serde_dynamo_makes_of_it(event in event()) {
+        fn an_event_item_is_what_serde_dynamo_makes_of_it(event in audit_event()) {
             prop_assert_eq!(event_attributes(&event, 0), reference(&event));
         }
     }
