@@ -27,15 +27,6 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
-/// A random (version 4) UUID from aws-lc's DRBG, the generator every signature already draws
-/// from: `Uuid::new_v4` asks the kernel (a `getrandom` system call) for each one. `None` if the
-/// generator fails (it does not, short of a broken process).
-pub fn random_uuid() -> Option<uuid::Uuid> {
-    let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).ok()?;
-    Some(uuid::Builder::from_random_bytes(bytes).into_uuid())
-}
-
 /// The uncompressed point (`04 || x || y`) of a P-256 SubjectPublicKeyInfo, as KMS
 /// `GetPublicKey` returns it: a point on the curve (aws-lc checks), in the one encoding KMS uses.
 pub fn p256_spki_to_point(spki_der: &[u8]) -> Option<[u8; 65]> {
@@ -195,16 +186,6 @@ mod tests {
         ];
         for (name, der) in cases {
             assert!(p256_der_signature_to_fixed(&der).is_none(), "{name}");
-        }
-    }
-
-    #[test]
-    fn random_uuids_are_version_4_and_differ() {
-        let ids: std::collections::HashSet<_> = (0..1000).map(|_| random_uuid().unwrap()).collect();
-        assert_eq!(ids.len(), 1000);
-        for id in &ids {
-            assert_eq!(id.get_version(), Some(uuid::Version::Random));
-            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
         }
     }
 }

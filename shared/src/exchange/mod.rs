@@ -233,9 +233,7 @@ impl ExchangeService {
             self.settings.max_token_ttl_seconds,
         )?;
 
-        let lease_id = crate::crypto::random_uuid()
-            .ok_or_else(|| BrokerError::Internal("the random generator failed".into()))?
-            .to_string();
+        let lease_id = uuid::Uuid::new_v4().to_string();
         let expires_at = now + decision.ttl_seconds;
         let mut lease = Lease {
             lease_id: lease_id.clone(),
