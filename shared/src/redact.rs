@@ -7,7 +7,7 @@
 //! guess) asks for [`SecretString::fingerprint`] explicitly. Its memory is zeroed on drop.
 
 use std::fmt;
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
 /// Short, stable SHA-256 fingerprint for correlating a credential across logs and audit without
 /// revealing it: `sha256:` followed by the first 16 hex digits (64 bits) of the digest.
@@ -22,11 +22,11 @@ pub fn fingerprint_of_sha256(digest: &[u8]) -> String {
 
 /// A secret string: zeroized on drop, never printed.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretString(Zeroizing<String>);
+pub struct SecretString(String);
 
 impl SecretString {
     pub fn new(value: String) -> Self {
-        Self(Zeroizing::new(value))
+        Self(value)
     }
 
     /// The secret itself. Call sites are few and deliberate: signing, verification, the response body.
@@ -45,6 +45,25 @@ impl SecretString {
     pub fn fingerprint(&self) -> String {
         fingerprint(self.0.as_bytes())
     }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        wipe(std::mem::take(&mut self.0).into_bytes());
+    }
+}
+
+/// Zeroes all of `bytes`' buffer (its spare capacity too), then frees it. In bulk: `zeroize`
+/// zeroes a `Vec` (so a `Zeroizing<String>`) one volatile byte write at a time, a cost per
+/// request for a subject token of a kilobyte or two; a slice it zeroes with one fill that an
+/// optimization barrier keeps the compiler from removing.
+pub fn wipe(mut bytes: Vec<u8>) {
+    zero(&mut bytes);
+}
+
+fn zero(bytes: &mut Vec<u8>) {
+    bytes.as_mut_slice().zeroize();
+    bytes.spare_capacity_mut().zeroize();
 }
 
 impl From<String> for SecretString {
@@ -80,6 +99,23 @@ mod tests {
             "a fingerprint of the value is shown: {shown}"
         );
         assert_eq!(format!("{s}"), "[REDACTED]");
+    }
+
+    #[test]
+    fn zero_clears_the_whole_buffer_spare_capacity_too() {
+        let mut bytes = Vec::with_capacity(100);
+        bytes.extend_from_slice(&[0xbb; 100]);
+        bytes.truncate(37);
+        zero(&mut bytes);
+        assert_eq!((bytes.len(), bytes.capacity()), (37, 100));
+        assert!(bytes.iter().all(|&b| b == 0));
+        // SAFETY: every byte of the spare capacity was written (0xbb, then zero).
+        assert!(
+            bytes
+                .spare_capacity_mut()
+                .iter()
+                .all(|b| unsafe { b.assume_init() } == 0)
+        );
     }
 
     #[test]
