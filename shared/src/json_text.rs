@@ -11,42 +11,55 @@ pub fn push_str(out: &mut String, value: &str) {
     // Room for a few escapes too: growing the buffer would copy all of it.
     out.reserve(bytes.len() + bytes.len() / 8 + 2);
     out.push('"');
+    // `copied`: the bytes before it are in `out`. Each step reads the 8 bytes from `at` and
+    // jumps to the first that needs an escape, or past all 8: a byte at a time never.
     let (mut copied, mut at) = (0, 0);
     while at < bytes.len() {
-        let end = (at + 8).min(bytes.len());
-        if let Ok(word) = <[u8; 8]>::try_from(&bytes[at..end])
-            && !word_needs_escape(u64::from_le_bytes(word))
-        {
-            at = end;
-            continue;
-        }
-        for (index, &byte) in bytes.iter().enumerate().take(end).skip(at) {
-            if needs_escape(byte) {
+        match first_escape(word_at(bytes, at)) {
+            None => at += 8,
+            Some(offset) => {
+                let index = at + offset;
+                // Only the padding lies past the end, and it needs no escape.
+                let Some(&byte) = bytes.get(index) else { break };
                 // `index` is an ASCII byte, so both slices end on character boundaries.
                 out.push_str(&value[copied..index]);
                 push_escape(out, byte);
                 copied = index + 1;
+                at = index + 1;
             }
         }
-        at = end;
     }
     out.push_str(&value[copied..]);
     out.push('"');
 }
 
-/// Whether any of the eight bytes of `word` needs an escape, in a few integer operations
-/// (exact: the classic tests for a byte below a value and for a zero byte). Portable, and fast
-/// under the release profile's `opt-level = "s"`, which does not vectorize loops.
-fn word_needs_escape(word: u64) -> bool {
+/// The 8 bytes of `bytes` from `at` (< its length), as a little-endian word; past the end, spaces
+/// (which need no escape).
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [b' '; 8];
+    let rest = &bytes[at..];
+    let len = rest.len().min(8);
+    word[..len].copy_from_slice(&rest[..len]);
+    u64::from_le_bytes(word)
+}
+
+/// The position of the first of the eight bytes of `word` (little-endian) that needs an escape,
+/// in a few integer operations: the classic tests for a byte below a value and for a zero byte.
+/// They can also flag a byte above a flagged one (a borrow runs upwards), never one below it, so
+/// the lowest flag is exact. Portable, and fast under the release profile's `opt-level = "s"`,
+/// which does not vectorize loops.
+fn first_escape(word: u64) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_byte_in = |x: u64| x.wrapping_sub(ONES) & !x;
     let below_space = word.wrapping_sub(ONES * 0x20) & !word;
     let quote = zero_byte_in(word ^ (ONES * u64::from(b'"')));
     let backslash = zero_byte_in(word ^ (ONES * u64::from(b'\\')));
-    (below_space | quote | backslash) & HIGH != 0
+    let flags = (below_space | quote | backslash) & HIGH;
+    (flags != 0).then(|| flags.trailing_zeros() as usize / 8)
 }
 
+#[cfg(test)]
 fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\'
 }
@@ -112,28 +125,39 @@ mod tests {
     }
 
     #[test]
-    fn a_word_needs_an_escape_exactly_when_one_of_its_bytes_does() {
-        for byte in 0u8..=255 {
-            for position in 0..8 {
-                let mut word = [b'a'; 8];
-                word[position] = byte;
-                assert_eq!(
-                    word_needs_escape(u64::from_le_bytes(word)),
-                    needs_escape(byte),
-                    "{byte:#04x} at {position}"
-                );
-                // Next to bytes that borrow or carry (0x00, 0x80, 0xff) too.
-                for neighbour in [0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff] {
-                    let mut word = [neighbour; 8];
-                    word[position] = byte;
-                    let expected = word.iter().any(|&b| needs_escape(b));
-                    assert_eq!(
-                        word_needs_escape(u64::from_le_bytes(word)),
-                        expected,
-                        "{byte:#04x} among {neighbour:#04x}"
-                    );
+    fn the_first_byte_of_a_word_that_needs_an_escape_is_found_exactly() {
+        // Every pair of bytes at every pair of positions, among neighbours that borrow or carry
+        // (0x00, 0x80, 0xff...): a flag above a flagged byte must not hide or move the first.
+        let expected = |word: &[u8; 8]| word.iter().position(|&b| needs_escape(b));
+        for neighbour in [b'a', 0x00, 0x1f, 0x20, 0x21, 0x23, 0x5d, 0x7f, 0x80, 0xff] {
+            for low in 0..8 {
+                for high in low + 1..8 {
+                    for first in 0u8..=255 {
+                        for second in [0x00, 0x01, 0x1f, 0x20, b'"', b'#', b'\\', b']', 0x7f, 0x80, 0xff, first] {
+                            let mut word = [neighbour; 8];
+                            word[low] = first;
+                            word[high] = second;
+                            assert_eq!(first_escape(u64::from_le_bytes(word)), expected(&word), "{word:02x?}");
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn text_shorter_than_a_word_and_escapes_at_its_end_are_written_as_serde_json_writes_them() {
+        for value in [
+            "",
+            "a",
+            "\"",
+            "ab\\",
+            "abcdefg\n",
+            "abcdefgh\u{1}",
+            "é\"",
+            "\"\"\"\"\"\"\"\"\"",
+        ] {
+            assert_eq!(literal(value), serde_json::to_string(value).unwrap(), "{value:?}");
         }
     }
 }
