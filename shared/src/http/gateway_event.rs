@@ -140,8 +140,14 @@ fn headers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HeaderMap, D::E
 /// the status only: the body is a credential.
 pub struct HttpApiResponse {
     status_code: u16,
-    json: Box<serde_json::value::RawValue>,
+    /// `None`: our JSON did not read back as JSON (the tests show it always does); the response
+    /// is then `UNWRITABLE`, a 500 with no body.
+    json: Option<Box<serde_json::value::RawValue>>,
 }
+
+/// The response written when the one built is not JSON.
+const UNWRITABLE: &str =
+    r#"{"statusCode":500,"headers":{},"multiValueHeaders":{},"isBase64Encoded":false,"cookies":[]}"#;
 
 impl HttpApiResponse {
     pub fn new(status_code: u16, headers: &HeaderMap, body: Option<(&str, bool)>) -> Self {
@@ -176,13 +182,16 @@ impl HttpApiResponse {
             r#","isBase64Encoded":false,"cookies":[]}"#
         });
         // Checked as JSON once more by serde_json (a scan, no escaping); written as it is.
-        let json = serde_json::value::RawValue::from_string(json).unwrap_or_else(|_| {
-            serde_json::value::RawValue::from_string(
-                r#"{"statusCode":500,"headers":{},"multiValueHeaders":{},"isBase64Encoded":false,"cookies":[]}"#.into(),
-            )
-            .expect("a constant JSON object")
-        });
-        Self { status_code, json }
+        match serde_json::value::RawValue::from_string(json) {
+            Ok(json) => Self {
+                status_code,
+                json: Some(json),
+            },
+            Err(_) => Self {
+                status_code: 500,
+                json: None,
+            },
+        }
     }
 
     pub fn status_code(&self) -> u16 {
@@ -191,13 +200,19 @@ impl HttpApiResponse {
 
     /// The JSON API Gateway receives.
     pub fn json(&self) -> &str {
-        self.json.get()
+        self.json
+            .as_deref()
+            .map_or(UNWRITABLE, serde_json::value::RawValue::get)
     }
 }
 
 impl serde::Serialize for HttpApiResponse {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.json.serialize(serializer)
+        let json: &serde_json::value::RawValue = match &self.json {
+            Some(json) => json,
+            None => serde_json::from_str(UNWRITABLE).map_err(serde::ser::Error::custom)?,
+        };
+        json.serialize(serializer)
     }
 }
 
@@ -316,5 +331,18 @@ mod tests {
             let (typed, lean) = both(&event);
             assert!(typed.is_some() && lean.is_some(), "{event}: {typed:?} / {lean:?}");
         }
+    }
+
+    #[test]
+    fn a_response_that_is_not_json_is_written_as_a_500_without_a_body() {
+        let unwritable = HttpApiResponse {
+            status_code: 500,
+            json: None,
+        };
+        assert_eq!(unwritable.json(), UNWRITABLE);
+        assert_eq!(serde_json::to_string(&unwritable).unwrap(), UNWRITABLE);
+        let read: lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse =
+            serde_json::from_str(UNWRITABLE).unwrap();
+        assert_eq!((read.status_code, read.body), (500, None));
     }
 }
