@@ -36,8 +36,12 @@ pub fn push_str(out: &mut String, value: &str) {
 /// The 8 bytes of `bytes` from `at` (< its length), as a little-endian word; past the end, spaces
 /// (which need no escape).
 fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let rest = bytes.get(at..).unwrap_or_default();
+    // A fixed 8-byte read; only the tail takes the padded copy (of a variable length).
+    if let Some(word) = rest.first_chunk::<8>() {
+        return u64::from_le_bytes(*word);
+    }
     let mut word = [b' '; 8];
-    let rest = &bytes[at..];
     let len = rest.len().min(8);
     word[..len].copy_from_slice(&rest[..len]);
     u64::from_le_bytes(word)

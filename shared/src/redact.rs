@@ -49,18 +49,14 @@ impl SecretString {
 
 impl Drop for SecretString {
     fn drop(&mut self) {
-        wipe(std::mem::take(&mut self.0).into_bytes());
+        zero(&mut std::mem::take(&mut self.0).into_bytes());
     }
 }
 
-/// Zeroes all of `bytes`' buffer (its spare capacity too), then frees it. In bulk: `zeroize`
-/// zeroes a `Vec` (so a `Zeroizing<String>`) one volatile byte write at a time, a cost per
-/// request for a subject token of a kilobyte or two; a slice it zeroes with one fill that an
-/// optimization barrier keeps the compiler from removing.
-pub fn wipe(mut bytes: Vec<u8>) {
-    zero(&mut bytes);
-}
-
+/// Zeroes all of `bytes`' buffer, its spare capacity too. In bulk: `zeroize` zeroes a `Vec` (so
+/// a `Zeroizing<String>`) one volatile byte write at a time, a cost per request for a subject
+/// token of a kilobyte or two; a slice it zeroes with one fill that an optimization barrier keeps
+/// the compiler from removing.
 fn zero(bytes: &mut Vec<u8>) {
     bytes.as_mut_slice().zeroize();
     bytes.spare_capacity_mut().zeroize();
