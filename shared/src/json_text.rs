@@ -41,9 +41,12 @@ fn word_at(bytes: &[u8], at: usize) -> u64 {
     if let Some(word) = rest.first_chunk::<8>() {
         return u64::from_le_bytes(*word);
     }
+    // Under 8 bytes: copied byte by byte, which `"s"` keeps inline (a copy of a variable length
+    // is a `memcpy` call).
     let mut word = [b' '; 8];
-    let len = rest.len().min(8);
-    word[..len].copy_from_slice(&rest[..len]);
+    for (slot, &byte) in word.iter_mut().zip(rest) {
+        *slot = byte;
+    }
     u64::from_le_bytes(word)
 }
 
