@@ -5,9 +5,9 @@
 //! Not tracing-subscriber's formatter: per event it formats the timestamp into a new String, and
 //! re-parses every enclosing span's fields from JSON (the Lambda runtime's `requestId` span
 //! encloses every line). Here a span's fields are rendered once, when it is created or recorded,
-//! and spliced into each line; strings are escaped by serde_json as before. A span recording a
-//! field twice keeps both entries (tracing-subscriber keeps the last); the broker records none
-//! twice.
+//! and spliced into each line; strings are escaped as serde_json escapes them (`json_text`). A
+//! span recording a field twice keeps both entries (tracing-subscriber keeps the last); the
+//! broker records none twice.
 
 use crate::json_text::push_str as push_json_str;
 use std::cell::RefCell;
