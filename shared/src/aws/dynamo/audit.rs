@@ -67,13 +67,13 @@ impl AuditWriter {
     /// (building the request); the inner one is DynamoDB's answer, for callers to interpret.
     pub(crate) async fn transact(
         &self,
-        items: Vec<TransactWriteItem>,
+        mut items: Vec<TransactWriteItem>,
         event: &AuditEvent,
     ) -> Result<std::result::Result<(), TransactError>> {
         let mut chain = self.chain.lock().await;
         chain.ensure_certified().await?;
         let link = chain.next_link(event)?;
-        let audit = put_new(&self.table, audit_item(event, &link), "chain")?;
+        super::release_items::push_put_new(&mut items, &self.table, audit_item(event, &link), "chain")?;
         // The token names this exact transaction (its audit link hashes the event, which names
         // what changes): a retry of it after a lost response is a no-op success in DynamoDB,
         // never a second application that fails its own conditions.
@@ -85,7 +85,6 @@ impl AuditWriter {
             self.client
                 .transact_write_items()
                 .set_transact_items(Some(items))
-                .transact_items(audit)
                 .client_request_token(token)
                 .send(),
         )

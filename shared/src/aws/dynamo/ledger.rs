@@ -1,12 +1,13 @@
 //! The leases table: releases, revocations and fences, each one transaction with its audit event.
 
+use super::release_items::{push_fence_check, push_put_new};
 use super::*;
 use crate::domain::{AuditEvent, Fence, FenceRef, Lease, LeaseStatus, Revocation};
 use crate::error::TokenRejection;
 use crate::error::{BrokerError, Result};
 use crate::ports::{LeaseLedger, ReplayGuard};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 
 pub struct DynamoLedger {
     client: aws_sdk_dynamodb::Client,
@@ -256,17 +257,6 @@ pub(crate) fn fence_deletes(registry: &str, fence: &Fence, raised: bool) -> Resu
         .collect()
 }
 
-pub(super) fn fence_check(registry: &str, fence: FenceRef<'_>, shard: u32) -> Result<TransactWriteItem> {
-    let check = ConditionCheck::builder()
-        .table_name(registry)
-        .key("pk", s(keys::fence_pk(fence, shard)))
-        .key("sk", s(keys::FENCE_SK))
-        .condition_expression("attribute_not_exists(pk)")
-        .build()
-        .map_err(build_err)?;
-    Ok(TransactWriteItem::builder().condition_check(check).build())
-}
-
 #[async_trait]
 impl crate::ports::LeaseReader for DynamoLedger {
     async fn lease(&self, lease_id: &str) -> Result<Option<Lease>> {
@@ -285,7 +275,7 @@ impl DynamoLedger {
         // Room for all of them and the audit append: each item is about a kilobyte, and a
         // growing vector would move them (a few kB of copies per release).
         let mut items = Vec::with_capacity(RELEASE_ITEM_KINDS);
-        items.push(put_new(&self.leases_table, Self::lease_item(lease), "pk")?);
+        push_put_new(&mut items, &self.leases_table, Self::lease_item(lease), "pk")?;
         let mut roles = vec![ReleaseItem::Lease];
         if let Some(guard) = replay {
             let item = Item::from([
@@ -293,7 +283,7 @@ impl DynamoLedger {
                 ("sk".to_string(), s(keys::REPLAY_SK)),
                 ("ttl".to_string(), n(guard.expires_at)),
             ]);
-            items.push(put_new(&self.leases_table, item, "pk")?);
+            push_put_new(&mut items, &self.leases_table, item, "pk")?;
             roles.push(ReleaseItem::Replay);
         }
         // Neither the grant nor a secret revoked, nor the subject or its issuer fenced, when the
@@ -304,19 +294,19 @@ impl DynamoLedger {
         // concurrent releases cancel each other).
         if let Some(registry) = &self.registry_table {
             let shard = keys::fence_shard(&lease.lease_id);
-            items.push(fence_check(registry, FenceRef::Grant(&lease.grant_id), shard)?);
+            push_fence_check(&mut items, registry, FenceRef::Grant(&lease.grant_id), shard)?;
             roles.push(ReleaseItem::Grant);
             if lease.kind == crate::domain::TargetKind::Secret {
-                items.push(fence_check(registry, FenceRef::Secret(&lease.target), shard)?);
+                push_fence_check(&mut items, registry, FenceRef::Secret(&lease.target), shard)?;
                 roles.push(ReleaseItem::Secret);
             }
             let subject = FenceRef::Subject {
                 issuer: &lease.issuer,
                 subject: &lease.subject,
             };
-            items.push(fence_check(registry, subject, shard)?);
+            push_fence_check(&mut items, registry, subject, shard)?;
             roles.push(ReleaseItem::SubjectFence);
-            items.push(fence_check(registry, FenceRef::Issuer(&lease.issuer), shard)?);
+            push_fence_check(&mut items, registry, FenceRef::Issuer(&lease.issuer), shard)?;
             roles.push(ReleaseItem::IssuerFence);
         }
         roles.push(ReleaseItem::Audit);
