@@ -231,3 +231,16 @@ fn a_fence_has_one_storage_key_whoever_names_it() {
         }
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn release_keys_are_what_format_writes(id in ".{0,40}", other in ".{0,40}", shard in 0..keys::FENCE_SHARDS) {
+        proptest::prop_assert_eq!(keys::lease_pk(&id), format!("LEASE#{id}"));
+        proptest::prop_assert_eq!(keys::replay_pk(&id), format!("REPLAY#{id}"));
+        proptest::prop_assert_eq!(keys::subject_key(&id, &other), format!("{id}#{other}"));
+        let h = id.bytes().fold(0u32, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u32));
+        proptest::prop_assert_eq!(keys::active_shard(&id), format!("ACTIVE#{}", h % ACTIVE_SHARDS));
+        let fence = crate::domain::FenceRef::Subject { issuer: &id, subject: &other };
+        proptest::prop_assert_eq!(keys::fence_pk(fence, shard), format!("FENCE#{shard}#subject#{id}#{other}"));
+    }
+}
