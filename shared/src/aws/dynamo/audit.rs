@@ -1,7 +1,7 @@
 //! Audit chains in the audit table: every audited change is written in the same transaction as
 //! its event.
 
-use super::audit_query::INDEX_ATTRIBUTES;
+use super::release_items::audit_item;
 use super::*;
 use crate::audit::{AuditChain, ChainLink};
 use crate::domain::AuditEvent;
@@ -20,29 +20,6 @@ pub const LINK_ATTRIBUTES: &[&str] = &[
     "chain_cert",
     "chain_cert_key",
 ];
-
-pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Item {
-    let mut item = super::release_items::event_attributes(event, LINK_ATTRIBUTES.len() + INDEX_ATTRIBUTES.len());
-    let mut put = |name: &str, value| {
-        item.insert(name.to_string(), value);
-    };
-    put("chain", s(&link.chain));
-    put("seq", n(link.seq));
-    put("prev_hash", s(&link.prev_hash));
-    put("hash", s(&link.hash));
-    put("sig", s(&link.signature));
-    for (name, value) in super::audit_query::index_attributes(event, &link.chain) {
-        put(name, value);
-    }
-    if let Some(opening) = &link.opening {
-        put("chain_key", s(&opening.public_key));
-        if !opening.certificate.is_empty() {
-            put("chain_cert", s(&opening.certificate));
-            put("chain_cert_key", s(&opening.certificate_key_id));
-        }
-    }
-    item
-}
 
 /// One writer's audit chain in the audit table (one per execution environment and adapter).
 /// Every change recorded through it is written in the same transaction as its event.

@@ -1,6 +1,6 @@
 //! The leases table: releases, revocations and fences, each one transaction with its audit event.
 
-use super::release_items::{push_fence_check, push_put_new};
+use super::release_items::{lease_item, push_fence_check, push_put_new};
 use super::*;
 use crate::domain::{AuditEvent, Fence, FenceRef, Lease, LeaseStatus, Revocation};
 use crate::error::TokenRejection;
@@ -103,21 +103,6 @@ impl DynamoLedger {
         self.registry_table
             .as_deref()
             .ok_or_else(|| BrokerError::Config("the ledger needs the registry table for fences".into()))
-    }
-
-    pub(super) fn lease_item(lease: &Lease) -> Item {
-        let mut item = super::release_items::lease_attributes(lease, 5);
-        let mut put = |name: &str, value| {
-            item.insert(name.to_string(), value);
-        };
-        put("pk", s(keys::lease_pk(&lease.lease_id)));
-        put("sk", s(keys::LEASE_SK));
-        put("subject_key", s(keys::subject_key(&lease.issuer, &lease.subject)));
-        put("ttl", n(lease.expires_at + LEASE_RETENTION_SECONDS));
-        if lease.status == LeaseStatus::Active {
-            put("active_shard", s(keys::active_shard(&lease.lease_id)));
-        }
-        item
     }
 }
 
@@ -275,7 +260,7 @@ impl DynamoLedger {
         // Room for all of them and the audit append: each item is about a kilobyte, and a
         // growing vector would move them (a few kB of copies per release).
         let mut items = Vec::with_capacity(RELEASE_ITEM_KINDS);
-        push_put_new(&mut items, &self.leases_table, Self::lease_item(lease), "pk")?;
+        push_put_new(&mut items, &self.leases_table, lease_item(lease), "pk")?;
         let mut roles = vec![ReleaseItem::Lease];
         if let Some(guard) = replay {
             let item = Item::from([

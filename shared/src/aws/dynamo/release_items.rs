@@ -6,11 +6,14 @@
 //! fields left out, `Vec<String>` as a list of strings, enums by their serde names), so records are
 //! read back with `from_item` as before; the tests below hold the two to that for arbitrary values.
 
-use super::{Item, build_err, keys, n, s};
-use crate::domain::{AuditEvent, FenceRef, Lease};
+use super::audit_query::index_attributes;
+use super::{Item, LEASE_RETENTION_SECONDS, build_err, keys, n, s};
+use crate::audit::ChainLink;
+use crate::domain::{AuditEvent, FenceRef, Lease, LeaseStatus};
 use crate::error::Result;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 // A release's transaction items are built in the vector that carries them, their members set in
 // place. A `TransactWriteItem` is 888 bytes and, under `opt-level = "s"`, every builder call takes
@@ -59,61 +62,174 @@ pub(super) fn push_fence_check(
     Ok(())
 }
 
-/// A lease's own attributes (the caller adds its keys and index attributes).
-pub(super) fn lease_attributes(lease: &Lease, room_for: usize) -> Item {
-    let mut item = Item::with_capacity(17 + room_for);
-    let mut put = |name: &str, value: AttributeValue| {
-        item.insert(name.to_string(), value);
-    };
-    put("lease_id", s(&lease.lease_id));
-    put("kind", s(lease.kind.as_str()));
-    put("issuer", s(&lease.issuer));
-    put("subject", s(&lease.subject));
-    put("grant_id", s(&lease.grant_id));
-    put("target", s(&lease.target));
-    put("environment", s(&lease.environment));
-    put("scope", AttributeValue::L(lease.scope.iter().map(s).collect()));
-    put("subject_token_fingerprint", s(&lease.subject_token_fingerprint));
-    put("key_id", s(&lease.key_id));
-    if let Some(version) = &lease.secret_version {
-        put("secret_version", s(version));
-    }
-    if let Some(key) = &lease.aws_access_key_id {
-        put("aws_access_key_id", s(key));
-    }
-    put("issued_at", n(lease.issued_at));
-    put("expires_at", n(lease.expires_at));
-    put("status", s(lease.status.as_str()));
-    if let Some(destination) = &lease.destination {
-        put("destination", s(destination));
+// The items are filled in from templates that hold the attributes a release's item has, as
+// `NULL` placeholders. Cloning a template copies its table slot by slot, and filling visits each
+// slot; inserting would hash every name (the SDK's item type fixes std's SipHash), which cost more
+// than the rest of building a release's forty-odd attributes. A template attribute without a value
+// is removed; the few attributes a release does not have are inserted when present.
+
+/// Every attribute of a new lease's item but the optional ones (inserted when present).
+const LEASE_TEMPLATE_ATTRIBUTES: [&str; 18] = [
+    "lease_id",
+    "kind",
+    "issuer",
+    "subject",
+    "grant_id",
+    "target",
+    "environment",
+    "scope",
+    "subject_token_fingerprint",
+    "key_id",
+    "issued_at",
+    "expires_at",
+    "status",
+    "pk",
+    "sk",
+    "subject_key",
+    "ttl",
+    "active_shard",
+];
+
+/// The attributes of a release's audit item: the event's (a denial's reason and a rotation's
+/// versions are inserted when present), its link's (and a chain's opening when present), its
+/// index attributes.
+const AUDIT_TEMPLATE_ATTRIBUTES: [&str; 21] = [
+    "event_id",
+    "at",
+    "action",
+    "outcome",
+    "actor_issuer",
+    "actor_subject",
+    "target",
+    "grant_id",
+    "lease_id",
+    "token_fingerprint",
+    "request_id",
+    "chain",
+    "seq",
+    "prev_hash",
+    "hash",
+    "sig",
+    "time_shard",
+    "at_id",
+    "subject_key",
+    "target_key",
+    "grant_key",
+];
+
+fn template(names: &[&str]) -> Item {
+    names
+        .iter()
+        .map(|name| (name.to_string(), AttributeValue::Null(true)))
+        .collect()
+}
+
+static LEASE_TEMPLATE: LazyLock<Item> = LazyLock::new(|| template(&LEASE_TEMPLATE_ATTRIBUTES));
+
+static AUDIT_TEMPLATE: LazyLock<Item> = LazyLock::new(|| template(&AUDIT_TEMPLATE_ATTRIBUTES));
+
+/// `template` with each attribute's value from `value_of`, or removed when it has none, and then
+/// each of `others` that has a value.
+fn filled<'a>(
+    template: &Item,
+    mut value_of: impl FnMut(&str) -> Option<AttributeValue>,
+    others: impl IntoIterator<Item = (&'a str, Option<AttributeValue>)>,
+) -> Item {
+    let mut item = template.clone();
+    item.retain(|name, slot| match value_of(name) {
+        Some(value) => {
+            *slot = value;
+            true
+        }
+        None => false,
+    });
+    for (name, value) in others {
+        if let Some(value) = value {
+            item.insert(name.to_string(), value);
+        }
     }
     item
 }
 
-/// An audit event's own attributes (the audit writer adds its chain link and index attributes).
-pub(super) fn event_attributes(event: &AuditEvent, room_for: usize) -> Item {
-    let mut item = Item::with_capacity(14 + room_for);
-    let mut put = |name: &str, value: Option<AttributeValue>| {
-        if let Some(value) = value {
-            item.insert(name.to_string(), value);
-        }
-    };
+/// A lease as its item: its attributes, keys and index attributes.
+pub(super) fn lease_item(lease: &Lease) -> Item {
     let text = |value: &Option<String>| value.as_ref().map(s);
-    put("event_id", Some(s(&event.event_id)));
-    put("at", Some(n(event.at)));
-    put("action", Some(s(event.action.as_str())));
-    put("outcome", Some(s(event.outcome.as_str())));
-    put("actor_issuer", text(&event.actor_issuer));
-    put("actor_subject", text(&event.actor_subject));
-    put("target", text(&event.target));
-    put("grant_id", text(&event.grant_id));
-    put("lease_id", text(&event.lease_id));
-    put("reason", text(&event.reason));
-    put("token_fingerprint", text(&event.token_fingerprint));
-    put("old_version", text(&event.old_version));
-    put("new_version", text(&event.new_version));
-    put("request_id", text(&event.request_id));
-    item
+    filled(
+        &LEASE_TEMPLATE,
+        |name| {
+            Some(match name {
+                "lease_id" => s(&lease.lease_id),
+                "kind" => s(lease.kind.as_str()),
+                "issuer" => s(&lease.issuer),
+                "subject" => s(&lease.subject),
+                "grant_id" => s(&lease.grant_id),
+                "target" => s(&lease.target),
+                "environment" => s(&lease.environment),
+                "scope" => AttributeValue::L(lease.scope.iter().map(s).collect()),
+                "subject_token_fingerprint" => s(&lease.subject_token_fingerprint),
+                "key_id" => s(&lease.key_id),
+                "issued_at" => n(lease.issued_at),
+                "expires_at" => n(lease.expires_at),
+                "status" => s(lease.status.as_str()),
+                "pk" => s(keys::lease_pk(&lease.lease_id)),
+                "sk" => s(keys::LEASE_SK),
+                "subject_key" => s(keys::subject_key(&lease.issuer, &lease.subject)),
+                "ttl" => n(lease.expires_at + LEASE_RETENTION_SECONDS),
+                // Only active leases are on the sparse expiry index.
+                "active_shard" if lease.status == LeaseStatus::Active => s(keys::active_shard(&lease.lease_id)),
+                _ => return None,
+            })
+        },
+        [
+            ("secret_version", text(&lease.secret_version)),
+            ("aws_access_key_id", text(&lease.aws_access_key_id)),
+            ("destination", text(&lease.destination)),
+        ],
+    )
+}
+
+/// An audit event as its item: its attributes, its chain link's and its index attributes.
+pub(crate) fn audit_item(event: &AuditEvent, link: &ChainLink) -> Item {
+    let mut index = index_attributes(event, &link.chain);
+    let text = |value: &Option<String>| value.as_ref().map(s);
+    let opening = link.opening.as_ref();
+    let certificate = opening.filter(|opening| !opening.certificate.is_empty());
+    filled(
+        &AUDIT_TEMPLATE,
+        |name| match name {
+            "event_id" => Some(s(&event.event_id)),
+            "at" => Some(n(event.at)),
+            "action" => Some(s(event.action.as_str())),
+            "outcome" => Some(s(event.outcome.as_str())),
+            "actor_issuer" => text(&event.actor_issuer),
+            "actor_subject" => text(&event.actor_subject),
+            "target" => text(&event.target),
+            "grant_id" => text(&event.grant_id),
+            "lease_id" => text(&event.lease_id),
+            "token_fingerprint" => text(&event.token_fingerprint),
+            "request_id" => text(&event.request_id),
+            "chain" => Some(s(&link.chain)),
+            "seq" => Some(n(link.seq)),
+            "prev_hash" => Some(s(&link.prev_hash)),
+            "hash" => Some(s(&link.hash)),
+            "sig" => Some(s(&link.signature)),
+            _ => {
+                let at = index.iter().position(|(index_name, _)| *index_name == name)?;
+                Some(index.swap_remove(at).1)
+            }
+        },
+        [
+            ("reason", text(&event.reason)),
+            ("old_version", text(&event.old_version)),
+            ("new_version", text(&event.new_version)),
+            ("chain_key", opening.map(|opening| s(&opening.public_key))),
+            ("chain_cert", certificate.map(|opening| s(&opening.certificate))),
+            (
+                "chain_cert_key",
+                certificate.map(|opening| s(&opening.certificate_key_id)),
+            ),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -139,7 +255,8 @@ mod tests {
                 proptest::option::of(text()),
                 proptest::option::of(text()),
                 any::<i64>(),
-                any::<i64>(),
+                // Times a lease can have (its item's ttl adds the retention period).
+                -(1i64 << 40)..(1i64 << 40),
                 0..3usize,
                 0..3usize,
             ),
@@ -169,15 +286,58 @@ mod tests {
             )
     }
 
+    fn link() -> impl Strategy<Value = ChainLink> {
+        let certificate = prop_oneof![Just(String::new()), text()];
+        let opening = proptest::option::of((text(), certificate, text()));
+        (text(), any::<i64>(), text(), text(), text(), opening).prop_map(
+            |(chain, seq, prev_hash, hash, signature, opening)| ChainLink {
+                chain,
+                seq,
+                prev_hash,
+                hash,
+                signature,
+                opening: opening.map(
+                    |(public_key, certificate, certificate_key_id)| crate::audit::ChainOpening {
+                        public_key,
+                        certificate,
+                        certificate_key_id,
+                    },
+                ),
+            },
+        )
+    }
+
     proptest! {
         #[test]
-        fn a_lease_item_is_what_serde_dynamo_makes_of_it(lease in lease()) {
-            prop_assert_eq!(lease_attributes(&lease, 0), reference(&lease));
+        fn a_lease_item_is_its_serde_dynamo_form_and_its_keys(lease in lease()) {
+            let mut expected = reference(&lease);
+            expected.insert("pk".into(), s(keys::lease_pk(&lease.lease_id)));
+            expected.insert("sk".into(), s(keys::LEASE_SK));
+            expected.insert("subject_key".into(), s(keys::subject_key(&lease.issuer, &lease.subject)));
+            expected.insert("ttl".into(), n(lease.expires_at + LEASE_RETENTION_SECONDS));
+            if lease.status == LeaseStatus::Active {
+                expected.insert("active_shard".into(), s(keys::active_shard(&lease.lease_id)));
+            }
+            prop_assert_eq!(lease_item(&lease), expected);
         }
 
         #[test]
-        fn an_event_item_is_what_serde_dynamo_makes_of_it(event in audit_event()) {
-            prop_assert_eq!(event_attributes(&event, 0), reference(&event));
+        fn an_audit_item_is_its_serde_dynamo_form_its_link_and_its_index(event in audit_event(), link in link()) {
+            let mut expected = reference(&event);
+            expected.insert("chain".into(), s(&link.chain));
+            expected.insert("seq".into(), n(link.seq));
+            expected.insert("prev_hash".into(), s(&link.prev_hash));
+            expected.insert("hash".into(), s(&link.hash));
+            expected.insert("sig".into(), s(&link.signature));
+            if let Some(opening) = &link.opening {
+                expected.insert("chain_key".into(), s(&opening.public_key));
+                if !opening.certificate.is_empty() {
+                    expected.insert("chain_cert".into(), s(&opening.certificate));
+                    expected.insert("chain_cert_key".into(), s(&opening.certificate_key_id));
+                }
+            }
+            expected.extend(index_attributes(&event, &link.chain).into_iter().map(|(name, value)| (name.to_string(), value)));
+            prop_assert_eq!(audit_item(&event, &link), expected);
         }
     }
 

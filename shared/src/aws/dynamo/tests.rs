@@ -162,7 +162,7 @@ async fn release_cancellations_are_read_by_their_reasons() {
 
 #[test]
 fn lease_items_carry_index_attributes_and_no_nulls() {
-    let item = DynamoLedger::lease_item(&lease());
+    let item = release_items::lease_item(&lease());
     assert_eq!(item["pk"].as_s().unwrap(), "LEASE#lease-1");
     assert_eq!(item["subject_key"].as_s().unwrap(), "https://idp#sub");
     assert!(item["active_shard"].as_s().unwrap().starts_with("ACTIVE#"));
@@ -170,7 +170,7 @@ fn lease_items_carry_index_attributes_and_no_nulls() {
     assert!(item.values().all(|v| !v.is_null()));
     let mut revoked = lease();
     revoked.status = LeaseStatus::Revoked;
-    assert!(!DynamoLedger::lease_item(&revoked).contains_key("active_shard"));
+    assert!(!release_items::lease_item(&revoked).contains_key("active_shard"));
     let back: Lease = from_item(item, "lease").unwrap();
     assert_eq!(back, lease());
 }
