@@ -1,10 +1,13 @@
-//! The two items every release writes (its lease and its audit event), built attribute by
-//! attribute rather than through `serde_dynamo`: they are on the path of every request, and the
-//! generic serializer cost more than the rest of the item building together.
+//! What every release writes: its lease's item and its audit event's (with their keys, link and
+//! index attributes), and the transaction items that carry them and its fence checks. They are on
+//! the path of every request, so they are built by hand rather than through `serde_dynamo` (whose
+//! generic serializer cost more than the rest of the item building together) or the SDK's builder
+//! chains.
 //!
-//! The result is exactly what `serde_dynamo::to_item` makes of the same value (absent and `None`
-//! fields left out, `Vec<String>` as a list of strings, enums by their serde names), so records are
-//! read back with `from_item` as before; the tests below hold the two to that for arbitrary values.
+//! A record's own attributes are exactly what `serde_dynamo::to_item` makes of it (absent and
+//! `None` fields left out, `Vec<String>` as a list of strings, enums by their serde names), so
+//! records are read back with `from_item` as before; the tests below hold the two to that for
+//! arbitrary values, and each in-place item to what the builders make.
 
 use super::audit_query::index_attributes;
 use super::{Item, LEASE_RETENTION_SECONDS, build_err, keys, n, s};
