@@ -433,10 +433,11 @@ fn tables_declare_streams_ttl_and_point_in_time_recovery() {
 /// The adapter sources each function's wiring (`nhi_broker::wiring`) runs.
 fn function_sources() -> BTreeMap<&'static str, Vec<&'static str>> {
     // The DynamoDB helpers, registry, ledger and audit chains every function shares.
-    const DYNAMO: [&str; 4] = [
+    const DYNAMO: [&str; 5] = [
         "aws/dynamo/mod.rs",
         "aws/dynamo/registry.rs",
         "aws/dynamo/ledger.rs",
+        "aws/dynamo/release_items.rs",
         "aws/dynamo/audit.rs",
     ];
     const FANOUT: [&str; 3] = [
