@@ -1,7 +1,7 @@
 //! Audit chains in the audit table: every audited change is written in the same transaction as
 //! its event.
 
-use super::release_items::audit_item;
+use super::release_items::{audit_item, push_put_new};
 use super::*;
 use crate::audit::{AuditChain, ChainLink};
 use crate::domain::AuditEvent;
@@ -50,7 +50,7 @@ impl AuditWriter {
         let mut chain = self.chain.lock().await;
         chain.ensure_certified().await?;
         let link = chain.next_link(event)?;
-        super::release_items::push_put_new(&mut items, &self.table, audit_item(event, &link), "chain")?;
+        push_put_new(&mut items, &self.table, audit_item(event, &link), "chain")?;
         // The token names this exact transaction (its audit link hashes the event, which names
         // what changes): a retry of it after a lost response is a no-op success in DynamoDB,
         // never a second application that fails its own conditions.

@@ -20,14 +20,11 @@ pub struct DynamoLedger {
 
 /// A conditional put (the item must not exist yet) inside a transaction.
 pub(crate) fn put_new(table: &str, item: Item, key_attr: &str) -> Result<TransactWriteItem> {
-    let put = Put::builder()
-        .table_name(table)
-        .set_item(Some(item))
-        .condition_expression("attribute_not_exists(#k)")
-        .expression_attribute_names("#k", key_attr)
-        .build()
-        .map_err(build_err)?;
-    Ok(TransactWriteItem::builder().put(put).build())
+    let mut items = Vec::with_capacity(1);
+    push_put_new(&mut items, table, item, key_attr)?;
+    items
+        .pop()
+        .ok_or_else(|| BrokerError::Internal("a put was not built".into()))
 }
 
 pub(crate) fn revocation_item(revocation: &Revocation) -> Result<Item> {
