@@ -1,6 +1,6 @@
 //! The leases table: releases, revocations and fences, each one transaction with its audit event.
 
-use super::release_items::{lease_item, push_fence_check, push_put_new};
+use super::release_items::{lease_item, new_put, push_fence_check, push_put_new};
 use super::*;
 use crate::domain::{AuditEvent, Fence, FenceRef, Lease, LeaseStatus, Revocation};
 use crate::error::TokenRejection;
@@ -20,11 +20,9 @@ pub struct DynamoLedger {
 
 /// A conditional put (the item must not exist yet) inside a transaction.
 pub(crate) fn put_new(table: &str, item: Item, key_attr: &str) -> Result<TransactWriteItem> {
-    let mut items = Vec::with_capacity(1);
-    push_put_new(&mut items, table, item, key_attr)?;
-    items
-        .pop()
-        .ok_or_else(|| BrokerError::Internal("a put was not built".into()))
+    Ok(TransactWriteItem::builder()
+        .put(new_put(table, item, key_attr)?)
+        .build())
 }
 
 pub(crate) fn revocation_item(revocation: &Revocation) -> Result<Item> {

@@ -9,7 +9,7 @@
 //! records are read back with `from_item` as before; the tests below hold the two to that for
 //! arbitrary values, and each in-place item to what the builders make.
 
-use super::audit_query::index_attributes;
+use super::audit_query::{INDEX_ATTRIBUTES, index_attributes};
 use super::{Item, LEASE_RETENTION_SECONDS, build_err, keys, n, s};
 use crate::audit::ChainLink;
 use crate::domain::{AuditEvent, FenceRef, Lease, LeaseStatus};
@@ -31,8 +31,8 @@ fn push_blank(items: &mut Vec<TransactWriteItem>) -> &mut TransactWriteItem {
     &mut items[last]
 }
 
-/// Appends a put of `item` into `table`, on condition that no item has its key yet.
-pub(super) fn push_put_new(items: &mut Vec<TransactWriteItem>, table: &str, item: Item, key_attr: &str) -> Result<()> {
+/// A put of `item` into `table`, on condition that no item has its key yet.
+pub(super) fn new_put(table: &str, item: Item, key_attr: &str) -> Result<Put> {
     let mut put = Put::builder()
         .table_name(table)
         .set_item(Some(item))
@@ -40,7 +40,12 @@ pub(super) fn push_put_new(items: &mut Vec<TransactWriteItem>, table: &str, item
         .map_err(build_err)?;
     put.condition_expression = Some("attribute_not_exists(#k)".into());
     put.expression_attribute_names = Some(HashMap::from([("#k".into(), key_attr.into())]));
-    push_blank(items).put = Some(put);
+    Ok(put)
+}
+
+/// Appends [`new_put`] of `item`.
+pub(super) fn push_put_new(items: &mut Vec<TransactWriteItem>, table: &str, item: Item, key_attr: &str) -> Result<()> {
+    push_blank(items).put = Some(new_put(table, item, key_attr)?);
     Ok(())
 }
 
@@ -93,10 +98,10 @@ const LEASE_TEMPLATE_ATTRIBUTES: [&str; 18] = [
     "active_shard",
 ];
 
-/// The attributes of a release's audit item: the event's (a denial's reason and a rotation's
-/// versions are inserted when present), its link's (and a chain's opening when present), its
-/// index attributes.
-const AUDIT_TEMPLATE_ATTRIBUTES: [&str; 21] = [
+/// The attributes of a release's audit item besides its index attributes: the event's (a
+/// denial's reason and a rotation's versions are inserted when present) and its link's (a chain's
+/// opening is inserted when present).
+const AUDIT_TEMPLATE_ATTRIBUTES: [&str; 16] = [
     "event_id",
     "at",
     "action",
@@ -113,11 +118,6 @@ const AUDIT_TEMPLATE_ATTRIBUTES: [&str; 21] = [
     "prev_hash",
     "hash",
     "sig",
-    "time_shard",
-    "at_id",
-    "subject_key",
-    "target_key",
-    "grant_key",
 ];
 
 fn template(names: &[&str]) -> Item {
@@ -129,7 +129,8 @@ fn template(names: &[&str]) -> Item {
 
 static LEASE_TEMPLATE: LazyLock<Item> = LazyLock::new(|| template(&LEASE_TEMPLATE_ATTRIBUTES));
 
-static AUDIT_TEMPLATE: LazyLock<Item> = LazyLock::new(|| template(&AUDIT_TEMPLATE_ATTRIBUTES));
+static AUDIT_TEMPLATE: LazyLock<Item> =
+    LazyLock::new(|| template(&[AUDIT_TEMPLATE_ATTRIBUTES.as_slice(), INDEX_ATTRIBUTES].concat()));
 
 /// `template` with each attribute's value from `value_of`, or removed when it has none, and then
 /// each of `others` that has a value.
