@@ -108,7 +108,6 @@ pub fn verify_p256(public_key: &[u8], message: &[u8], signature_b64: &str) -> bo
 /// runs on every audited request.
 pub fn link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> String {
     use crate::json_text::push_str;
-    use std::fmt::Write;
     // Every member by name, none skipped: a member added to `AuditEvent` fails to compile here
     // until it is hashed.
     let AuditEvent {
@@ -131,11 +130,16 @@ pub fn link_hash(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> 
     let mut canonical = String::with_capacity(1024);
     canonical.push_str(r#"{"chain":"#);
     push_str(&mut canonical, chain);
-    let _ = write!(canonical, r#","seq":{seq},"prev_hash":"#);
+    let mut digits = itoa::Buffer::new();
+    canonical.push_str(r#","seq":"#);
+    canonical.push_str(digits.format(seq));
+    canonical.push_str(r#","prev_hash":"#);
     push_str(&mut canonical, prev_hash);
     canonical.push_str(r#","event":{"event_id":"#);
     push_str(&mut canonical, event_id);
-    let _ = write!(canonical, r#","at":{at},"action":"#);
+    canonical.push_str(r#","at":"#);
+    canonical.push_str(digits.format(*at));
+    canonical.push_str(r#","action":"#);
     push_str(&mut canonical, action.as_str());
     canonical.push_str(r#","outcome":"#);
     push_str(&mut canonical, outcome.as_str());

@@ -7,10 +7,17 @@
 
 /// Appends `value` as a JSON string literal (quotes included).
 pub fn push_str(out: &mut String, value: &str) {
-    let bytes = value.as_bytes();
     // Room for a few escapes too: growing the buffer would copy all of it.
-    out.reserve(bytes.len() + bytes.len() / 8 + 2);
+    out.reserve(value.len() + value.len() / 8 + 2);
     out.push('"');
+    push_contents(out, value);
+    out.push('"');
+}
+
+/// Appends `value` escaped as inside a JSON string literal, without its quotes: a literal written
+/// in pieces (`Escaping`).
+pub fn push_contents(out: &mut String, value: &str) {
+    let bytes = value.as_bytes();
     // `copied`: the bytes before it are in `out`. Each step reads the 8 bytes from `at` and
     // jumps to the first that needs an escape, or past all 8: a byte at a time never.
     let (mut copied, mut at) = (0, 0);
@@ -30,7 +37,27 @@ pub fn push_str(out: &mut String, value: &str) {
         }
     }
     out.push_str(&value[copied..]);
-    out.push('"');
+}
+
+/// A `fmt::Write` that escapes what is written into it as JSON string contents: a `Debug` or
+/// `Display` value written as a JSON string in one pass (what serde_json's `collect_str` makes, without
+/// its byte-at-a-time escaping and UTF-8 re-check).
+pub struct Escaping<'a>(pub &'a mut String);
+
+impl std::fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, piece: &str) -> std::fmt::Result {
+        push_contents(self.0, piece);
+        Ok(())
+    }
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits, as `{n:0width$}` writes it, without the
+/// formatting machinery (keys and log timestamps on the request path).
+pub fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    out.push_str(digits);
 }
 
 /// The 8 bytes of `bytes` from `at` (< its length), as a little-endian word; past the end, spaces
@@ -123,6 +150,24 @@ mod tests {
         fn any_text_is_written_as_serde_json_writes_it(value in any::<String>(), padding in 0usize..40) {
             let value = format!("{}{value}", "p".repeat(padding));
             prop_assert_eq!(literal(&value), serde_json::to_string(&value).unwrap());
+        }
+
+        #[test]
+        fn text_written_in_pieces_is_escaped_as_one_literal(pieces in proptest::collection::vec(any::<String>(), 0..5)) {
+            use std::fmt::Write;
+            let mut out = String::from("\"");
+            for piece in &pieces {
+                write!(Escaping(&mut out), "{piece}").unwrap();
+            }
+            out.push('"');
+            prop_assert_eq!(out, serde_json::to_string(&pieces.concat()).unwrap());
+        }
+
+        #[test]
+        fn padded_numbers_are_what_format_writes(n in any::<u64>(), width in 0usize..24) {
+            let mut out = String::from("x");
+            push_padded(&mut out, n, width);
+            prop_assert_eq!(out, format!("x{n:0width$}"));
         }
 
         #[test]

@@ -109,7 +109,7 @@ impl AuditEvent {
     /// A new event (time-ordered id) with no actor, target or reason yet: set those with struct update.
     pub fn new(action: AuditAction, outcome: AuditOutcome, at: UnixTime) -> Self {
         Self {
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: super::id_text(uuid::Uuid::now_v7()),
             at,
             action,
             outcome,

@@ -233,7 +233,7 @@ impl ExchangeService {
             self.settings.max_token_ttl_seconds,
         )?;
 
-        let lease_id = uuid::Uuid::new_v4().to_string();
+        let lease_id = crate::domain::id_text(uuid::Uuid::new_v4());
         let expires_at = now + decision.ttl_seconds;
         let mut lease = Lease {
             lease_id: lease_id.clone(),
@@ -304,8 +304,7 @@ impl ExchangeService {
                     },
                     env: &target.environment,
                 };
-                let unsigned =
-                    broker_token::prepare(self.signer.as_ref(), broker_token::ACCESS_TOKEN_TYP, &claims).await?;
+                let unsigned = broker_token::prepare_access(self.signer.as_ref(), &claims).await?;
                 lease.key_id = unsigned.key_id.clone();
                 (Pending::Jwt(unsigned), TOKEN_TYPE_JWT, "Bearer")
             }

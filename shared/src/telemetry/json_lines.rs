@@ -9,7 +9,7 @@
 //! span recording a field twice keeps both entries (tracing-subscriber keeps the last); the
 //! broker records none twice.
 
-use crate::json_text::push_str as push_json_str;
+use crate::json_text::{Escaping, push_padded, push_str as push_json_str};
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -156,7 +156,11 @@ impl Visit for Members {
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.key(field);
-        let _ = serde_json::to_writer(StringWriter(&mut self.out), &format_args!("{value:?}"));
+        // As serde_json writes `format_args!("{value:?}")` (its `collect_str`): escaped while
+        // it is formatted.
+        self.out.push('"');
+        let _ = write!(Escaping(&mut self.out), "{value:?}");
+        self.out.push('"');
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -164,12 +168,15 @@ impl Visit for Members {
         self.out.push_str(if value { "true" } else { "false" });
     }
 
+    // Integers as serde_json writes them (itoa), without its writer.
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.number(field, value);
+        self.key(field);
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.number(field, value);
+        self.key(field);
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -199,19 +206,26 @@ impl Write for StringWriter<'_> {
 
 /// RFC 3339 UTC with microseconds, as tracing-subscriber's `SystemTime` timer writes it
 /// (`2026-11-28T08:22:01.123456Z`). Times before 1970 (a broken clock) are written as 1970.
+/// Digits written directly: `write!` ran the formatting machinery for seven numbers per line.
 fn write_timestamp(out: &mut String, now: SystemTime) {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
     let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
     let of_day = seconds % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        since_epoch.subsec_micros()
-    );
+    // From 1970 on, so never negative.
+    push_padded(out, year.unsigned_abs(), 4);
+    for (separator, value, width) in [
+        ('-', u64::from(month), 2),
+        ('-', u64::from(day), 2),
+        ('T', of_day / 3600, 2),
+        (':', of_day / 60 % 60, 2),
+        (':', of_day % 60, 2),
+        ('.', u64::from(since_epoch.subsec_micros()), 6),
+    ] {
+        out.push(separator);
+        push_padded(out, value, width);
+    }
+    out.push('Z');
 }
 
 /// Days since 1970-01-01 to the proleptic Gregorian date (Howard Hinnant's `civil_from_days`).
@@ -270,6 +284,8 @@ mod tests {
             status = 200u16,
             latency_ms = 3u64,
             offset = -5i64,
+            largest = u64::MAX,
+            lowest = i64::MIN,
             ratio = 1.5f64,
             undefined = f64::NAN,
             big = 1u128 << 100,

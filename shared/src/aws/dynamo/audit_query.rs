@@ -19,6 +19,7 @@
 use super::{Item, s};
 use crate::domain::AuditEvent;
 use crate::error::{BrokerError, Result};
+use crate::json_text::push_padded;
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -61,15 +62,6 @@ pub fn at_id(at: i64, event_id: &str) -> String {
     id.push('#');
     id.push_str(event_id);
     id
-}
-
-/// `n` in decimal, zero-padded to `width` digits, as `{n:0width$}` writes it. Every audit event's
-/// index keys are built with it: `format!` costs more than the copying.
-fn push_padded(out: &mut String, n: u64, width: usize) {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(n);
-    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
-    out.push_str(digits);
 }
 
 /// The lowest `at_id` at `at` (inclusive bound).

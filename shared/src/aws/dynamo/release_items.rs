@@ -56,10 +56,17 @@ pub(super) fn push_fence_check(
     fence: FenceRef<'_>,
     shard: u32,
 ) -> Result<()> {
-    let key = Item::from([
-        ("pk".to_string(), s(keys::fence_pk(fence, shard))),
-        ("sk".to_string(), s(keys::FENCE_SK)),
-    ]);
+    let key = filled(
+        &FENCE_KEY_TEMPLATE,
+        |name| {
+            Some(if name == "pk" {
+                s(keys::fence_pk(fence, shard))
+            } else {
+                s(keys::FENCE_SK)
+            })
+        },
+        [],
+    );
     let check = ConditionCheck::builder()
         .table_name(registry)
         .set_key(Some(key))
@@ -128,6 +135,9 @@ fn template(names: &[&str]) -> Item {
 }
 
 static LEASE_TEMPLATE: LazyLock<Item> = LazyLock::new(|| template(&LEASE_TEMPLATE_ATTRIBUTES));
+
+/// A fence's key (every release checks three or four).
+static FENCE_KEY_TEMPLATE: LazyLock<Item> = LazyLock::new(|| template(&["pk", "sk"]));
 
 static AUDIT_TEMPLATE: LazyLock<Item> =
     LazyLock::new(|| template(&[AUDIT_TEMPLATE_ATTRIBUTES.as_slice(), INDEX_ATTRIBUTES].concat()));
