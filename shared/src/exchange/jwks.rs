@@ -87,6 +87,10 @@ impl HttpIssuerKeys {
 
     fn entry(&self, url: &str) -> Arc<Mutex<Entry>> {
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Looked up by `&str` first: `entry` would copy the URL on every request.
+        if let Some(entry) = entries.get(url) {
+            return entry.clone();
+        }
         entries.entry(url.to_string()).or_default().clone()
     }
 

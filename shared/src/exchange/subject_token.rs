@@ -184,10 +184,11 @@ fn decode_json_segment<T: serde::de::DeserializeOwned>(segment: &str) -> Option<
 /// fractional beyond representation, negative or past year 9999 is refused (so is a value no
 /// JSON number holds).
 fn time_claim(claims: &ClaimSet, name: &str) -> Result<Option<i64>> {
-    if !claims.contains(name) {
+    // One lookup: `contains` and then `get` would search the claims twice.
+    let Some(raw) = claims.raw(name) else {
         return Ok(None);
-    }
-    let value = claims.get(name).unwrap_or(Value::Null);
+    };
+    let value = serde_json::from_str(raw).unwrap_or(Value::Null);
     let seconds = match value {
         Value::Number(n) => n.as_i64().or_else(|| {
             // Fractional seconds are allowed by RFC 7519; only finite, in-range values are kept.
