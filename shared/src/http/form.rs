@@ -66,24 +66,23 @@ fn decode(raw: &[u8]) -> Cow<'_, str> {
             Err(_) => String::from_utf8_lossy(raw),
         };
     }
-    // The runs between escapes are copied whole (the token type URNs are mostly `%3A`s apart).
     let mut out = Vec::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(at) = memchr::memchr2(b'+', b'%', rest) {
-        out.extend_from_slice(&rest[..at]);
-        let escaped = &rest[at..];
-        let (byte, length) = match escaped {
-            [b'+', ..] => (b' ', 1),
-            [b'%', high, low, ..] => match (hex_digit(high), hex_digit(low)) {
-                (Some(high), Some(low)) => (high << 4 | low, 3),
-                _ => (b'%', 1),
+    let mut i = 0;
+    while i < raw.len() {
+        let byte = match raw[i] {
+            b'+' => b' ',
+            b'%' => match (raw.get(i + 1).and_then(hex_digit), raw.get(i + 2).and_then(hex_digit)) {
+                (Some(high), Some(low)) => {
+                    i += 2;
+                    high << 4 | low
+                }
+                _ => b'%',
             },
-            _ => (b'%', 1),
+            other => other,
         };
         out.push(byte);
-        rest = &escaped[length..];
+        i += 1;
     }
-    out.extend_from_slice(rest);
     Cow::Owned(utf8_lossy(out))
 }
 
