@@ -17,7 +17,7 @@ pub fn push_str(out: &mut String, value: &str) {
 
 /// Appends `value` escaped as inside a JSON string literal, without its quotes: a literal written
 /// in pieces (`Escaping`).
-pub fn push_contents(out: &mut String, value: &str) {
+fn push_contents(out: &mut String, value: &str) {
     let bytes = value.as_bytes();
     // `copied`: the bytes before it are in `out`. Each step reads the 8 bytes from `at` and
     // jumps to the first that needs an escape, or past all 8: a byte at a time never.

@@ -140,12 +140,6 @@ impl Members {
         push_json_str(&mut self.out, field.name());
         self.out.push(':');
     }
-
-    fn number(&mut self, field: &Field, value: impl serde::Serialize) {
-        self.key(field);
-        // serde_json writes numbers as tracing-serde did (a non-finite float as `null`).
-        let _ = serde_json::to_writer(StringWriter(&mut self.out), &value);
-    }
 }
 
 impl Visit for Members {
@@ -180,7 +174,9 @@ impl Visit for Members {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.number(field, value);
+        self.key(field);
+        // serde_json writes floats as tracing-serde did (a non-finite one as `null`).
+        let _ = serde_json::to_writer(StringWriter(&mut self.out), &value);
     }
 }
 
