@@ -372,25 +372,12 @@ impl LogCapture {
     }
 
     /// Fail if any secret, or its signature segment alone, appears in the captured logs, as it
-    /// is or in one of the encodings the SDK and KMS carry bytes in (base64, hex).
+    /// is or in one of the encodings the SDK and KMS carry bytes in (base64 at any offset, hex in
+    /// either case).
     pub fn assert_free_of(&self, secrets: &[String]) {
         let logs = self.text();
-        for secret in secrets.iter().filter(|s| s.len() >= 16) {
-            assert!(
-                !logs.contains(secret.as_str()),
-                "a secret reached the logs: {}",
-                nhi_broker::redact::fingerprint(secret.as_bytes())
-            );
-            for encoded in encodings(secret.as_bytes()) {
-                assert!(
-                    !logs.contains(&encoded),
-                    "a secret reached the logs encoded: {}",
-                    nhi_broker::redact::fingerprint(secret.as_bytes())
-                );
-            }
-            if let Some(signature) = secret.rsplit('.').next().filter(|s| s.len() >= 16) {
-                assert!(!logs.contains(signature), "a token signature reached the logs");
-            }
+        if let Some(leak) = leak_in(&logs, secrets) {
+            panic!("{leak}");
         }
     }
 
@@ -404,28 +391,72 @@ impl LogCapture {
         let logs = self.text();
         let lowercase_logs = logs.to_ascii_lowercase();
         for value in values {
-            let [standard, url_safe, hex] = encodings(&nhi_broker::crypto::sha256(value.as_bytes()));
+            let digest = nhi_broker::crypto::sha256(value.as_bytes());
             assert!(
-                !lowercase_logs.contains(&hex[..16]),
+                !lowercase_logs.contains(&hex(&digest)[..16]),
                 "a secret value's digest reached the logs (hex)"
             );
             assert!(
-                !logs.contains(&standard) && !logs.contains(&url_safe),
+                !base64_forms(&digest).iter().any(|form| logs.contains(form.as_str())),
                 "a secret value's digest reached the logs (base64)"
             );
         }
     }
 }
 
-/// Encodings of `bytes` that would carry them whole into a log line: base64 (standard and
-/// URL-safe, as a field of its own: whole 3-byte groups only, so padding and what follows do not
-/// matter) and lowercase hex.
-fn encodings(bytes: &[u8]) -> [String; 3] {
+/// What `assert_free_of` finds of `secrets` in `logs`: a description naming the secret by its
+/// fingerprint only, or `None`.
+fn leak_in(logs: &str, secrets: &[String]) -> Option<String> {
+    let lowercase_logs = logs.to_ascii_lowercase();
+    for secret in secrets.iter().filter(|s| s.len() >= 16) {
+        let named = nhi_broker::redact::fingerprint(secret.as_bytes());
+        if logs.contains(secret.as_str()) {
+            return Some(format!("a secret reached the logs: {named}"));
+        }
+        if base64_forms(secret.as_bytes())
+            .iter()
+            .any(|form| logs.contains(form.as_str()))
+        {
+            return Some(format!("a secret reached the logs in base64: {named}"));
+        }
+        if lowercase_logs.contains(&hex(secret.as_bytes())) {
+            return Some(format!("a secret reached the logs in hex: {named}"));
+        }
+        if let Some(signature) = secret.rsplit('.').next().filter(|s| s.len() >= 16)
+            && logs.contains(signature)
+        {
+            return Some(format!("a token signature reached the logs: {named}"));
+        }
+    }
+    None
+}
+
+/// The text base64 (standard and URL-safe) makes of `bytes` wherever they sit in what is
+/// encoded: the bytes start a 3-byte group, or 1 or 2 bytes into one (as a secret inside a JSON
+/// document that is then encoded does). For each offset, only the characters that depend on
+/// `bytes` alone: the first characters, which mix in what comes before, and the last partial
+/// group, which mixes in what comes after (or padding), are left out.
+fn base64_forms(bytes: &[u8]) -> Vec<String> {
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-    let whole = &bytes[..bytes.len() / 3 * 3];
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    [STANDARD_NO_PAD.encode(whole), URL_SAFE_NO_PAD.encode(whole), hex]
+    let mut forms = Vec::new();
+    // Characters that carry bits of the 0, 1 or 2 bytes before.
+    for (offset, mixed) in [(0, 0), (1, 2), (2, 3)] {
+        let mut shifted = vec![0u8; offset];
+        shifted.extend_from_slice(bytes);
+        shifted.truncate(shifted.len() / 3 * 3);
+        for engine in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
+            let text = engine.encode(&shifted);
+            if text.len() > mixed {
+                forms.push(text[mixed..].to_string());
+            }
+        }
+    }
+    forms
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::io::Write for LogCapture {
@@ -444,4 +475,54 @@ pub fn assert_aws_calls(h: &Harness, what: &str, expected: &[(&str, u64)]) {
     println!("AWS calls per {what}: {} {calls:?}", h.api.calls.total());
     let expected: std::collections::BTreeMap<String, u64> = expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     assert_eq!(calls, expected, "{what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+    const SECRET: &str = "s3cr3t-value-0123456789-abcdef";
+
+    #[test]
+    fn a_secret_is_found_in_base64_wherever_it_sits_in_what_was_encoded() {
+        for prefix in ["", "{", "{\"", "{\"v\":\"", "{\"value\":\""] {
+            let document = format!("{prefix}{SECRET}\"}}");
+            for encoded in [STANDARD.encode(&document), URL_SAFE_NO_PAD.encode(&document)] {
+                let line = format!(r#"{{"message":"sent","body":"{encoded}"}}"#);
+                assert!(
+                    leak_in(&line, &[SECRET.to_string()]).is_some(),
+                    "missed with {} bytes before it: {line}",
+                    prefix.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_secret_is_found_as_it_is_and_in_hex_of_either_case() {
+        let hex_lower = hex(SECRET.as_bytes());
+        for line in [
+            format!("token={SECRET}"),
+            format!("bytes={hex_lower}"),
+            format!("bytes={}", hex_lower.to_ascii_uppercase()),
+        ] {
+            assert!(leak_in(&line, &[SECRET.to_string()]).is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn logs_without_the_secret_pass_and_a_finding_names_it_by_fingerprint_only() {
+        let other = "another-value-9876543210-zyxwvu";
+        let line = format!(
+            "{} {} {}",
+            STANDARD.encode(format!("{{\"v\":\"{other}\"}}")),
+            hex(other.as_bytes()),
+            nhi_broker::redact::fingerprint(SECRET.as_bytes())
+        );
+        assert_eq!(leak_in(&line, &[SECRET.to_string()]), None);
+        let finding = leak_in(&STANDARD.encode(format!("x{SECRET}")), &[SECRET.to_string()]).unwrap();
+        assert!(!finding.contains(SECRET), "{finding}");
+    }
 }
