@@ -48,11 +48,6 @@ pub struct Signed {
 /// The JWS `typ` of broker access tokens (RFC 9068).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
-/// Sign a broker access token (`typ: at+jwt`) with the active key.
-pub async fn mint(signer: &dyn TokenSigner, claims: &BrokerClaims<'_>) -> Result<Signed> {
-    prepare_access(signer, claims).await?.sign(signer).await
-}
-
 /// Sign any claims as a compact JWS with the active key; `typ` tells token kinds apart, so a
 /// relying party can never mistake one for another.
 pub async fn sign_jwt<T: Serialize>(signer: &dyn TokenSigner, typ: &'static str, claims: &T) -> Result<Signed> {

@@ -279,7 +279,7 @@ fn request_id(request: &Request) -> String {
 fn request_id_or_new(from_gateway: Option<&str>) -> String {
     match from_gateway {
         Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_string(),
-        _ => uuid::Uuid::now_v7().to_string(),
+        _ => crate::domain::id_text(uuid::Uuid::now_v7()),
     }
 }
 
