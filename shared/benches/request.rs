@@ -715,8 +715,9 @@ fn main() {
             let (full_p50, floor_p50) = (p50(&mut full_us), p50(&mut floor_us));
             let ratio = full_p50 / floor_p50;
             println!(
-                "{}: full request p50 {full_p50:.1} µs, floor p50 {floor_p50:.1} µs, {ratio:.2}x (rounds {}); AWS calls per warm request {:?}",
+                "{}: full request p50 {full_p50:.1} µs, floor p50 {floor_p50:.1} µs, {ratio:.2}x, {:.1} µs over it (rounds {}); AWS calls per warm request {:?}",
                 case.name,
+                full_p50 - floor_p50,
                 round_ratios.join(" "),
                 calls
             );
@@ -726,11 +727,12 @@ fn main() {
                 full_p50 / plumbing_p50
             );
             println!(
-                "  allocations per request (memory allocated, kB): full {} ({:.1}), floor {} ({:.1})",
+                "  allocations per request (memory allocated, kB): full {} ({:.1}), floor {} ({:.1}), {} over it",
                 full_allocations.0,
                 full_allocations.1 as f64 / 1e3,
                 floor_allocations.0,
-                floor_allocations.1 as f64 / 1e3
+                floor_allocations.1 as f64 / 1e3,
+                full_allocations.0 as i64 - floor_allocations.0 as i64
             );
             if ratio > LIMIT {
                 failed = true;
